@@ -1,0 +1,43 @@
+"""Exceptions a user can act on; the CLI and the API turn them into exit codes and HTTP errors."""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Base of every error the library raises on purpose. The message is meant for the user."""
+
+    code = "rag_error"
+
+
+class InvalidInput(RagError):
+    """A query, file or argument that cannot be used as given."""
+
+    code = "invalid_input"
+
+
+class CollectionNotFound(RagError):
+    code = "collection_not_found"
+
+
+class DocumentNotFound(RagError):
+    code = "document_not_found"
+
+
+class EncoderMismatch(RagError):
+    """The collection was built by another encoder; its vectors are not comparable."""
+
+    code = "encoder_mismatch"
+
+
+class ModelLoadError(RagError):
+    code = "model_load_error"
+
+
+class StoreInconsistent(RagError):
+    """SQL and FAISS disagree and repair was not requested."""
+
+    code = "store_inconsistent"
+
+
+class MissingDependency(RagError):
+    code = "missing_dependency"

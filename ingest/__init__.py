@@ -1,0 +1,1 @@
+"""Ingestion: read corpora, chunk them, embed them and write them through `indexes`."""

@@ -1,0 +1,296 @@
+"""Files in, indexed passages out: discover, hash, skip, parse, chunk, embed, write.
+
+Incremental by content hash: an unchanged document costs a hash and a lookup, a changed one is
+replaced, and a document that vanished from a re-ingested folder or file is deleted. Documents are
+written in batches, one FAISS save per batch, because the save is the expensive step.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indexes.encoder import Encoder
+from indexes.errors import InvalidInput, RagError
+from indexes.store import Collection, NewDocument
+from indexes.types import Document
+from ingest.chunking import SentenceWindowChunker
+from ingest.loaders import LoadError, is_supported, load_bytes, suffix_of
+from ingest.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+# Formats whose file holds exactly one document: its bytes' hash is the document's hash, so an
+# unchanged file is skipped without being parsed.
+_SINGLE_DOCUMENT = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"}
+
+
+@dataclass
+class IngestReport:
+    files_seen: int = 0
+    files_unchanged: int = 0
+    documents_added: int = 0
+    documents_replaced: int = 0
+    documents_unchanged: int = 0
+    documents_deleted: int = 0
+    chunks_added: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def document_hash(doc: Document) -> str:
+    payload = json.dumps([doc.title, doc.text, doc.metadata], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[dict[str, str]]]:
+    """Expand files, folders (recursively) and globs into supported files.
+
+    Returns (files, folders that were walked, errors for explicit paths that cannot be used).
+    """
+    files: dict[Path, None] = {}
+    folders: list[Path] = []
+    errors: list[dict[str, str]] = []
+    for raw in paths:
+        expanded = [Path(p) for p in sorted(glob.glob(os.path.expanduser(raw), recursive=True))] if glob.has_magic(raw) else [Path(raw).expanduser()]
+        if not expanded:
+            errors.append({"source": raw, "error": f"{raw}: no file matches"})
+        for path in expanded:
+            if path.is_dir():
+                folders.append(path.resolve())
+                for found in sorted(path.rglob("*")):
+                    if found.is_file() and is_supported(found.name) and not any(
+                        part.startswith(".") for part in found.relative_to(path).parts
+                    ):
+                        files[found.resolve()] = None
+            elif path.is_file():
+                if is_supported(path.name):
+                    files[path.resolve()] = None
+                else:
+                    errors.append({"source": str(path), "error": f"{path}: unsupported file type"})
+            elif not glob.has_magic(raw):
+                errors.append({"source": str(path), "error": f"{path}: no such file or folder"})
+    return list(files), folders, errors
+
+
+class Ingestor:
+    """Writes documents into one collection with one encoder and one chunker."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder,
+        chunker: SentenceWindowChunker,
+        *,
+        max_file_bytes: int = 50 * 1024 * 1024,
+        batch_chunks: int = 2048,
+        show_progress: bool = False,
+    ) -> None:
+        collection.require_encoder(encoder.spec)
+        self.collection = collection
+        self.encoder = encoder
+        self.chunker = chunker
+        self.max_file_bytes = max_file_bytes
+        self.batch_chunks = batch_chunks
+        self.show_progress = show_progress
+
+    # -- entry points ------------------------------------------------------------------------
+    def ingest_paths(self, paths: Iterable[str], prune: bool = True) -> IngestReport:
+        """Ingest files, folders and globs; with `prune`, documents of walked folders whose files
+        are gone are deleted."""
+        started = time.perf_counter()
+        report = IngestReport()
+        files, folders, errors = discover(paths)
+        report.errors.extend(errors)
+        report.files_seen = len(files)
+        run_id = self.collection.start_run()
+        status = "failed"
+        try:
+            with self.collection.writer():
+                known: dict[str, tuple[int, str]] = {}
+                for folder in folders:
+                    known.update(self.collection.known_documents(prefix=str(folder) + os.sep))
+                known.update(self.collection.known_documents(sources=[str(f) for f in files]))
+                for f in files:
+                    if suffix_of(f.name) not in _SINGLE_DOCUMENT:
+                        known.update(self.collection.known_documents(prefix=f"{f}#"))
+                seen: set[str] = set()
+                self._write_all(self._from_files(files, known, seen, report), report)
+                if prune:
+                    stale = self._stale(known, seen, folders, files)
+                    if stale:
+                        report.documents_deleted += self.collection.delete(stale)["deleted"]
+            status = "completed" if not report.errors else "completed_with_errors"
+        finally:
+            report.seconds = time.perf_counter() - started
+            self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
+        return report
+
+    def ingest_documents(self, documents: Iterable[Document]) -> IngestReport:
+        """Ingest documents built in memory (API JSON, uploads); sources are theirs to choose."""
+        started = time.perf_counter()
+        report = IngestReport()
+        docs = list(documents)
+        run_id = self.collection.start_run()
+        status = "failed"
+        try:
+            with self.collection.writer():
+                known = self.collection.known_documents(sources=[d.source for d in docs])
+                self._write_all(self._changed(docs, known, report), report)
+            status = "completed" if not report.errors else "completed_with_errors"
+        finally:
+            report.seconds = time.perf_counter() - started
+            self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
+        return report
+
+    def ingest_upload(self, name: str, data: bytes, source: str) -> IngestReport:
+        """Parse an uploaded file from its bytes alone; `source` names it in the collection."""
+        if len(data) > self.max_file_bytes:
+            raise InvalidInput(f"{name}: {len(data) / 1e6:.1f} MB is over the {self.max_file_bytes / 1e6:.0f} MB limit")
+        docs = load_bytes(data, name)
+        renamed = [
+            Document(
+                source=source + doc.source[len(name):],
+                text=doc.text,
+                title=doc.title,
+                metadata=doc.metadata,
+                external_id=doc.external_id,
+            )
+            for doc in docs
+        ]
+        return self.ingest_documents(renamed)
+
+    # -- stages ------------------------------------------------------------------------------
+    def _from_files(
+        self, files: list[Path], known: dict[str, tuple[int, str]], seen: set[str], report: IngestReport
+    ) -> Iterator[tuple[Document, str]]:
+        bar = progress_bar(total=len(files), unit="file", desc="files", enabled=self.show_progress)
+        for path in files:
+            bar.update(1)
+            source = str(path)
+            single = suffix_of(path.name) in _SINGLE_DOCUMENT
+            try:
+                size = path.stat().st_size
+                if size > self.max_file_bytes:
+                    raise LoadError(
+                        f"{path}: {size / 1e6:.1f} MB is over the {self.max_file_bytes / 1e6:.0f} MB limit "
+                        "(RAG_MAX_FILE_MB); split it or raise the limit"
+                    )
+                data = path.read_bytes()
+                if single:
+                    digest = "file:" + hashlib.sha256(data).hexdigest()
+                    seen.add(source)
+                    if known.get(source, (0, ""))[1] == digest:
+                        report.files_unchanged += 1
+                        report.documents_unchanged += 1
+                        continue
+                docs = load_bytes(data, source)
+            except (LoadError, OSError) as exc:
+                message = str(exc) if isinstance(exc, LoadError) else f"{path}: {exc.strerror or exc}"
+                report.errors.append({"source": source, "error": message})
+                log.warning("%s", message)
+                # A file that cannot be read now keeps what was stored from it before.
+                seen.update(s for s in known if s == source or s.startswith(source + "#"))
+                continue
+            except RagError as exc:
+                report.errors.append({"source": source, "error": str(exc)})
+                seen.update(s for s in known if s == source or s.startswith(source + "#"))
+                continue
+            if single:
+                yield docs[0], digest
+                continue
+            unchanged_before = report.documents_unchanged
+            for doc, digest in self._changed(_last_wins(docs), known, report):
+                seen.add(doc.source)
+                yield doc, digest
+            seen.update(d.source for d in docs)
+            if report.documents_unchanged - unchanged_before == len(docs):
+                report.files_unchanged += 1
+        bar.close()
+
+    def _changed(
+        self, docs: Iterable[Document], known: dict[str, tuple[int, str]], report: IngestReport
+    ) -> Iterator[tuple[Document, str]]:
+        for doc in docs:
+            digest = document_hash(doc)
+            if known.get(doc.source, (0, ""))[1] == digest:
+                report.documents_unchanged += 1
+                continue
+            yield doc, digest
+
+    def _write_all(self, items: Iterable[tuple[Document, str]], report: IngestReport) -> None:
+        pending: list[tuple[Document, str, list[Any]]] = []
+        size = 0
+        for doc, digest in items:
+            chunks = self.chunker.split(doc.text)
+            if not chunks:
+                report.errors.append({"source": doc.source, "error": f"{doc.source}: no text to index"})
+                continue
+            pending.append((doc, digest, chunks))
+            size += len(chunks)
+            if size >= self.batch_chunks:
+                self._flush(pending, report)
+                pending, size = [], 0
+        if pending:
+            self._flush(pending, report)
+
+    def _flush(self, pending: list[tuple[Document, str, list[Any]]], report: IngestReport) -> None:
+        texts = [self.collection.embedding_text(doc.title, c.text) for doc, _, chunks in pending for c in chunks]
+        started = time.perf_counter()
+        bar = progress_bar(total=len(texts), unit="passage", desc="embedding", enabled=self.show_progress)
+        vectors = self.encoder.encode(texts, kind="passage", progress=bar)
+        bar.close()
+        report.embed_seconds += time.perf_counter() - started
+        batch = []
+        offset = 0
+        for doc, digest, chunks in pending:
+            batch.append(NewDocument(doc, digest, chunks, vectors[offset : offset + len(chunks)]))
+            offset += len(chunks)
+        result = self.collection.write(batch)
+        report.documents_added += result["added"]
+        report.documents_replaced += result["replaced"]
+        report.chunks_added += result["chunks"]
+
+    @staticmethod
+    def _stale(
+        known: dict[str, tuple[int, str]], seen: set[str], folders: list[Path], files: list[Path]
+    ) -> list[int]:
+        """Known documents under a walked folder, or inside a re-read multi-document file, that
+        this run did not see."""
+        roots = [str(folder) + os.sep for folder in folders]
+        multi = {str(f) + "#" for f in files if suffix_of(f.name) not in _SINGLE_DOCUMENT}
+        stale = []
+        for source, (doc_id, _) in known.items():
+            if source in seen:
+                continue
+            inside_folder = any(source.startswith(root) for root in roots)
+            inside_file = "#" in source and source[: source.index("#") + 1] in multi
+            if inside_folder or inside_file:
+                stale.append(doc_id)
+        return stale
+
+
+def _last_wins(docs: list[Document]) -> list[Document]:
+    """A file that repeats an id keeps its last record, as a re-ingest would."""
+    by_source: dict[str, Document] = {}
+    for doc in docs:
+        by_source[doc.source] = doc
+    return list(by_source.values())
+
+
+def _run_stats(report: IngestReport) -> dict[str, Any]:
+    stats = report.to_dict()
+    stats.pop("errors")
+    return stats

@@ -1,0 +1,1 @@
+"""Answering: retrieval over `indexes`, readers and generators, the CLI and evaluation."""

@@ -1,0 +1,1 @@
+"""Evaluation against labelled questions in the standard formats (BEIR, TREC qrels, SQuAD)."""

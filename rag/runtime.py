@@ -1,0 +1,98 @@
+"""Builds the components once from `Settings` and shares them (CLI command or API process).
+
+Heavy imports (torch, transformers, FAISS) happen here on first use, never at `rag --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+
+from indexes.encoder import Encoder, EncoderSpec, set_threads
+from indexes.errors import CollectionNotFound
+from indexes.store import Collection, CollectionConfig, Store
+from ingest.chunking import SentenceWindowChunker
+from ingest.pipeline import Ingestor
+from rag.retrieval import DenseRetriever
+from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._encoders: dict[tuple[object, ...], Encoder] = {}
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.home, self.settings.sql_url, mmap=self.settings.mmap)
+
+    def requested_spec(self) -> EncoderSpec:
+        s = self.settings
+        return EncoderSpec.detect(
+            s.embedding_model,
+            pooling=s.pooling,
+            normalize=s.normalize,
+            max_tokens=s.max_tokens,
+            query_prefix=s.query_prefix,
+            passage_prefix=s.passage_prefix,
+        )
+
+    def encoder(self, spec: EncoderSpec) -> Encoder:
+        key = spec.identity() + (spec.max_tokens,)
+        if key not in self._encoders:
+            set_threads(self.settings.threads)
+            self._encoders[key] = Encoder(spec, device=self.settings.device, quantize=self.settings.quantize)
+        return self._encoders[key]
+
+    def collection(self, name: str | None = None) -> Collection:
+        return self.store.collection(name or self.settings.collection)
+
+    def _model_was_chosen(self) -> bool:
+        chosen = {"embedding_model", "pooling", "normalize", "query_prefix", "passage_prefix"}
+        return bool(chosen & self.settings.model_fields_set)
+
+    def encoder_for(self, collection: Collection) -> Encoder:
+        """The encoder that built `collection`; an explicitly chosen different one is refused."""
+        if self._model_was_chosen():
+            collection.require_encoder(self.requested_spec())
+        return self.encoder(collection.config.encoder)
+
+    def writable_collection(self, name: str | None = None) -> Collection:
+        """Open a collection for ingestion, creating it from the settings if it does not exist."""
+        name = name or self.settings.collection
+        try:
+            found = self.store.collection(name)
+        except CollectionNotFound:
+            spec = self.requested_spec()
+            encoder = self.encoder(spec)
+            config = CollectionConfig(
+                encoder=encoder.spec,
+                dim=encoder.dim,
+                index_factory=self.settings.index_factory,
+                chunk_tokens=min(self.settings.chunk_tokens, encoder.max_tokens - 2),
+                chunk_overlap=self.settings.chunk_overlap,
+                title_in_embedding=self.settings.title_in_embedding,
+            )
+            return self.store.create_collection(name, config)
+        self.encoder_for(found)
+        return found
+
+    def ingestor(self, collection: Collection, show_progress: bool = False) -> Ingestor:
+        encoder = self.encoder_for(collection)
+        chunker = SentenceWindowChunker(
+            encoder.tokenizer, collection.config.chunk_tokens, collection.config.chunk_overlap
+        )
+        return Ingestor(
+            collection,
+            encoder,
+            chunker,
+            max_file_bytes=self.settings.max_file_bytes,
+            batch_chunks=self.settings.batch_chunks,
+            show_progress=show_progress,
+        )
+
+    def retriever(self, name: str | None = None) -> DenseRetriever:
+        collection = self.collection(name)
+        return DenseRetriever(collection, self.encoder_for(collection), self.settings.max_query_chars, self.settings.max_k)

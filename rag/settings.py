@@ -1,0 +1,81 @@
+"""One typed settings object, read from `RAG_*` variables, a `rag.toml` file and CLI flags.
+
+Precedence, highest first: CLI flags (passed as overrides), environment, `rag.toml` (or the file
+named by `RAG_CONFIG`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from indexes.encoder import DEFAULT_EMBEDDER
+
+
+def _default_home() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("rag", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", validate_default=True)
+
+    home: Path = Field(default_factory=_default_home, description="data home: SQLite file, FAISS indexes, locks")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///HOME/rag.db")
+    collection: str = Field("default", description="collection used when a command names none")
+
+    embedding_model: str = Field(DEFAULT_EMBEDDER, description="HF id or local folder of the encoder")
+    pooling: Literal["mean", "cls", "max"] | None = Field(None, description="default: from the model's config, else mean")
+    normalize: bool | None = Field(None, description="default: from the model's config, else off (Contriever)")
+    max_tokens: int | None = Field(None, ge=8, le=8192)
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    quantize: bool = Field(False, description="int8 dynamic quantisation of the encoder's linear layers (CPU)")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    device: str = "cpu"
+
+    chunk_tokens: int = Field(200, ge=8, le=8192)
+    chunk_overlap: int = Field(32, ge=0)
+    title_in_embedding: bool = True
+    index_factory: str = Field("Flat", description="FAISS factory string: Flat, HNSW32, IVF1024,PQ48 ...")
+    mmap: bool = Field(False, description="memory-map FAISS indexes for search where FAISS allows")
+    batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one FAISS save each)")
+
+    max_query_chars: int = Field(2000, ge=1)
+    max_file_mb: float = Field(50.0, gt=0)
+    max_k: int = Field(1000, ge=1)
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, (str, Path)) else value
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'rag.db'}"
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("RAG_CONFIG", "rag.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with CLI overrides applied; `None` means 'not given on the command line'."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
