@@ -218,6 +218,21 @@ def eval_retrieval(
         )
 
 
+# Commands that live in their own modules: each module defines `register(app, eval_app)` and
+# imports nothing heavy at module level. Add a module by appending its name here.
+COMMAND_MODULES: list[str] = []
+
+
+def _register_command_modules() -> None:
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(app, eval_app)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     try:
         app()
