@@ -33,8 +33,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexes.encoder import EncoderSpec
+from indexes.failpoints import failpoint
 from indexes.errors import CollectionNotFound, DocumentNotFound, EncoderMismatch, InvalidInput, RagError
 from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, configure_sqlite, utcnow
+from indexes.keyword import KeywordIndex, KeywordSpec
 from indexes.types import Chunk, Document, Passage
 from indexes.vector import VectorIndex
 
@@ -100,11 +102,21 @@ class ConsistencyReport:
     orphans_in_faiss: list[int] = field(default_factory=list)
     pending_documents: int = 0
     deleting_documents: int = 0
+    keyword_chunks: int = 0
+    keyword_present: bool = True
+    missing_in_keyword: list[int] = field(default_factory=list)
+    orphans_in_keyword: list[int] = field(default_factory=list)
 
     @property
     def consistent(self) -> bool:
         return not (
-            self.missing_in_faiss or self.orphans_in_faiss or self.pending_documents or self.deleting_documents
+            self.missing_in_faiss
+            or self.orphans_in_faiss
+            or self.pending_documents
+            or self.deleting_documents
+            or self.missing_in_keyword
+            or self.orphans_in_keyword
+            or (self.sql_chunks and not self.keyword_present)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +128,10 @@ class ConsistencyReport:
             "orphans_in_faiss": len(self.orphans_in_faiss),
             "pending_documents": self.pending_documents,
             "deleting_documents": self.deleting_documents,
+            "keyword_chunks": self.keyword_chunks,
+            "keyword_present": self.keyword_present,
+            "missing_in_keyword": len(self.missing_in_keyword),
+            "orphans_in_keyword": len(self.orphans_in_keyword),
         }
 
 
@@ -200,6 +216,12 @@ class Collection:
         self._index: VectorIndex | None = None
         self._index_stamp: tuple[int, int, int] | None = None
         self._writing = 0
+        # BM25 is derived from SQL: rebuilt when a writer session that changed something ends.
+        self.keyword_path = self.folder / "keywords.npz"
+        self.keyword_spec = KeywordSpec()
+        self._keyword: KeywordIndex | None = None
+        self._keyword_stamp: tuple[object, ...] | None = None
+        self._dirty = False
 
     # -- plumbing ----------------------------------------------------------------------------
     def require_encoder(self, spec: EncoderSpec) -> None:
@@ -210,9 +232,9 @@ class Collection:
                 f"it cannot be used with {spec.model} (pooling={spec.pooling}, normalize={spec.normalize})"
             )
 
-    def _stamp(self) -> tuple[int, int, int] | None:
+    def _stamp(self, path: Path | None = None) -> tuple[int, int, int] | None:
         try:
-            st = self.index_path.stat()
+            st = (path or self.index_path).stat()
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -246,10 +268,16 @@ class Collection:
                 self.recover()
             yield self
         finally:
-            self._writing -= 1
-            if self._writing == 0:
-                self._index = None  # readers reload what was saved
-            self._lock.release()
+            try:
+                if self._writing == 1 and self._dirty:
+                    self._rebuild_keyword()
+            except Exception:  # noqa: BLE001 - SQL and FAISS are committed; a stale BM25 is rebuilt on next use
+                log.exception("collection %s: could not rebuild the keyword index", self.name)
+            finally:
+                self._writing -= 1
+                if self._writing == 0:
+                    self._index = None  # readers reload what was saved
+                self._lock.release()
 
     def _require_writer(self) -> None:
         if not self._writing:
@@ -377,6 +405,7 @@ class Collection:
             if item.vectors.shape != (len(item.chunks), self.config.dim):
                 raise InvalidInput(f"{item.document.source}: vectors do not match chunks")
         sources = [item.document.source for item in new]
+        self._dirty = True
         with self.store.sessions.begin() as session:
             # Step 1: pending rows, ids allocated by SQL.
             doc_ids = list(
@@ -423,12 +452,14 @@ class Collection:
                     .values(status="deleting")
                 )
             old_chunk_ids = self._chunk_ids_of(session, gone)
+        failpoint("write:after-pending")
         # Step 2: FAISS, saved atomically.
         index = self.vectors()
         index.remove(old_chunk_ids)
         if chunk_ids:
             index.add(np.asarray(chunk_ids, dtype=np.int64), np.vstack([item.vectors for item in new]))
         self._save(index)
+        failpoint("write:after-faiss-save")
         # Step 3: publish.
         with self.store.sessions.begin() as session:
             if doc_ids:
@@ -493,6 +524,8 @@ class Collection:
             deleting = session.scalar(
                 select(func.count()).where(DocumentRow.collection_id == self.id, DocumentRow.status == "deleting")
             )
+        keyword_ids = KeywordIndex.read_ids(self.keyword_path)
+        keyword = set() if keyword_ids is None else set(keyword_ids.tolist())
         return ConsistencyReport(
             sql_chunks=len(ready),
             faiss_vectors=index.count(),
@@ -500,6 +533,10 @@ class Collection:
             orphans_in_faiss=sorted(faiss_ids - ready),
             pending_documents=int(pending or 0),
             deleting_documents=int(deleting or 0),
+            keyword_chunks=len(keyword),
+            keyword_present=keyword_ids is not None,
+            missing_in_keyword=sorted(ready - keyword) if keyword_ids is not None else [],
+            orphans_in_keyword=sorted(keyword - ready),
         )
 
     def recover(self) -> ConsistencyReport:
@@ -542,10 +579,14 @@ class Collection:
         if orphans:
             index.remove(orphans)
             self._save(index)
+        failpoint("recover:after-faiss-save")
         with self.store.sessions.begin() as session:
             if publish:
                 session.execute(update(DocumentRow).where(DocumentRow.id.in_(publish)).values(status="ready"))
             self._delete_rows(session, gone)
+        if publish or gone or orphans or not self._keyword_current():
+            self._dirty = True
+            self._rebuild_keyword()
         if publish or gone or orphans:
             log.warning(
                 "collection %s: finished an interrupted write (%d documents published, %d rolled back or "
@@ -578,6 +619,103 @@ class Collection:
             self._save(index)
             report = self.check()
         return report
+
+    # -- keyword index (derived from SQL) -----------------------------------------------------
+    def _ready_fingerprint(self) -> tuple[int, int, int]:
+        """(count, sum, max) of ready chunk ids: chunk ids are never reused, so any change moves it."""
+        with self.store.sessions() as session:
+            row = session.execute(
+                select(func.count(ChunkRow.id), func.coalesce(func.sum(ChunkRow.id), 0), func.coalesce(func.max(ChunkRow.id), 0))
+                .join(DocumentRow)
+                .where(DocumentRow.collection_id == self.id, DocumentRow.status == "ready")
+            ).one()
+        return (int(row[0]), int(row[1]), int(row[2]))
+
+    def _keyword_current(self) -> bool:
+        meta = KeywordIndex.read_meta(self.keyword_path)
+        return (
+            meta is not None
+            and tuple(meta.get("fingerprint", ())) == self._ready_fingerprint()
+            and meta.get("spec") == self.keyword_spec.to_dict()
+        )
+
+    def _build_keyword(self, generation: int) -> KeywordIndex:
+        fingerprint = self._ready_fingerprint()
+        with self.store.sessions() as session:
+            rows = session.execute(
+                select(ChunkRow.id, DocumentRow.title, ChunkRow.text)
+                .join(DocumentRow)
+                .where(DocumentRow.collection_id == self.id, DocumentRow.status == "ready")
+                .order_by(ChunkRow.id)
+            ).all()
+        # A concurrent writer cannot change SQL here: callers hold the write lock or only read.
+        return KeywordIndex.build(
+            [int(r[0]) for r in rows],
+            [f"{r[1]} {r[2]}" if r[1] else r[2] for r in rows],
+            self.keyword_spec,
+            fingerprint=fingerprint,
+            generation=generation,
+        )
+
+    def _rebuild_keyword(self) -> None:
+        """Rebuild BM25 from the ready chunks and save it atomically (needs the write lock)."""
+        self._require_writer()
+        meta = KeywordIndex.read_meta(self.keyword_path) or {}
+        keyword = self._build_keyword(int(meta.get("generation", 0)) + 1)
+        keyword.save(self.keyword_path)
+        self._keyword = keyword
+        self._keyword_stamp = (self._stamp(self.keyword_path), self._stamp())
+        self._dirty = False
+
+    def keyword(self) -> KeywordIndex:
+        """The current BM25 generation; reloaded when a newer one is saved, built if missing or stale."""
+        if self._writing and self._keyword is not None:
+            return self._keyword
+        stamp = (self._stamp(self.keyword_path), self._stamp())
+        if self._keyword is not None and stamp == self._keyword_stamp:
+            return self._keyword
+        if self._keyword_current():
+            self._keyword = KeywordIndex.load(self.keyword_path)
+        else:
+            # Missing (a collection older than keyword search) or stale (a writer crashed before
+            # rebuilding it): rebuild and save it unless a writer is busy; that writer saves a
+            # fresh one as it finishes, and until then the saved (or a private) copy serves.
+            try:
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                if self.keyword_path.exists():
+                    self._keyword = KeywordIndex.load(self.keyword_path)
+                elif self._keyword is None:
+                    self._keyword = self._build_keyword(0)
+            else:
+                self._writing += 1
+                try:
+                    self._rebuild_keyword()
+                finally:
+                    self._writing -= 1
+                    self._lock.release()
+        self._keyword_stamp = (self._stamp(self.keyword_path), stamp[1])
+        assert self._keyword is not None
+        return self._keyword
+
+    def keyword_search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        """Top-k ready passages per query by BM25; every hit is checked against SQL."""
+        if k < 1:
+            raise InvalidInput("k must be at least 1")
+        found = self.keyword().search(queries, k + 16)
+        rows = self.passage_rows(sorted({int(i) for _, ids in found for i in ids}))
+        results: list[list[Passage]] = []
+        for scores, ids in found:
+            hits: list[Passage] = []
+            for score, chunk_id in zip(scores, ids):
+                row = rows.get(int(chunk_id))
+                if row is None:
+                    continue
+                hits.append(_passage(row, float(score), len(hits) + 1))
+                if len(hits) == k:
+                    break
+            results.append(hits)
+        return results
 
     def embedding_text(self, title: str, text: str) -> str:
         """What the encoder sees for a chunk: the title first when configured (BEIR's recipe)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from indexes.errors import InvalidInput
+from indexes.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class VectorIndex:
             faiss.write_index(self.index, tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
+            failpoint("faiss:before-rename")
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
