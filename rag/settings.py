@@ -50,6 +50,23 @@ class Settings(BaseSettings):
     max_file_mb: float = Field(50.0, gt=0)
     max_k: int = Field(1000, ge=1)
 
+    # Answering (`rag ask`, `/v1/ask`): generation and the citation check.
+    answer_mode: Literal["extractive", "generative"] = Field("extractive", description="default of `rag ask --mode`")
+    answer_k: int = Field(5, ge=1, le=50, description="passages read per question")
+    generator_backend: Literal["llamacpp", "transformers", "openai"] = "llamacpp"
+    generator_model: str | None = Field(
+        None, description="GGUF file (llamacpp), HF folder/id or GGUF (transformers), model name (openai); default SmolLM2-135M-Instruct"
+    )
+    generator_max_tokens: int = Field(256, ge=1, le=32768)
+    generator_temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy, deterministic")
+    generator_timeout_s: float = Field(120.0, gt=0)
+    generator_context_tokens: int = Field(4096, ge=256, description="llama.cpp context window per request")
+    openai_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible server for generator_backend=openai")
+    openai_api_key: str | None = None
+    support_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, description="citation check: support score (content-word recall) that verifies a sentence"
+    )
+
     @field_validator("home", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Any:
