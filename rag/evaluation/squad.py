@@ -1,0 +1,128 @@
+"""SQuAD v1.1 data and scoring: the official answer normalisation, EM/F1 and a JSON reader.
+
+The only place the normalisation lives, so every EM/F1 the project prints lines up with the
+published tables. Standard library only: the reference script runs it under another venv.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from indexes.errors import InvalidInput
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation, the articles a/an/the and extra whitespace (official v1.1)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    """Token-level F1 between the normalised strings (bag of tokens, as the official script)."""
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_over_golds(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+    """(EM, F1) of one prediction: the maximum over the gold answers, each on a 0-1 scale."""
+    if not golds:
+        raise InvalidInput("a SQuAD v1.1 question needs at least one gold answer")
+    return max(exact_match(prediction, g) for g in golds), max(f1_score(prediction, g) for g in golds)
+
+
+def score_predictions(predictions: dict[str, str], questions: Iterable[SquadQuestion]) -> dict[str, float]:
+    """EM and F1 on a 0-100 scale over `questions`; a question without a prediction scores 0."""
+    em_total = f1_total = 0.0
+    count = 0
+    for q in questions:
+        count += 1
+        if q.id in predictions:
+            em, f1 = best_over_golds(predictions[q.id], q.answers)
+            em_total += em
+            f1_total += f1
+    if count == 0:
+        raise InvalidInput("no questions to score")
+    return {"exact_match": 100.0 * em_total / count, "f1": 100.0 * f1_total / count, "questions": count}
+
+
+@dataclass(frozen=True)
+class SquadQuestion:
+    """One question with its own paragraph and gold answers."""
+
+    id: str
+    question: str
+    context: str
+    answers: tuple[str, ...]
+    answer_starts: tuple[int, ...]
+    title: str
+    article: int
+    paragraph: int
+
+
+def load_squad_json(path: str | Path) -> dict[str, Any]:
+    """The raw SQuAD document from a `.json` or `.json.gz` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"no SQuAD file at {path}")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+            data: dict[str, Any] = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{path} is not SQuAD JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise InvalidInput(f"{path} is not SQuAD JSON: no top-level 'data' list")
+    return data
+
+
+def read_squad(
+    path: str | Path, paragraphs_per_article: int | None = None, limit: int | None = None
+) -> list[SquadQuestion]:
+    """Questions in file order; optionally only the first paragraphs of each article, then the first `limit`."""
+    out: list[SquadQuestion] = []
+    for a, article in enumerate(load_squad_json(path)["data"]):
+        paragraphs = article.get("paragraphs", [])
+        if paragraphs_per_article is not None:
+            paragraphs = paragraphs[:paragraphs_per_article]
+        for p, paragraph in enumerate(paragraphs):
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers", [])
+                out.append(
+                    SquadQuestion(
+                        id=str(qa["id"]),
+                        question=qa["question"],
+                        context=paragraph["context"],
+                        answers=tuple(x["text"] for x in answers),
+                        answer_starts=tuple(int(x["answer_start"]) for x in answers),
+                        title=article.get("title", ""),
+                        article=a,
+                        paragraph=p,
+                    )
+                )
+                if limit is not None and len(out) >= limit:
+                    return out
+    return out
