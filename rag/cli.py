@@ -30,6 +30,8 @@ app.add_typer(eval_app, name="eval")
 
 CollectionOpt = typer.Option(None, "--collection", "-c", help="collection name [default: RAG_COLLECTION or 'default']")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
+RetrieverOpt = typer.Option(None, "--retriever", help="dense, bm25 or hybrid [env RAG_RETRIEVER]")
+FusionOpt = typer.Option(None, "--fusion", help="hybrid fusion: rrf or convex [env RAG_FUSION]")
 
 
 class _State:
@@ -98,10 +100,12 @@ def search(
     query: str = typer.Argument(..., help="the question or keywords"),
     collection: Optional[str] = CollectionOpt,
     k: int = typer.Option(10, "-k", "--top-k", help="passages to return"),
+    retriever: Optional[str] = RetrieverOpt,
+    fusion: Optional[str] = FusionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the passages most similar to QUERY."""
-    rt = _runtime()
+    rt = _runtime(retriever=retriever, fusion=fusion)
     passages = rt.retriever(collection).retrieve(query, k)
     if as_json:
         _print_json([p.to_dict() for p in passages])
@@ -195,6 +199,8 @@ def eval_retrieval(
     beir: Path = typer.Option(..., "--beir", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv"),
     split: str = typer.Option("test", "--split"),
     collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: beir-FOLDERNAME"),
+    retriever: Optional[str] = RetrieverOpt,
+    fusion: Optional[str] = FusionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """nDCG@10, Recall@100, MRR@10 and latency; ingests the corpus first if needed."""
@@ -202,17 +208,23 @@ def eval_retrieval(
 
     data = read_beir(beir, split)
     name = collection or f"beir-{beir.resolve().name}"
-    rt = _runtime()
+    rt = _runtime(retriever=retriever, fusion=fusion)
     target = rt.writable_collection(name)
     report = rt.ingestor(target, show_progress=not as_json).ingest_paths([str(data.corpus)], prune=True)
     if report.errors:
         raise RagError(f"could not ingest {data.corpus}: {report.errors[0]['error']}")
-    result = {"collection": name, "split": split, **evaluate_retrieval(rt.retriever(name), data)}
+    result = {
+        "collection": name,
+        "split": split,
+        "retriever": rt.settings.retriever,
+        **({"fusion": rt.settings.fusion} if rt.settings.retriever == "hybrid" else {}),
+        **evaluate_retrieval(rt.retriever(name), data),
+    }
     if as_json:
         _print_json(result)
     else:
         typer.echo(
-            f"{name} ({split}, {result['queries']} queries): nDCG@10 {result['ndcg@10']:.4f}  "
+            f"{name} ({split}, {result['retriever']}, {result['queries']} queries): nDCG@10 {result['ndcg@10']:.4f}  "
             f"Recall@100 {result['recall@100']:.4f}  MRR@10 {result['mrr@10']:.4f}  "
             f"p50 {result['latency_p50_ms']:.1f} ms  p95 {result['latency_p95_ms']:.1f} ms"
         )

@@ -1,13 +1,28 @@
-"""Question in, ranked passages out."""
+"""Question in, ranked passages out: dense (FAISS), bm25 (keyword) or hybrid (both, fused).
+
+Every retriever has the same two methods (`Retriever`); reranking and MMR wrap any of them.
+All hits come back through SQL (`Collection.passage_rows`), so only ready documents are returned.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+import numpy as np
 
 from indexes.encoder import Encoder
 from indexes.errors import InvalidInput
 from indexes.store import Collection
 from indexes.types import Passage
+from rag.fusion import Normalization, convex_combination, reciprocal_rank_fusion
+
+if TYPE_CHECKING:
+    from rag.rerank import CrossEncoderReranker
+    from rag.settings import Settings
+
+RetrieverKind = Literal["dense", "bm25", "hybrid"]
+RETRIEVER_KINDS: tuple[str, ...] = ("dense", "bm25", "hybrid")
 
 
 def validate_query(query: str, max_chars: int) -> str:
@@ -21,7 +36,32 @@ def validate_query(query: str, max_chars: int) -> str:
     return cleaned
 
 
-class DenseRetriever:
+@runtime_checkable
+class Retriever(Protocol):
+    """Ranked passages for a query; `retrieve_many` answers several queries in one batch."""
+
+    def retrieve(self, query: str, k: int = 10) -> list[Passage]: ...
+
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]: ...
+
+
+class _Base:
+    max_query_chars: int
+    max_k: int
+
+    def retrieve(self, query: str, k: int = 10) -> list[Passage]:
+        return self.retrieve_many([query], k)[0]
+
+    def _checked(self, queries: Sequence[str], k: int) -> list[str]:
+        if not 1 <= k <= self.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.max_k}, not {k}")
+        return [validate_query(q, self.max_query_chars) for q in queries]
+
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        raise NotImplementedError
+
+
+class DenseRetriever(_Base):
     """Embeds queries with the collection's own encoder and searches its FAISS index."""
 
     def __init__(self, collection: Collection, encoder: Encoder, max_query_chars: int = 2000, max_k: int = 1000) -> None:
@@ -31,12 +71,151 @@ class DenseRetriever:
         self.max_query_chars = max_query_chars
         self.max_k = max_k
 
-    def retrieve(self, query: str, k: int = 10) -> list[Passage]:
-        return self.retrieve_many([query], k)[0]
-
     def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
-        if not 1 <= k <= self.max_k:
-            raise InvalidInput(f"k must be between 1 and {self.max_k}, not {k}")
-        cleaned = [validate_query(q, self.max_query_chars) for q in queries]
+        cleaned = self._checked(queries, k)
         vectors = self.encoder.encode(cleaned, kind="query")
         return self.collection.search(vectors, k)
+
+
+class BM25Retriever(_Base):
+    """Searches the collection's BM25 keyword index (rebuilt from SQL whenever SQL changes)."""
+
+    def __init__(self, collection: Collection, max_query_chars: int = 2000, max_k: int = 1000) -> None:
+        self.collection = collection
+        self.max_query_chars = max_query_chars
+        self.max_k = max_k
+
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        return self.collection.keyword_search(self._checked(queries, k), k)
+
+
+class HybridRetriever(_Base):
+    """Dense and BM25 candidates, each `depth` deep, fused by RRF or a convex combination."""
+
+    def __init__(
+        self,
+        dense: DenseRetriever,
+        sparse: BM25Retriever,
+        fusion: Literal["rrf", "convex"] = "rrf",
+        rrf_k: float = 60.0,
+        weight: float = 0.5,
+        normalization: Normalization = "minmax",
+        depth: int = 100,
+    ) -> None:
+        if fusion not in ("rrf", "convex"):
+            raise InvalidInput(f"unknown fusion {fusion!r}; use 'rrf' or 'convex'")
+        if depth < 1:
+            raise InvalidInput("candidate depth must be at least 1")
+        self.dense = dense
+        self.sparse = sparse
+        self.fusion = fusion
+        self.rrf_k = rrf_k
+        self.weight = weight
+        self.normalization = normalization
+        self.depth = depth
+        self.max_query_chars = dense.max_query_chars
+        self.max_k = dense.max_k
+
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        cleaned = self._checked(queries, k)
+        depth = max(self.depth, k)
+        dense = self.dense.collection.search(self.dense.encoder.encode(cleaned, kind="query"), depth)
+        sparse = self.sparse.collection.keyword_search(cleaned, depth)
+        fused = []
+        for d, s in zip(dense, sparse):
+            if self.fusion == "rrf":
+                # `weight` is the dense share for RRF too: 0.5 is plain RRF.
+                fused.append(reciprocal_rank_fusion([d, s], k, self.rrf_k, [2 * self.weight, 2 * (1 - self.weight)]))
+            else:
+                fused.append(convex_combination(d, s, k, self.weight, self.normalization))
+        return fused
+
+
+class RerankingRetriever(_Base):
+    """Any retriever's top `depth` candidates reordered by a cross-encoder."""
+
+    def __init__(self, base: _Base, reranker: CrossEncoderReranker, depth: int = 50) -> None:
+        self.base = base
+        self.reranker = reranker
+        self.depth = depth
+        self.max_query_chars = base.max_query_chars
+        self.max_k = base.max_k
+
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        cleaned = self._checked(queries, k)
+        candidates = self.base.retrieve_many(cleaned, max(self.depth, k))
+        return [self.reranker.rerank(q, c[: max(self.depth, k)], k) for q, c in zip(cleaned, candidates)]
+
+
+class MMRRetriever(_Base):
+    """Any retriever's top `depth` candidates reordered by MMR over their dense vectors."""
+
+    def __init__(self, base: _Base, collection: Collection, encoder: Encoder, lam: float = 0.7, depth: int = 50) -> None:
+        if not 0.0 <= lam <= 1.0:
+            raise InvalidInput("mmr lambda must be between 0 and 1")
+        self.base = base
+        self.collection = collection
+        self.encoder = encoder
+        self.lam = lam
+        self.depth = depth
+        self.max_query_chars = base.max_query_chars
+        self.max_k = base.max_k
+
+    def vectors_of(self, passages: Sequence[Passage]) -> np.ndarray:
+        """Stored vectors reconstructed from FAISS; re-embedded where the index cannot (IVF, PQ)."""
+        if not passages:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        index = self.collection.vectors().index
+        try:
+            return np.vstack([index.reconstruct(int(p.chunk_id)) for p in passages])
+        except (RuntimeError, AttributeError):
+            texts = [self.collection.embedding_text(p.title, p.text) for p in passages]
+            return self.encoder.encode(texts, kind="passage")
+
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        from rag.rerank import mmr
+
+        cleaned = self._checked(queries, k)
+        candidates = self.base.retrieve_many(cleaned, max(self.depth, k))
+        return [mmr(c, self.vectors_of(c), k, self.lam) for c in candidates]
+
+
+def build_retriever(
+    collection: Collection,
+    encoder: Encoder | None,
+    settings: Settings,
+    kind: str | None = None,
+    reranker: CrossEncoderReranker | None = None,
+) -> _Base:
+    """The retriever `settings` describe (`kind` overrides `settings.retriever`), with reranking
+    and MMR wrapped around it when configured."""
+    kind = kind or settings.retriever
+    if kind not in RETRIEVER_KINDS:
+        raise InvalidInput(f"unknown retriever {kind!r}; use one of {', '.join(RETRIEVER_KINDS)}")
+    limits = {"max_query_chars": settings.max_query_chars, "max_k": settings.max_k}
+    if kind != "bm25" or settings.mmr_lambda is not None:
+        if encoder is None:
+            raise InvalidInput(f"the {kind} retriever needs the collection's encoder")
+    retriever: _Base
+    if kind == "dense":
+        assert encoder is not None
+        retriever = DenseRetriever(collection, encoder, **limits)
+    elif kind == "bm25":
+        retriever = BM25Retriever(collection, **limits)
+    else:
+        assert encoder is not None
+        retriever = HybridRetriever(
+            DenseRetriever(collection, encoder, **limits),
+            BM25Retriever(collection, **limits),
+            fusion=settings.fusion,
+            rrf_k=settings.rrf_k,
+            weight=settings.hybrid_weight,
+            normalization=settings.normalization,
+            depth=settings.candidate_depth,
+        )
+    if reranker is not None:
+        retriever = RerankingRetriever(retriever, reranker, settings.rerank_depth)
+    if settings.mmr_lambda is not None:
+        assert encoder is not None
+        retriever = MMRRetriever(retriever, collection, encoder, settings.mmr_lambda, settings.rerank_depth)
+    return retriever

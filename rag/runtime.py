@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from indexes.encoder import Encoder, EncoderSpec, set_threads
 from indexes.errors import CollectionNotFound
 from indexes.store import Collection, CollectionConfig, Store
 from ingest.chunking import SentenceWindowChunker
 from ingest.pipeline import Ingestor
-from rag.retrieval import DenseRetriever
+from rag.retrieval import Retriever, build_retriever
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.rerank import CrossEncoderReranker
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._encoders: dict[tuple[object, ...], Encoder] = {}
+        self._reranker: CrossEncoderReranker | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -93,6 +98,23 @@ class Runtime:
             show_progress=show_progress,
         )
 
-    def retriever(self, name: str | None = None) -> DenseRetriever:
+    def retriever(self, name: str | None = None, kind: str | None = None) -> Retriever:
+        """The configured retriever (`kind` overrides RAG_RETRIEVER: dense, bm25 or hybrid) over a
+        collection, with the reranker and MMR when the settings ask for them."""
         collection = self.collection(name)
-        return DenseRetriever(collection, self.encoder_for(collection), self.settings.max_query_chars, self.settings.max_k)
+        kind = kind or self.settings.retriever
+        needs_encoder = kind != "bm25" or self.settings.mmr_lambda is not None
+        encoder = self.encoder_for(collection) if needs_encoder else None
+        return build_retriever(collection, encoder, self.settings, kind, reranker=self.reranker())
+
+    def reranker(self) -> CrossEncoderReranker | None:
+        """The cross-encoder named by RAG_RERANKER_MODEL, loaded once; None when unset."""
+        model = self.settings.reranker_model
+        if not model:
+            return None
+        if self._reranker is None:
+            from rag.rerank import CrossEncoderReranker
+
+            set_threads(self.settings.threads)
+            self._reranker = CrossEncoderReranker(model, device=self.settings.device)
+        return self._reranker
