@@ -61,6 +61,17 @@ class Settings(BaseSettings):
     max_file_mb: float = Field(50.0, gt=0)
     max_k: int = Field(1000, ge=1)
 
+    # API (`rag serve`): where it listens, who may call it, and how much one caller may ask for.
+    api_host: str = Field("127.0.0.1", description="interface `rag serve` binds to")
+    api_port: int = Field(8000, ge=1, le=65535)
+    auth: bool = Field(True, description="require API keys; off only for local development on loopback")
+    max_body_mb: float = Field(100.0, gt=0, description="largest request body the API reads")
+    max_upload_files: int = Field(20, ge=1, description="files per upload request")
+    max_json_documents: int = Field(1000, ge=1, description="documents per JSON ingestion request")
+    rate_limit_per_minute: int = Field(600, ge=0, description="requests per key per minute; 0 disables")
+    generation_timeout_s: float = Field(60.0, gt=0, description="longest an answer may take before 504")
+    job_workers: int = Field(2, ge=1, description="threads running ingestion jobs")
+
     # Answering (`rag ask`, `/v1/ask`): generation and the citation check.
     answer_mode: Literal["extractive", "generative"] = Field("extractive", description="default of `rag ask --mode`")
     answer_k: int = Field(5, ge=1, le=50, description="passages read per question")

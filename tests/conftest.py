@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,5 +100,5 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def run_cli(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the installed `rag` command in a subprocess, as a user would."""
     environment = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
-    rag = shutil.which("rag", path=str(Path(os.sys.executable).parent)) or "rag"
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
     return subprocess.run([rag, *args], capture_output=True, text=True, env=environment, timeout=timeout)
