@@ -1,0 +1,139 @@
+"""Questions in, cited answers out: one JSON Answer, or SSE tokens then the final Answer.
+
+The pipeline runs in a worker thread under the generation deadline; a stream's events are
+`token` ({"text"}), then `answer` (the `Answer.to_dict()` JSON), or `error` ({"error": {...}}).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.auth import require
+from api.errors import ApiError, status_for
+from api.keys import Principal
+from api.schemas import AnswerOut, AskRequest, ErrorOut
+from api.state import ApiState, api_state
+from indexes.errors import RagError
+from rag.retrieval import validate_query
+
+router = APIRouter(prefix="/v1", tags=["ask"])
+log = logging.getLogger(__name__)
+
+_SSE_DOC = {
+    "description": "An Answer; with `Accept: text/event-stream`, SSE events `token` then `answer` (or `error`).",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+def _pipeline(state: ApiState) -> Any:
+    factory = getattr(state.runtime, "ask_pipeline", None)
+    if factory is None:
+        raise ApiError(501, "not_implemented", "this server has no answer pipeline (rag.qa is not installed)")
+    return factory()
+
+
+def _call_args(method: Any, body: AskRequest, question: str, collection: str, k: int) -> dict[str, Any]:
+    params = inspect.signature(method).parameters
+    args: dict[str, Any] = {"question": question, "collection": collection, "mode": body.mode, "k": k}
+    if body.filters is not None and any(v is not None for v in body.filters.model_dump().values()):
+        if "filters" not in params:
+            raise ApiError(422, "invalid_request", "this server's answer pipeline does not support filters")
+        args["filters"] = body.filters.model_dump(exclude_none=True)
+    return args
+
+
+def _sse(event: str, payload: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n".encode("utf-8")
+
+
+def _error_payload(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, RagError):
+        return {"error": {"code": exc.code, "message": str(exc)}, "status": status_for(exc)}
+    if isinstance(exc, ApiError):
+        return {"error": {"code": exc.code, "message": exc.message}, "status": exc.status}
+    log.exception("answer stream failed", exc_info=exc)
+    return {"error": {"code": "internal_error", "message": "internal error; the server log has the details"}, "status": 500}
+
+
+_DONE = object()
+
+
+@router.post(
+    "/ask",
+    response_model=AnswerOut,
+    summary="Answer a question with citations",
+    responses={
+        200: _SSE_DOC,
+        403: {"model": ErrorOut},
+        404: {"model": ErrorOut},
+        422: {"model": ErrorOut},
+        429: {"model": ErrorOut},
+        501: {"model": ErrorOut},
+        504: {"model": ErrorOut},
+    },
+)
+async def ask(body: AskRequest, request: Request, principal: Principal = Depends(require("read"))) -> Any:
+    state = api_state(request)
+    collection = state.collection_for(principal, body.collection)
+    question = validate_query(body.question, state.settings.max_query_chars)
+    k = body.k or int(getattr(state.settings, "answer_k", 5))
+    await run_in_threadpool(state.runtime.collection, collection)  # 404 before anything starts
+    pipeline = _pipeline(state)
+    timeout = state.settings.generation_timeout_s
+    if "text/event-stream" in request.headers.get("accept", ""):
+        args = _call_args(pipeline.stream, body, question, collection, k)
+        events = await run_in_threadpool(lambda: iter(pipeline.stream(**args)))
+        return StreamingResponse(
+            _stream(events, timeout),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+    args = _call_args(pipeline.ask, body, question, collection, k)
+    try:
+        with anyio.fail_after(timeout):
+            answer = await anyio.to_thread.run_sync(lambda: pipeline.ask(**args), abandon_on_cancel=True)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"no answer within {timeout:g} s (RAG_GENERATION_TIMEOUT_S)") from None
+    return JSONResponse(answer.to_dict())
+
+
+async def _stream(events: Iterator[Any], timeout: float) -> AsyncIterator[bytes]:
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                yield _sse("error", {"error": {"code": "timeout", "message": f"no answer within {timeout:g} s"}, "status": 504})
+                return
+            try:
+                with anyio.fail_after(remaining):
+                    item = await anyio.to_thread.run_sync(next, events, _DONE, abandon_on_cancel=True)
+            except TimeoutError:
+                yield _sse("error", {"error": {"code": "timeout", "message": f"no answer within {timeout:g} s"}, "status": 504})
+                return
+            except Exception as exc:  # reported in-band: the 200 status line is already sent
+                yield _sse("error", _error_payload(exc))
+                return
+            if item is _DONE:
+                return
+            if isinstance(item, str):
+                yield _sse("token", {"text": item})
+            else:
+                yield _sse("answer", item.to_dict())
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # still running in its worker thread; it ends on its own
+                pass

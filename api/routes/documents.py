@@ -1,0 +1,152 @@
+"""Adding (as background jobs), listing and deleting documents of a collection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api.auth import check_collection, require
+from api.errors import ApiError
+from api.jobs import api_document, writer_collection
+from api.keys import Principal
+from api.schemas import DeleteResponse, DocumentList, DocumentsIn, ErrorOut, JobOut
+from api.state import ApiState, api_state
+from indexes.errors import DocumentNotFound
+from indexes.store import Collection
+
+router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
+NamePath = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="collection name")
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "files (.txt .md .html .pdf .docx .jsonl .json .json.gz); parsed from their bytes",
+                        }
+                    },
+                    "required": ["files"],
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/DocumentsIn"}},
+        },
+    }
+}
+
+
+async def _read_upload(state: ApiState, upload: UploadFile) -> bytes:
+    limit = state.settings.max_file_bytes
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"{upload.filename}: over the {state.settings.max_file_mb:g} MB per-file limit (RAG_MAX_FILE_MB)",
+        )
+    return data
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Add files (multipart field `files`) or JSON documents; returns a job",
+    openapi_extra=_UPLOAD_BODY,
+    responses={413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+)
+async def add_documents(
+    request: Request, name: str = NamePath, principal: Principal = Depends(require("write"))
+) -> JSONResponse:
+    state = api_state(request)
+    check_collection(principal, name)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        limit = state.settings.max_upload_files
+        form = await request.form(max_files=limit + 1, max_fields=limit + 10)
+        try:
+            uploads = form.getlist("files")
+            if any(not isinstance(u, UploadFile) for u in uploads):
+                raise ApiError(422, "invalid_request", "the field 'files' must hold files, not text values")
+            if not uploads:
+                raise ApiError(422, "invalid_request", "no files: send them in the multipart field 'files'")
+            if len(uploads) > limit:
+                raise ApiError(413, "too_many_files", f"{len(uploads)} files; the limit is {limit} per request (RAG_MAX_UPLOAD_FILES)")
+            files = [(u.filename or "upload", await _read_upload(state, u)) for u in uploads]  # type: ignore[union-attr]
+        finally:
+            await form.close()
+        await run_in_threadpool(state.runtime.writable_collection, name)
+        job = state.jobs.submit_files(name, files, principal)
+    elif content_type == "application/json":
+        try:
+            payload = DocumentsIn.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ())) or "body"
+            raise ApiError(422, "invalid_request", f"{where}: {first.get('msg', 'invalid JSON documents')}") from None
+        if len(payload.documents) > state.settings.max_json_documents:
+            raise ApiError(
+                413, "too_many_documents", f"{len(payload.documents)} documents; the limit is {state.settings.max_json_documents} (RAG_MAX_JSON_DOCUMENTS)"
+            )
+        documents = [api_document(item) for item in payload.documents]
+        await run_in_threadpool(state.runtime.writable_collection, name)
+        job = state.jobs.submit_documents(name, documents, principal)
+    else:
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data (field 'files') or application/json ({'documents': [...]})")
+    return JSONResponse(job, status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
+
+
+@router.get(
+    "",
+    response_model=DocumentList,
+    summary="Documents of a collection, by id",
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+)
+def list_documents(
+    request: Request,
+    name: str = NamePath,
+    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = Query(100, ge=1, le=1000),
+    principal: Principal = Depends(require("read")),
+) -> dict[str, Any]:
+    check_collection(principal, name)
+    target = api_state(request).runtime.collection(name)
+    return {"collection": name, "offset": offset, "limit": limit, "documents": target.documents(offset, limit)}
+
+
+@router.delete(
+    "/{doc_id}",
+    response_model=DeleteResponse,
+    summary="Delete a document from SQL and FAISS together",
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+)
+def delete_document(
+    request: Request,
+    name: str = NamePath,
+    doc_id: int = Path(ge=1, le=2**62),
+    principal: Principal = Depends(require("write")),
+) -> dict[str, Any]:
+    check_collection(principal, name)
+    state = api_state(request)
+    state.runtime.collection(name)  # 404 for an unknown collection, without creating it
+    target: Collection = writer_collection(state.runtime, name)
+    with target.writer():
+        try:
+            found = [i for i in target.find_documents(str(doc_id)) if i == doc_id]
+        except DocumentNotFound:
+            found = []
+        if not found:
+            raise DocumentNotFound(f"no document {doc_id} in collection {name!r}")
+        result = target.delete(found)
+    state.metrics.documents.labels("deleted").inc(result["deleted"])
+    return {"collection": name, "deleted": result["deleted"], "document_ids": found}

@@ -1,0 +1,81 @@
+"""Liveness, readiness and what the web page needs to know before it has a key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from api.auth import authenticate
+from api.errors import ApiError
+from api.keys import Principal
+from api.schemas import Health, Readiness
+from api.state import api_state
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Models are loaded and every collection's SQL and FAISS agree",
+    responses={503: {"model": Readiness}},
+)
+def readyz(request: Request) -> Any:
+    state = api_state(request)
+    checks: dict[str, Any] = {"models": state.models}
+    ready = bool(state.models.get("embedder"))
+    try:
+        with state.runtime.store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means not ready
+        checks["database"] = f"error: {type(exc).__name__}"
+        ready = False
+    collections: dict[str, Any] = {}
+    if checks["database"] == "ok":
+        for name in state.runtime.store.collection_names():
+            report = state.runtime.store.collection(name).check()
+            collections[name] = "consistent" if report.consistent else report.to_dict()
+            ready = ready and report.consistent
+    checks["collections"] = collections
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if not ready:
+        body["error"] = {"code": "not_ready", "message": "not ready: see checks"}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/v1/info", summary="Server capabilities (no key needed)", tags=["health"])
+def info(request: Request) -> dict[str, Any]:
+    state = api_state(request)
+    return {
+        "auth": state.settings.auth,
+        "default_collection": state.settings.collection,
+        "modes": ["extractive", "generative"],
+        "ask_available": bool(state.models.get("ask_pipeline") is True),
+        "limits": {
+            "max_query_chars": state.settings.max_query_chars,
+            "max_k": state.settings.max_k,
+            "answer_k": getattr(state.settings, "answer_k", 5),
+            "max_upload_files": state.settings.max_upload_files,
+            "max_file_mb": state.settings.max_file_mb,
+            "max_body_mb": state.settings.max_body_mb,
+            "rate_limit_per_minute": state.settings.rate_limit_per_minute,
+        },
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics (an unrestricted key when auth is on)", tags=["health"])
+def metrics(request: Request, principal: Principal = Depends(authenticate)) -> Response:
+    if principal.collection is not None:
+        raise ApiError(403, "forbidden", "metrics name every collection; use a key not limited to one")
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(api_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,81 @@
+"""Ranked passages for a query."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from api.auth import require
+from api.keys import Principal
+from api.schemas import ErrorOut, Filters, SearchRequest, SearchResponse
+from api.state import ApiState, api_state
+from indexes.errors import InvalidInput
+from indexes.types import Passage
+from rag.retrieval import validate_query
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+
+def get_retriever(state: ApiState, collection: str, kind: str | None) -> Any:
+    """`Runtime.retriever(name, kind)` where the runtime knows kinds, else the dense one."""
+    runtime = state.runtime
+    if "kind" in inspect.signature(runtime.retriever).parameters:
+        return runtime.retriever(collection, kind) if kind else runtime.retriever(collection)
+    if kind not in (None, "dense"):
+        raise InvalidInput(f"this server has only the dense retriever, not {kind!r}")
+    return runtime.retriever(collection)
+
+
+def matches(passage: Passage, filters: Filters) -> bool:
+    if filters.source_prefix is not None and not passage.source.startswith(filters.source_prefix):
+        return False
+    if filters.doc_ids is not None and passage.doc_id not in filters.doc_ids:
+        return False
+    if filters.metadata:
+        for key, value in filters.metadata.items():
+            if passage.metadata.get(key) != value:
+                return False
+    return True
+
+
+def filtered_search(state: ApiState, collection: str, query: str, k: int, kind: str | None, filters: Filters | None) -> list[Passage]:
+    """Top-k passages passing the filters: over-fetch, filter, renumber ranks."""
+    retriever = get_retriever(state, collection, kind)
+    if filters is None:
+        return list(retriever.retrieve(query, k))
+    fetch = min(state.settings.max_k, max(k * 10, 100))
+    kept = [p for p in retriever.retrieve(query, fetch) if matches(p, filters)][:k]
+    return [_rerank(p, rank) for rank, p in enumerate(kept, start=1)]
+
+
+def _rerank(passage: Passage, rank: int) -> Passage:
+    from dataclasses import replace
+
+    return replace(passage, rank=rank)
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    summary="Ranked passages for a query",
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+)
+def search(body: SearchRequest, request: Request, principal: Principal = Depends(require("read"))) -> dict[str, Any]:
+    state = api_state(request)
+    collection = state.collection_for(principal, body.collection)
+    query = validate_query(body.query, state.settings.max_query_chars)
+    if body.k > state.settings.max_k:
+        raise InvalidInput(f"k must be between 1 and {state.settings.max_k}, not {body.k}")
+    started = time.perf_counter()
+    passages = filtered_search(state, collection, query, body.k, body.retriever, body.filters)
+    return {
+        "collection": collection,
+        "query": query,
+        "k": body.k,
+        "retriever": body.retriever or "default",
+        "passages": [p.to_dict() for p in passages],
+        "took_ms": round((time.perf_counter() - started) * 1000, 2),
+    }

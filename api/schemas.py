@@ -1,0 +1,205 @@
+"""Request and response models of the HTTP API, with OpenAPI examples.
+
+Responses mirror the library's `to_dict` shapes (`Passage.to_dict`, `Answer.to_dict`), which stay
+the one definition: these models describe them and allow extra keys, so a field added there flows
+through here without a second edit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["collection_not_found"])
+    message: str = Field(examples=["no collection named 'x' (collections: default)"])
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class PassageOut(_Open):
+    rank: int
+    score: float
+    chunk_id: int
+    doc_id: int
+    external_id: str | None
+    source: str
+    title: str
+    start: int = Field(description="character offset of the passage in its document")
+    end: int
+    ordinal: int
+    text: str
+    metadata: dict[str, Any]
+
+
+class Filters(BaseModel):
+    """Restrict which passages may be used. All given conditions must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_prefix: str | None = Field(None, max_length=1000, examples=["upload/"])
+    doc_ids: list[int] | None = Field(None, max_length=1000)
+    metadata: dict[str, str | int | float | bool] | None = Field(None, description="exact matches on document metadata")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "Where was Gabriel Lippmann born?", "collection": "default", "k": 5}]},
+    )
+
+    query: str = Field(min_length=1, max_length=20000)
+    collection: str | None = Field(None, pattern=_NAME_PATTERN, description="default: the server's RAG_COLLECTION")
+    k: int = Field(10, ge=1, le=1000, description="passages to return (at most RAG_MAX_K)")
+    retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
+    filters: Filters | None = None
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    query: str
+    k: int
+    retriever: str
+    passages: list[PassageOut]
+    took_ms: float
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"question": "Where was Gabriel Lippmann born?", "collection": "default", "mode": "extractive", "k": 5}]
+        },
+    )
+
+    question: str = Field(min_length=1, max_length=20000)
+    collection: str | None = Field(None, pattern=_NAME_PATTERN)
+    mode: Literal["extractive", "generative"] = "extractive"
+    k: int | None = Field(None, ge=1, le=50, description="passages read; default RAG_ANSWER_K")
+    filters: Filters | None = None
+
+
+class CitationOut(_Open):
+    n: int = Field(description="[n] in the answer points at passages[n-1]")
+    doc_id: int
+    chunk_id: int
+    source: str
+    title: str
+    start: int = Field(description="offset of the cited span in the document")
+    end: int
+    chunk_start: int = Field(description="offset of the cited span in the passage text")
+    chunk_end: int
+    text: str
+    verified: bool
+    score: float | None = None
+
+
+class AnswerOut(_Open):
+    answer: str
+    mode: str
+    found: bool
+    score: float | None
+    citations: list[CitationOut]
+    passages: list[PassageOut]
+    timings: dict[str, float]
+    details: dict[str, Any]
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, min_length=1, max_length=200, description="default: derived from the text")
+    title: str = Field("", max_length=2000)
+    text: str = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentsIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"documents": [{"id": "lippmann", "title": "Gabriel Lippmann", "text": "Lippmann was born in Bonnevoie, Luxembourg."}]}
+            ]
+        },
+    )
+
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class JobError(_Open):
+    source: str
+    error: str
+
+
+class JobOut(BaseModel):
+    id: str
+    collection: str
+    kind: Literal["files", "documents"]
+    status: Literal["queued", "running", "succeeded", "completed_with_errors", "failed"]
+    total: int = Field(description="files (or documents) in the job")
+    done: int = Field(description="files (or documents) processed so far")
+    stats: dict[str, Any]
+    errors: list[JobError]
+    message: str
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class DocumentOut(_Open):
+    id: int
+    external_id: str | None
+    source: str
+    title: str
+    chunks: int
+    characters: int
+    content_hash: str
+    metadata: dict[str, Any]
+    created_at: str | None
+
+
+class DocumentList(BaseModel):
+    collection: str
+    offset: int
+    limit: int
+    documents: list[DocumentOut]
+
+
+class DeleteResponse(BaseModel):
+    collection: str
+    deleted: int
+    document_ids: list[int]
+
+
+class CollectionOut(_Open):
+    collection: str
+    documents: int
+    chunks: int
+    vectors: int
+    index_factory: str
+    encoder: dict[str, Any]
+    dim: int
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, Any]

@@ -1,0 +1,111 @@
+"""What one API process shares: the Runtime (store, models), keys, jobs, limiter and metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from api.auth import RateLimiter, check_collection
+from api.jobs import JobManager
+from api.keys import KeyStore, Principal
+from api.metrics import Metrics
+from indexes.errors import RagError
+from rag.runtime import Runtime
+from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open_without_auth(settings: Settings) -> None:
+    if not settings.auth and not is_loopback(settings.api_host):
+        raise RagError(
+            f"--no-auth is for local development and only binds to loopback (127.0.0.1, ::1, localhost), "
+            f"not {settings.api_host!r}; create a key with `rag keys create` instead"
+        )
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    runtime: Runtime
+    keys: KeyStore
+    jobs: JobManager
+    limiter: RateLimiter
+    metrics: Metrics
+    models: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, settings: Settings, metrics: Metrics) -> ApiState:
+        """Open the store and load every model once, before the first request."""
+        runtime = Runtime(settings)
+        store = runtime.store
+        models: dict[str, Any] = {}
+        spec = runtime.requested_spec()
+        models["embedder"] = runtime.encoder(spec).spec.model
+        for name in store.collection_names():
+            try:
+                models[f"embedder:{name}"] = runtime.encoder_for(store.collection(name)).spec.model
+            except RagError as exc:
+                log.warning("collection %s: %s", name, exc)
+        if hasattr(runtime, "reader"):
+            try:
+                runtime.reader()
+                models["reader"] = True
+            except RagError as exc:
+                models["reader"] = f"not loaded: {exc}"
+                log.warning("extractive reader not loaded: %s", exc)
+        if hasattr(runtime, "ask_pipeline"):
+            try:
+                runtime.ask_pipeline()
+                models["ask_pipeline"] = True
+            except RagError as exc:
+                models["ask_pipeline"] = f"not loaded: {exc}"
+                log.warning("answer pipeline not available: %s", exc)
+        return cls(
+            settings=settings,
+            runtime=runtime,
+            keys=KeyStore(store),
+            jobs=JobManager(runtime, metrics, settings.job_workers),
+            limiter=RateLimiter(settings.rate_limit_per_minute),
+            metrics=metrics,
+            models=models,
+        )
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        self.runtime.store.close()
+
+    def collection_for(self, principal: Principal, requested: str | None) -> str:
+        """The collection a request means: the one named, else the key's own, else the default."""
+        name = requested or principal.collection or self.settings.collection
+        check_collection(principal, name)
+        return name
+
+    def index_sizes(self) -> list[tuple[str, int, int]]:
+        sizes = []
+        store = self.runtime.store
+        for name in store.collection_names():
+            try:
+                target = store.collection(name)
+                nbytes = target.index_path.stat().st_size if target.index_path.exists() else 0
+                sizes.append((name, target.vectors().count(), nbytes))
+            except (RagError, OSError):
+                continue
+        return sizes
+
+
+def api_state(request: Request) -> ApiState:
+    return request.app.state.api  # type: ignore[no-any-return]
