@@ -278,7 +278,7 @@ def check_answer(
     generated: str,
     passages: Sequence[Passage],
     threshold: float = DEFAULT_THRESHOLD,
-    best_passages: int = 3,
+    best_passages: int | None = None,
 ) -> Answer:
     """The checked `Answer` for `generated` text written from `passages` (numbered from 1).
 
@@ -345,7 +345,7 @@ def check_answer(
             answer=NOT_FOUND,
             mode="generative",
             citations=[],
-            passages=list(passages[:best_passages]),
+            passages=list(passages[:best_passages]),  # retrieval order: the best first
             score=0.0,
             found=False,
             details=details,

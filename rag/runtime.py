@@ -18,6 +18,7 @@ from rag.retrieval import Retriever, build_retriever
 from rag.settings import Settings
 
 if TYPE_CHECKING:
+    from rag.qa import AskPipeline
     from rag.rerank import CrossEncoderReranker
 
 log = logging.getLogger(__name__)
@@ -118,3 +119,19 @@ class Runtime:
             set_threads(self.settings.threads)
             self._reranker = CrossEncoderReranker(model, device=self.settings.device)
         return self._reranker
+
+    def ask_pipeline(self) -> AskPipeline:
+        """Retrieval, the reader and the generator behind `rag ask` and `/v1/ask`, each loaded on first use."""
+        from rag.generation import build_generator
+        from rag.qa import AskPipeline
+
+        s = self.settings
+        reader = getattr(self, "reader", None)  # Runtime.reader(): the extractive reader
+        return AskPipeline(
+            lambda name, kind: self.retriever(name, kind),
+            reader=reader if callable(reader) else None,
+            generator=lambda: build_generator(s),
+            default_mode=s.answer_mode,
+            default_k=s.answer_k,
+            support_threshold=s.support_threshold,
+        )

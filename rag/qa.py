@@ -1,0 +1,148 @@
+"""Question in, checked answer out: retrieve, then read (extractive) or generate and check citations.
+
+`AskPipeline` is what `rag ask` and `POST /v1/ask` call. `stream` yields the generated text piece by
+piece and then the final `Answer` (checked, with timings), so an SSE endpoint can forward both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from indexes.errors import InvalidInput, MissingDependency
+from indexes.types import Passage
+from rag.answer import Answer, Mode
+from rag.citations import DEFAULT_THRESHOLD, check_answer
+from rag.generation.base import Generator
+from rag.prompt import NOT_FOUND, build_messages
+from rag.retrieval import Retriever
+
+MODES: tuple[Mode, ...] = ("extractive", "generative")
+
+
+class Reader(Protocol):
+    def answer(self, question: str, passages: Sequence[Passage]) -> Answer: ...
+
+
+RetrieverFactory = Callable[[str | None, str | None], Retriever]  # (collection, kind) -> retriever
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000.0, 2)
+
+
+class AskPipeline:
+    """Components arrive as factories so that a mode never loads the other mode's model."""
+
+    def __init__(
+        self,
+        retriever: RetrieverFactory,
+        *,
+        reader: Callable[[], Reader] | None = None,
+        generator: Callable[[], Generator] | None = None,
+        default_mode: Mode = "extractive",
+        default_k: int = 5,
+        max_k: int = 50,
+        support_threshold: float = DEFAULT_THRESHOLD,
+        max_tokens: int | None = None,
+    ) -> None:
+        self._retriever = retriever
+        self._reader_factory = reader
+        self._generator_factory = generator
+        self._reader: Reader | None = None
+        self._generator: Generator | None = None
+        self.default_mode = default_mode
+        self.default_k = default_k
+        self.max_k = max_k
+        self.support_threshold = support_threshold
+        self.max_tokens = max_tokens
+
+    @property
+    def reader(self) -> Reader:
+        if self._reader is None:
+            if self._reader_factory is None:
+                raise MissingDependency("extractive answers need a reader model: set RAG_READER_MODEL")
+            self._reader = self._reader_factory()
+        return self._reader
+
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            if self._generator_factory is None:
+                raise MissingDependency("generative answers need a generator (RAG_GENERATOR_BACKEND)")
+            self._generator = self._generator_factory()
+        return self._generator
+
+    def _mode(self, mode: str | None) -> Mode:
+        chosen = mode or self.default_mode
+        if chosen not in MODES:
+            raise InvalidInput(f"mode must be extractive or generative, not {chosen!r}")
+        return chosen  # type: ignore[return-value]
+
+    def retrieve(self, question: str, collection: str | None, k: int | None, retriever: str | None) -> tuple[list[Passage], float]:
+        k = k or self.default_k
+        if not 1 <= k <= self.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.max_k}, not {k}")
+        started = time.perf_counter()
+        passages = self._retriever(collection, retriever).retrieve(question, k)
+        return passages, _ms(started)
+
+    def ask(
+        self,
+        question: str,
+        collection: str | None = None,
+        mode: str | None = None,
+        k: int | None = None,
+        retriever: str | None = None,
+    ) -> Answer:
+        final: Answer | None = None
+        for item in self.stream(question, collection, mode, k, retriever, _stream_tokens=False):
+            if isinstance(item, Answer):
+                final = item
+        assert final is not None
+        return final
+
+    def stream(
+        self,
+        question: str,
+        collection: str | None = None,
+        mode: str | None = None,
+        k: int | None = None,
+        retriever: str | None = None,
+        *,
+        _stream_tokens: bool = True,
+    ) -> Iterator[str | Answer]:
+        """Text pieces as they are generated (generative mode), then the checked `Answer`."""
+        started = time.perf_counter()
+        chosen = self._mode(mode)
+        passages, retrieve_ms = self.retrieve(question, collection, k, retriever)
+        timings = {"retrieve_ms": retrieve_ms}
+        if not passages:
+            answer = Answer(NOT_FOUND, chosen, found=False, details={"reason": "no passages retrieved"})
+        elif chosen == "extractive":
+            read_started = time.perf_counter()
+            answer = self.reader.answer(question, passages)
+            timings["read_ms"] = _ms(read_started)
+            if answer.answer:
+                yield answer.answer
+        else:
+            generator = self.generator
+            messages = build_messages(question, passages)
+            generate_started = time.perf_counter()
+            if _stream_tokens:
+                pieces = []
+                for piece in generator.stream(messages, self.max_tokens):
+                    pieces.append(piece)
+                    yield piece
+                text = "".join(pieces)
+            else:
+                text = generator.generate(messages, self.max_tokens)
+            timings["generate_ms"] = _ms(generate_started)
+            check_started = time.perf_counter()
+            answer = check_answer(question, text, passages, self.support_threshold)
+            timings["check_ms"] = _ms(check_started)
+            answer = replace(answer, details={**answer.details, "generator": generator.name})
+        timings["total_ms"] = _ms(started)
+        yield replace(answer, timings={**answer.timings, **timings})
