@@ -106,11 +106,11 @@ def test_kill_9_at_random_moments_of_a_long_ingest(tmp_path: Path) -> None:
     partial_seen = False
     for _ in range(3):
         process = subprocess.Popen([rag, "ingest", str(corpus)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Kill at a random moment once writing has begun (model loading time varies a lot).
+        # Kill at a random moment once this run has written a batch (model loading time varies).
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None and not (home / "collections").exists():
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.2, 2.5))
+        while time.monotonic() < deadline and process.poll() is None and len(_ready_state(home)) <= len(previous):
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 1.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
         state = set(_ready_state(home))
