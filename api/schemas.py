@@ -86,6 +86,7 @@ class AskRequest(BaseModel):
     collection: str | None = Field(None, pattern=_NAME_PATTERN)
     mode: Literal["extractive", "generative"] = "extractive"
     k: int | None = Field(None, ge=1, le=50, description="passages read; default RAG_ANSWER_K")
+    retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
     filters: Filters | None = None
 
 

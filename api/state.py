@@ -46,6 +46,7 @@ class ApiState:
     limiter: RateLimiter
     metrics: Metrics
     models: dict[str, Any] = field(default_factory=dict)
+    pipeline: Any = None  # rag.qa.AskPipeline, shared: its reader and generator load once
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> ApiState:
@@ -60,20 +61,14 @@ class ApiState:
                 models[f"embedder:{name}"] = runtime.encoder_for(store.collection(name)).spec.model
             except RagError as exc:
                 log.warning("collection %s: %s", name, exc)
-        if hasattr(runtime, "reader"):
+        pipeline = runtime.ask_pipeline() if hasattr(runtime, "ask_pipeline") else None
+        if pipeline is not None:
             try:
-                runtime.reader()
+                pipeline.reader  # loads the extractive reader now, not on the first question
                 models["reader"] = True
             except RagError as exc:
                 models["reader"] = f"not loaded: {exc}"
                 log.warning("extractive reader not loaded: %s", exc)
-        if hasattr(runtime, "ask_pipeline"):
-            try:
-                runtime.ask_pipeline()
-                models["ask_pipeline"] = True
-            except RagError as exc:
-                models["ask_pipeline"] = f"not loaded: {exc}"
-                log.warning("answer pipeline not available: %s", exc)
         return cls(
             settings=settings,
             runtime=runtime,
@@ -82,6 +77,7 @@ class ApiState:
             limiter=RateLimiter(settings.rate_limit_per_minute),
             metrics=metrics,
             models=models,
+            pipeline=pipeline,
         )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from api.auth import require
 from api.errors import ApiError, status_for
 from api.keys import Principal
 from api.schemas import AnswerOut, AskRequest, ErrorOut
+from api.routes.search import FilteredRetriever
 from api.state import ApiState, api_state
 from indexes.errors import RagError
 from rag.retrieval import validate_query
@@ -35,20 +36,35 @@ _SSE_DOC = {
 }
 
 
-def _pipeline(state: ApiState) -> Any:
-    factory = getattr(state.runtime, "ask_pipeline", None)
-    if factory is None:
+def _pipeline(state: ApiState, body: AskRequest) -> Any:
+    """The shared pipeline, or for a filtered request one whose retriever applies the filters
+    (same reader and generator objects, so nothing loads twice)."""
+    base = state.pipeline
+    if base is None:
         raise ApiError(501, "not_implemented", "this server has no answer pipeline (rag.qa is not installed)")
-    return factory()
+    filters = body.filters
+    if filters is None or all(v is None for v in filters.model_dump().values()):
+        return base
+    from rag.qa import AskPipeline
+
+    return AskPipeline(
+        lambda name, kind: FilteredRetriever(state, name, kind, filters),
+        reader=lambda: base.reader,
+        generator=lambda: base.generator,
+        default_mode=base.default_mode,
+        default_k=base.default_k,
+        max_k=base.max_k,
+        support_threshold=base.support_threshold,
+        max_tokens=base.max_tokens,
+    )
 
 
 def _call_args(method: Any, body: AskRequest, question: str, collection: str, k: int) -> dict[str, Any]:
-    params = inspect.signature(method).parameters
     args: dict[str, Any] = {"question": question, "collection": collection, "mode": body.mode, "k": k}
-    if body.filters is not None and any(v is not None for v in body.filters.model_dump().values()):
-        if "filters" not in params:
-            raise ApiError(422, "invalid_request", "this server's answer pipeline does not support filters")
-        args["filters"] = body.filters.model_dump(exclude_none=True)
+    if body.retriever is not None:
+        if "retriever" not in inspect.signature(method).parameters:
+            raise ApiError(422, "invalid_request", "this server's answer pipeline has one retriever only")
+        args["retriever"] = body.retriever
     return args
 
 
@@ -88,7 +104,7 @@ async def ask(body: AskRequest, request: Request, principal: Principal = Depends
     question = validate_query(body.question, state.settings.max_query_chars)
     k = body.k or int(getattr(state.settings, "answer_k", 5))
     await run_in_threadpool(state.runtime.collection, collection)  # 404 before anything starts
-    pipeline = _pipeline(state)
+    pipeline = _pipeline(state, body)
     timeout = state.settings.generation_timeout_s
     if "text/event-stream" in request.headers.get("accept", ""):
         args = _call_args(pipeline.stream, body, question, collection, k)

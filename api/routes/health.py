@@ -59,7 +59,7 @@ def info(request: Request) -> dict[str, Any]:
         "auth": state.settings.auth,
         "default_collection": state.settings.collection,
         "modes": ["extractive", "generative"],
-        "ask_available": bool(state.models.get("ask_pipeline") is True),
+        "ask_available": state.pipeline is not None,
         "limits": {
             "max_query_chars": state.settings.max_query_chars,
             "max_k": state.settings.max_k,

@@ -51,6 +51,16 @@ def filtered_search(state: ApiState, collection: str, query: str, k: int, kind: 
     return [_rerank(p, rank) for rank, p in enumerate(kept, start=1)]
 
 
+class FilteredRetriever:
+    """A retriever whose results pass `filters`; lets the answer pipeline honour /v1/ask filters."""
+
+    def __init__(self, state: ApiState, collection: str, kind: str | None, filters: Filters) -> None:
+        self.state, self.collection, self.kind, self.filters = state, collection, kind, filters
+
+    def retrieve(self, query: str, k: int = 10) -> list[Passage]:
+        return filtered_search(self.state, self.collection, query, k, self.kind, self.filters)
+
+
 def _rerank(passage: Passage, rank: int) -> Passage:
     from dataclasses import replace
 
