@@ -117,20 +117,26 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 class KeywordIndex:
-    """BM25 over chunk texts keyed by chunk ids: build, search, ids, save, load."""
+    """BM25 over chunk texts keyed by chunk ids: build, search, ids, save, load.
+
+    bm25s computes the term x chunk score matrix (CSC: `data`, `indices`, `indptr`); a query's
+    scores are the sum of its terms' columns, which is all search needs.
+    """
 
     def __init__(
         self,
         spec: KeywordSpec,
         ids: np.ndarray,
-        model: Any,
-        fingerprint: tuple[int, int, int] = (0, 0, 0),
+        matrix: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        vocab: dict[str, int],
+        fingerprint: tuple[int, ...] = (0, 0, 0),
         generation: int = 0,
     ) -> None:
         self.spec = spec
         self.analyzer = Analyzer(spec)
         self._ids = np.asarray(ids, dtype=np.int64)
-        self.model = model
+        self.matrix = matrix
+        self.vocab = vocab
         self.fingerprint = tuple(int(x) for x in fingerprint)
         self.generation = generation
 
@@ -149,13 +155,20 @@ class KeywordIndex:
         bm25s = _bm25s()
         model = bm25s.BM25(k1=spec.k1, b=spec.b, method=spec.method)
         analyzer = Analyzer(spec)
+        matrix = None
+        vocab: dict[str, int] = {}
         if len(texts):
             tokens = [analyzer(t) for t in texts]
             # bm25s divides by the average length; an all-stop-word corpus must not make it zero.
             if not any(tokens):
                 tokens[0] = ["\x00"]
-            model.scores, model.vocab_dict = model.build_index_from_tokens(tokens, show_progress=False)
-        return cls(spec, np.asarray(list(ids), dtype=np.int64), model if len(texts) else None, fingerprint, generation)
+            scores, vocab = model.build_index_from_tokens(tokens, show_progress=False)
+            matrix = (
+                np.asarray(scores["data"], dtype=np.float32),
+                np.asarray(scores["indices"], dtype=np.int32),
+                np.asarray(scores["indptr"], dtype=np.int64),
+            )
+        return cls(spec, np.asarray(list(ids), dtype=np.int64), matrix, dict(vocab), fingerprint, generation)
 
     # -- reading -----------------------------------------------------------------------------
     def count(self) -> int:
@@ -169,15 +182,14 @@ class KeywordIndex:
         results: list[tuple[np.ndarray, np.ndarray]] = []
         for query in queries:
             empty = (np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
-            if self.model is None or k < 1:
+            if self.matrix is None or k < 1:
                 results.append(empty)
                 continue
-            vocab = self.model.vocab_dict
-            term_ids = [vocab[t] for t in self.analyzer(query) if t in vocab]
+            term_ids = [self.vocab[t] for t in self.analyzer(query) if t in self.vocab]
             if not term_ids:
                 results.append(empty)
                 continue
-            scores = self.model.get_scores_from_ids(term_ids)
+            scores = self._scores(term_ids)
             positive = np.flatnonzero(scores > 0)
             if len(positive) > k:
                 top = positive[np.argpartition(-scores[positive], k - 1)[:k]]
@@ -188,6 +200,16 @@ class KeywordIndex:
             top = top[order]
             results.append((scores[top].astype(np.float32), self._ids[top]))
         return results
+
+    def _scores(self, term_ids: list[int]) -> np.ndarray:
+        """BM25 of every chunk: a repeated query term counts once per occurrence, as in Lucene."""
+        assert self.matrix is not None
+        data, indices, indptr = self.matrix
+        scores = np.zeros(len(self._ids), dtype=np.float32)
+        for term in term_ids:
+            lo, hi = indptr[term], indptr[term + 1]
+            np.add.at(scores, indices[lo:hi], data[lo:hi])
+        return scores
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -202,13 +224,14 @@ class KeywordIndex:
             "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
             "ids": self._ids,
         }
-        if self.model is not None:
-            vocab = sorted(self.model.vocab_dict.items(), key=lambda item: item[1])
+        if self.matrix is not None:
+            terms = sorted(self.vocab, key=self.vocab.__getitem__)
+            data, indices, indptr = self.matrix
             arrays.update(
-                data=np.asarray(self.model.scores["data"]),
-                indices=np.asarray(self.model.scores["indices"]),
-                indptr=np.asarray(self.model.scores["indptr"]),
-                vocab=np.frombuffer(json.dumps([t for t, _ in vocab]).encode("utf-8"), dtype=np.uint8),
+                data=data,
+                indices=indices,
+                indptr=indptr,
+                vocab=np.frombuffer(json.dumps(terms).encode("utf-8"), dtype=np.uint8),
             )
         _atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
@@ -236,22 +259,16 @@ class KeywordIndex:
 
     @classmethod
     def load(cls, path: Path) -> KeywordIndex:
-        bm25s = _bm25s()
         with np.load(path, allow_pickle=False) as saved:
             meta = json.loads(bytes(saved["meta"]).decode("utf-8"))
             if meta.get("format") != FORMAT_VERSION:
                 raise InvalidInput(f"{path}: keyword index format {meta.get('format')} is not {FORMAT_VERSION}")
             spec = KeywordSpec.from_dict(meta["spec"])
             ids = saved["ids"]
-            model = None
+            matrix = None
+            vocab: dict[str, int] = {}
             if "data" in saved.files:
-                model = bm25s.BM25(k1=spec.k1, b=spec.b, method=spec.method)
-                model.scores = {
-                    "data": saved["data"],
-                    "indices": saved["indices"],
-                    "indptr": saved["indptr"],
-                    "num_docs": int(len(ids)),
-                }
+                matrix = (saved["data"], saved["indices"], saved["indptr"])
                 terms = json.loads(bytes(saved["vocab"]).decode("utf-8"))
-                model.vocab_dict = {t: i for i, t in enumerate(terms)}
-        return cls(spec, ids, model, tuple(meta["fingerprint"]), int(meta.get("generation", 0)))  # type: ignore[arg-type]
+                vocab = {t: i for i, t in enumerate(terms)}
+        return cls(spec, ids, matrix, vocab, tuple(meta["fingerprint"]), int(meta.get("generation", 0)))
