@@ -1,0 +1,348 @@
+"""Extractive reader: the answer is a span of one retrieved passage, so its citation is exact.
+
+It keeps the windowing and span rules of transformers' `pipeline("question-answering")` (removed in
+transformers 5) but runs one batched forward over every window of every passage, and scores spans
+so that they compare across windows and passages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexes.encoder import resolve_model_path
+from indexes.errors import InvalidInput, MissingDependency, ModelLoadError
+from indexes.types import Passage
+from rag.answer import Answer, Citation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_READER = "distilbert-base-cased-distilled-squad"
+
+
+@dataclass(frozen=True)
+class Span:
+    """The best answer of one context, offsets in characters of that context.
+
+    `score` is a probability under ONE softmax shared by all windows of all contexts read for the
+    question (shared normalisation), summed over the candidate spans (top 12 per window) that read
+    as the same text, as the 4.57 pipeline sums them. So scores compare across windows and
+    passages of a question, and a context that fits one window gets exactly the pipeline's score;
+    a per-window softmax would let a window without the answer hold a span of probability near 1.
+    `null_score` is the lowest CLS start x end probability over the context's windows;
+    `found` is False when it beat `score` by more than the reader's null threshold, or when the
+    context had no room for an answer.
+    """
+
+    context: int
+    text: str
+    start: int
+    end: int
+    score: float
+    null_score: float
+    found: bool = True
+    window: int = 0
+
+
+@dataclass
+class _Window:
+    item: int  # which question of the batch
+    context: int  # which of that question's contexts
+    number: int  # 0 for the first window of its context
+    encoding: Any  # tokenizers.Encoding of this window
+    features: dict[str, list[int]]
+
+
+_PRE_TOP_K = 12  # candidates per window before same-text spans are merged (the pipeline's top_k * 2 + 10)
+_MASKED = -10000.0  # the pipeline's logit for positions outside the context (CLS stays unmasked)
+
+
+class ExtractiveReader:
+    """Any `AutoModelForQuestionAnswering` as a reader: `answer(question, passages) -> Answer`.
+
+    Defaults follow the 4.57 pipeline (windows of min(model limit, 384) tokens with a 128-token
+    stride, answers of at most 15 tokens, spans widened to whole words), so a question read
+    against one short context gets the pipeline's answer. `null_threshold=None` never answers
+    "no answer" (SQuAD 1.1 models have an untrained CLS); SQuAD 2.0 models want about 0.0.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_READER,
+        *,
+        device: str = "cpu",
+        max_answer_tokens: int = 15,
+        null_threshold: float | None = None,
+        batch_tokens: int = 16384,
+        max_seq_len: int | None = None,
+        doc_stride: int | None = None,
+        max_question_tokens: int = 64,
+        align_to_words: bool = True,
+    ) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise MissingDependency(f"the reader needs torch and transformers: {exc}") from exc
+        self.model_name = model
+        path = resolve_model_path(model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForQuestionAnswering.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(
+                f"cannot load reader model {model!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                "Give a local folder of a question-answering model with --model or RAG_READER_MODEL "
+                "(for example shared/models/reader-minilm-l6-squad), or download the model once where "
+                "the Hugging Face hub is reachable."
+            ) from exc
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ModelLoadError(f"{model!r} has no fast tokenizer; answer offsets need one")
+        if self.tokenizer.padding_side != "right":
+            raise ModelLoadError(f"{model!r} pads on the left; the reader puts the question first and needs right padding")
+        self.model.eval().to(device)
+        self._torch = torch
+        self.device = device
+        self.max_answer_tokens = max_answer_tokens
+        self.null_threshold = null_threshold
+        self.batch_tokens = batch_tokens
+        limit = min(int(self.tokenizer.model_max_length), int(getattr(self.model.config, "max_position_embeddings", 512)))
+        self.max_seq_len = max_seq_len or min(limit, 384)
+        self.doc_stride = doc_stride if doc_stride is not None else min(self.max_seq_len // 2, 128)
+        self.max_question_tokens = max_question_tokens
+        self.align_to_words = align_to_words
+        if max_answer_tokens < 1:
+            raise InvalidInput("max_answer_tokens must be at least 1")
+        if self.max_seq_len - max_question_tokens - 3 <= self.doc_stride:
+            raise InvalidInput(
+                f"windows of {self.max_seq_len} tokens leave no room for a {max_question_tokens}-token question "
+                f"and a {self.doc_stride}-token stride"
+            )
+        self._inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.tokenizer.model_input_names]
+
+    # -- public ------------------------------------------------------------------------------
+    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
+        """The best span over all passages, cited as [n] = its 1-based position (the rank) in `passages`."""
+        started = time.perf_counter()
+        passages = list(passages)
+        spans = self.read(question, [p.text for p in passages]) if passages else []
+        timings = {"read": time.perf_counter() - started}
+        best = max((s for s in spans if s.found), key=lambda s: s.score, default=None)
+        details: dict[str, Any] = {"reader": self.model_name}
+        if spans:
+            details["null_score"] = min(s.null_score for s in spans)
+        if best is None:
+            return Answer(answer="", mode="extractive", passages=passages, found=False, timings=timings, details=details)
+        p = passages[best.context]
+        citation = Citation(
+            n=best.context + 1,
+            doc_id=p.doc_id,
+            chunk_id=p.chunk_id,
+            source=p.source,
+            title=p.title,
+            start=p.start + best.start,
+            end=p.start + best.end,
+            chunk_start=best.start,
+            chunk_end=best.end,
+            text=best.text,
+            verified=True,  # the span is a slice of the passage itself
+            score=best.score,
+        )
+        return Answer(
+            answer=best.text,
+            mode="extractive",
+            citations=[citation],
+            passages=passages,
+            score=best.score,
+            timings=timings,
+            details=details,
+        )
+
+    def read(self, question: str, contexts: Sequence[str]) -> list[Span]:
+        """The best span of each context for one question, in the order of `contexts`."""
+        return self.read_batch([(question, contexts)])[0]
+
+    def read_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Span]]:
+        """`read` for many questions at once: every window of every context goes through one batched forward."""
+        items = [(q, list(contexts)) for q, contexts in items]
+        windows = self._windows(items)
+        logits = self._forward(windows)
+        by_item: list[list[int]] = [[] for _ in items]
+        for w, window in enumerate(windows):
+            by_item[window.item].append(w)
+        return [
+            self._decode(contexts, [windows[w] for w in by_item[i]], [logits[w] for w in by_item[i]])
+            for i, (_, contexts) in enumerate(items)
+        ]
+
+    # -- steps -------------------------------------------------------------------------------
+    def _clip_question(self, question: str) -> str:
+        """Cut a question to `max_question_tokens` so that windows keep room for context."""
+        enc = self.tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= self.max_question_tokens:
+            return question
+        return question[: offsets[self.max_question_tokens - 1][1]]
+
+    def _windows(self, items: Sequence[tuple[str, list[str]]]) -> list[_Window]:
+        """Question-first windows with stride over each context, as the pipeline tokenises."""
+        pairs = [(i, c) for i, (_, contexts) in enumerate(items) for c in range(len(contexts))]
+        if not pairs:
+            return []
+        questions = [self._clip_question(q) for q, _ in items]
+        enc = self.tokenizer(
+            [questions[i] for i, _ in pairs],
+            [items[i][1][c] for i, c in pairs],
+            truncation="only_second",
+            max_length=self.max_seq_len,
+            stride=self.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding=False,
+        )
+        windows: list[_Window] = []
+        previous = -1
+        for w, pair in enumerate(enc["overflow_to_sample_mapping"]):
+            item, context = pairs[int(pair)]
+            number = windows[-1].number + 1 if pair == previous else 0
+            previous = pair
+            features = {name: enc[name][w] for name in self._inputs}
+            windows.append(_Window(item, context, number, enc.encodings[w], features))
+        return windows
+
+    def _forward(self, windows: list[_Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Start and end logits per window; sub-batches of similar length within `batch_tokens`."""
+        torch = self._torch
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].features["input_ids"]))
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(windows)
+        pad_id = self.tokenizer.pad_token_id or 0
+
+        def run(batch: list[int]) -> None:
+            width = max(len(windows[i].features["input_ids"]) for i in batch)
+            tensors = {}
+            for name in self._inputs:
+                pad = pad_id if name == "input_ids" else 0
+                rows = [windows[i].features[name] + [pad] * (width - len(windows[i].features[name])) for i in batch]
+                tensors[name] = torch.tensor(rows, dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                result = self.model(**tensors)
+            starts = result.start_logits.float().cpu().numpy()
+            ends = result.end_logits.float().cpu().numpy()
+            for row, i in enumerate(batch):
+                n = len(windows[i].features["input_ids"])
+                out[i] = (starts[row, :n], ends[row, :n])
+
+        batch: list[int] = []
+        for i in order:
+            width = len(windows[i].features["input_ids"])
+            if batch and (len(batch) + 1) * width > self.batch_tokens:
+                run(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            run(batch)
+        return out
+
+    def _decode(
+        self, contexts: list[str], windows: list[_Window], logits: list[tuple[np.ndarray, np.ndarray]]
+    ) -> list[Span]:
+        """Shared softmax over all windows of the question, then the best same-text answer per context.
+
+        The arithmetic (float32, masking, CLS, top-k, merging by lower-cased text) is the 4.57
+        pipeline's, so one context in one window gives its answer and score bit for bit.
+        """
+        masked_starts, masked_ends = [], []
+        for window, (start, end) in zip(windows, logits):
+            undesired = self._undesired(window)
+            masked_starts.append(np.where(undesired, _MASKED, start))
+            masked_ends.append(np.where(undesired, _MASKED, end))
+        probs_start = _shared_softmax(masked_starts)
+        probs_end = _shared_softmax(masked_ends)
+
+        answers: list[list[dict[str, Any]]] = [[] for _ in contexts]
+        null = [float("inf")] * len(contexts)
+        for window, p_start, p_end in zip(windows, probs_start, probs_end):
+            null[window.context] = min(null[window.context], float(p_start[0] * p_end[0]))
+            p_start[0] = p_end[0] = 0.0
+            for s, e, score in self._top_spans(window, p_start, p_end):
+                start, end = self._chars(window.encoding, s, e)
+                text = contexts[window.context][start:end]
+                merged = next((a for a in answers[window.context] if a["text"].lower() == text.lower()), None)
+                if merged is not None:
+                    merged["score"] += score
+                else:
+                    answers[window.context].append(
+                        {"text": text, "start": start, "end": end, "score": score, "window": window.number}
+                    )
+
+        spans = []
+        for c, found in enumerate(answers):
+            if not found:
+                spans.append(Span(c, "", 0, 0, 0.0, null[c] if null[c] != float("inf") else 0.0, found=False))
+                continue
+            best = sorted(found, key=lambda a: a["score"], reverse=True)[0]
+            answerable = self.null_threshold is None or null[c] - best["score"] <= self.null_threshold
+            spans.append(
+                Span(
+                    context=c,
+                    text=best["text"] if answerable else "",
+                    start=best["start"] if answerable else 0,
+                    end=best["end"] if answerable else 0,
+                    score=float(best["score"]),
+                    null_score=null[c],
+                    found=answerable,
+                    window=best["window"],
+                )
+            )
+        return spans
+
+    def _undesired(self, window: _Window) -> np.ndarray:
+        """True where a token cannot start or end an answer: question, specials, padding (CLS excepted)."""
+        undesired = np.array([s != 1 for s in window.encoding.sequence_ids])
+        cls_id = self.tokenizer.cls_token_id
+        if cls_id is not None:
+            undesired[np.array(window.features["input_ids"]) == cls_id] = False
+        return undesired
+
+    def _top_spans(self, window: _Window, p_start: np.ndarray, p_end: np.ndarray) -> list[tuple[int, int, float]]:
+        """The most probable spans of a window with end - start < max_answer_tokens, best first."""
+        candidates = np.tril(np.triu(np.outer(p_start, p_end)), self.max_answer_tokens - 1)
+        flat = candidates.ravel()
+        if flat.size <= _PRE_TOP_K:
+            order = np.argsort(-flat)
+        else:
+            top = np.argpartition(-flat, _PRE_TOP_K)[:_PRE_TOP_K]
+            order = top[np.argsort(-flat[top])]
+        starts, ends = np.unravel_index(order, candidates.shape)
+        allowed = ~self._undesired(window)
+        return [
+            (int(s), int(e), float(candidates[s, e]))
+            for s, e in zip(starts, ends)
+            if allowed[s] and allowed[e]
+        ]
+
+    def _chars(self, enc: Any, s: int, e: int) -> tuple[int, int]:
+        """Token span to character span, widened to whole words as the pipeline does."""
+        if self.align_to_words:
+            start_word, end_word = enc.token_to_word(s), enc.token_to_word(e)
+            if start_word is not None and end_word is not None:
+                first = enc.word_to_chars(start_word, 1)
+                last = enc.word_to_chars(end_word, 1)
+                if first is not None and last is not None:
+                    return int(first[0]), int(last[1])
+        return int(enc.offsets[s][0]), int(enc.offsets[e][1])
+
+
+def _shared_softmax(rows: list[np.ndarray]) -> list[np.ndarray]:
+    """One softmax over the concatenation of `rows`, returned split back into rows (float32)."""
+    if not rows:
+        return []
+    top = max(float(r.max()) for r in rows)
+    exps = [np.exp(r - np.float32(top)) for r in rows]
+    total = np.float32(sum(np.float32(x.sum()) for x in exps)) if len(exps) > 1 else exps[0].sum()
+    return [x / total for x in exps]

@@ -1,0 +1,138 @@
+"""The extractive reader: parity with the transformers 4.57 QA pipeline, windows, citations, no-answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from indexes.errors import ModelLoadError
+from indexes.types import Passage
+from rag.evaluation.squad import read_squad
+from rag.reader import ExtractiveReader
+from tests.conftest import DATA, READER_MODEL, SQUAD_DEV
+
+GOLDEN = Path(__file__).parent / "golden" / "reader-minilm-l6-squad.json"
+SEED = json.loads((DATA / "seed_examples.json").read_text(encoding="utf-8"))["extractive_qa"]
+LIPPMANN = SEED[0]
+
+
+@pytest.fixture(scope="module")
+def reader() -> ExtractiveReader:
+    return ExtractiveReader(str(READER_MODEL))
+
+
+def _passage(text: str, start: int, rank: int, doc_id: int = 7, chunk_id: int | None = None) -> Passage:
+    return Passage(
+        chunk_id=chunk_id if chunk_id is not None else 100 + rank,
+        doc_id=doc_id,
+        text=text,
+        start=start,
+        end=start + len(text),
+        ordinal=rank - 1,
+        source="curie.txt",
+        title="Curie",
+        external_id=None,
+        score=1.0 / rank,
+        rank=rank,
+    )
+
+
+def test_every_golden_question_gets_the_pipelines_answer_and_offsets(reader: ExtractiveReader) -> None:
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    questions = read_squad(SQUAD_DEV, paragraphs_per_article=golden["paragraphs_per_article"])
+    assert len(questions) == golden["questions"] == 518
+    spans = reader.read_batch([(q.question, [q.context]) for q in questions])
+    differing = []
+    for q, (span,) in zip(questions, spans):
+        expected = golden["answers"][q.id]
+        if (span.text, span.start, span.end) != (expected["answer"], expected["start"], expected["end"]):
+            differing.append((q.id, span.text, span.start, span.end, expected))
+        assert span.score == pytest.approx(expected["score"], abs=2e-4)
+    assert differing == []
+
+
+def test_seed_examples_read_as_documented(reader: ExtractiveReader) -> None:
+    for case, expected in ((LIPPMANN, ("Bonnevoie, Luxembourg", 78, 99)), (SEED[1], ("Taipei", 33, 39))):
+        (span,) = reader.read(case["question"], [case["context"]])
+        assert (span.text, span.start, span.end) == expected
+        assert case["context"][span.start : span.end] == span.text
+
+
+def test_answer_deep_inside_a_long_context_is_found_with_its_offsets(reader: ExtractiveReader) -> None:
+    filler = " ".join(
+        f"In year {1700 + i} the harbour committee counted {i * 7} ships and {i * 3} barrels of salt."
+        for i in range(60)
+    )
+    needle = "Gabriel Lippmann, who supervised Marie Curie's doctoral research, was born in Bonnevoie, Luxembourg."
+    context = f"{filler} {needle} {filler}"
+    assert len(reader.tokenizer(context)["input_ids"]) > 1024
+    (span,) = reader.read(LIPPMANN["question"], [context])
+    where = context.index("Bonnevoie, Luxembourg")
+    assert (span.text, span.start, span.end) == ("Bonnevoie, Luxembourg", where, where + len("Bonnevoie, Luxembourg"))
+    assert span.window > 0
+
+
+def test_answer_cites_the_passage_it_came_from_with_document_offsets(reader: ExtractiveReader) -> None:
+    document = LIPPMANN["context"]
+    sentences = [s.strip() for s in document.split("\n")]
+    starts = [document.index(s) for s in sentences]
+    # the document's sentences as chunks, in an order that puts the answer's chunk second
+    order = [1, 0, 2, 3]
+    passages = [_passage(sentences[i], starts[i], rank, chunk_id=200 + i) for rank, i in enumerate(order, 1)]
+    answer = reader.answer(LIPPMANN["question"], passages)
+    assert answer.mode == "extractive" and answer.found
+    assert answer.answer == "Bonnevoie, Luxembourg"
+    (citation,) = answer.citations
+    assert (citation.n, citation.chunk_id, citation.doc_id) == (2, 200, 7)
+    assert (citation.start, citation.end) == (78, 99)
+    assert document[citation.start : citation.end] == answer.answer
+    assert passages[1].text[citation.chunk_start : citation.chunk_end] == answer.answer
+    assert answer.passages == passages and answer.score == citation.score
+
+
+def test_reading_passages_together_keeps_each_passages_best_span(reader: ExtractiveReader) -> None:
+    contexts = [s.strip() for s in LIPPMANN["context"].split("\n")]
+    together = reader.read(LIPPMANN["question"], contexts)
+    alone = [reader.read(LIPPMANN["question"], [c])[0] for c in contexts]
+    assert [(s.text, s.start, s.end) for s in together] == [(s.text, s.start, s.end) for s in alone]
+    # one softmax over all windows: the scores of a question sum to at most 1 and can be compared
+    assert 0 < sum(s.score for s in together) <= 1.0
+    assert max(together, key=lambda s: s.score).context == 0
+
+
+def test_no_passages_means_no_answer(reader: ExtractiveReader) -> None:
+    answer = reader.answer("Where do I live?", [])
+    assert not answer.found and answer.answer == "" and answer.citations == []
+
+
+@pytest.fixture(scope="module")
+def random_squad2_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A one-layer random-weight BERT reader built from the shared model's config: code paths only."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("random-reader")
+    config = AutoConfig.from_pretrained(READER_MODEL, num_hidden_layers=1)
+    BertForQuestionAnswering(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(READER_MODEL).save_pretrained(folder)
+    return str(folder)
+
+
+def test_null_threshold_decides_between_a_span_and_no_answer(random_squad2_model: str) -> None:
+    case = SEED[1]
+    passages = [_passage(case["context"], 0, 1)]
+    never_null = ExtractiveReader(random_squad2_model, null_threshold=None).answer(case["question"], passages)
+    always_null = ExtractiveReader(random_squad2_model, null_threshold=-1.0).answer(case["question"], passages)
+    assert never_null.found and never_null.citations
+    assert not always_null.found and always_null.answer == "" and always_null.citations == []
+    (span,) = ExtractiveReader(random_squad2_model, null_threshold=0.0).read(case["question"], [case["context"]])
+    assert 0.0 <= span.null_score <= 1.0
+    assert span.found == (span.null_score <= span.score)
+
+
+def test_unloadable_model_raises_an_actionable_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="RAG_READER_MODEL"):
+        ExtractiveReader(str(tmp_path / "no-such-model"))
