@@ -8,19 +8,20 @@ reported. Each sentence is scored against every passage with a lexical *support*
                  with its question
     novel(s)   = content words of the sentence that are not in the question: what it asserts
     names(s)   = capitalised words and numbers of the sentence: the entities it names
-    support(s, w) = min(recall(novel, w), recall(claim, w), recall(names, w))
+    support(s, w) = min(recall(novel, w), recall(claim, w))  if names(s) ⊆ w, else 0
 
 over the sentences w of each passage; words are lower-cased and Snowball-stemmed,
 stop words and answer boilerplate ("answer", "source", ...) dropped, numbers kept verbatim. Recall
 of the claim's words in the evidence is the unigram recall of ROUGE-1 / token-level SQuAD scoring
 turned around: what fraction of the claim can be read in the source. Taking the minimum with the
 novel words means restating the question cannot carry a sentence whose new fact is absent (the
-classic wrong citation: same people, other city); name recall is the entity-precision check of
-summarisation factuality work (a claim about Marie Curie is not supported by a sentence about
-Pierre Curie). Evidence is one sentence: pairs let a claim take its subject from one sentence and
+classic wrong citation: same people, other city); the name gate is the entity-precision check of
+summarisation factuality work: one name the evidence lacks makes it another fact, however many
+other words agree (a claim about Marie Curie is not supported by a sentence about Pierre Curie,
+"born in Paris on 7 November 1867" not by "born in Warsaw on 7 November 1867"). Evidence is one sentence: pairs let a claim take its subject from one sentence and
 its predicate from the next. The default threshold 0.7 (`RAG_SUPPORT_THRESHOLD`) tolerates one
-missing word in four (a paraphrase) but not one name in three, and it sits well above what a
-same-topic passage without the fact scores. It is cheap (no model) and deterministic, and it is a filter for
+missing common word in four (a paraphrase), and it sits well above what a same-topic passage
+without the fact scores. It is cheap (no model) and deterministic, and it is a filter for
 fabrication, not a proof of entailment: `rag eval qa` reports citation precision against gold
 answers to keep it honest.
 
@@ -220,14 +221,17 @@ def _recall(words: set[str], evidence: set[str]) -> float:
 
 
 def support_score(sentence: set[str], question: set[str], evidence: set[str], names: set[str] | frozenset[str] = frozenset()) -> float:
-    """min(novel-word recall, claim recall, name recall); see the module docstring."""
+    """min(novel-word recall, claim recall), or 0 when a name is missing; see the module docstring."""
     if not sentence:
         return 0.0
     novel = sentence - question
     # A fragment ("Warsaw [1].") is read together with its question; a full sentence stands alone.
     asked = question - sentence if len(sentence) < FRAGMENT_WORDS else set()
     claim = (len(sentence & evidence) + 0.5 * len(asked & evidence)) / (len(sentence) + 0.5 * len(asked))
-    return min(_recall(novel, evidence) if novel else 1.0, claim, _recall(names, evidence) if names else 1.0)
+    # A name the evidence lacks is a different fact ("born in Paris on 7 November 1867" against
+    # "born in Warsaw on 7 November 1867"): names gate support instead of averaging into it.
+    named = not names or names <= evidence
+    return min(_recall(novel, evidence) if novel else 1.0, claim) if named else 0.0
 
 
 def name_words(text: str) -> set[str]:

@@ -124,7 +124,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from rag.evaluation.squad import read_squad
 
         rt = _runtime(answer_mode=mode)
-        name = collection or f"squad-{squad.name.split('.')[0]}"
+        import re
+
+        stem = squad.name.removesuffix(".gz").removesuffix(".json")
+        name = collection or "squad-" + re.sub(r"[^A-Za-z0-9_-]+", "-", stem.removeprefix("squad-"))
         target = rt.writable_collection(name)
         report = rt.ingestor(target, show_progress=not as_json).ingest_paths([str(squad)], prune=True)
         if report.errors:

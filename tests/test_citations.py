@@ -70,6 +70,13 @@ def test_an_answer_fragment_is_checked_together_with_its_question() -> None:
     assert not check_answer(QUESTION, "Paris [3].", SOURCES).found
 
 
+def test_one_wrong_name_among_many_right_words_is_not_supported() -> None:
+    sources = [passage(1, "Marie Curie", "Marie Curie was born Maria Sklodowska in Warsaw on 7 November 1867, in the Kingdom of Poland.")]
+    wrong = check_answer(QUESTION, "Marie Curie was born in Paris on 7 November 1867, in the Kingdom of Poland [1].", sources)
+    right = check_answer(QUESTION, "Marie Curie was born in Warsaw on 7 November 1867 [1].", sources)
+    assert not wrong.found and right.citations[0].verified
+
+
 def test_one_unsupported_sentence_is_flagged_while_the_supported_one_stands() -> None:
     text = "Marie Curie was born in Warsaw [2]. She won the 1950 Fields Medal [2]."
     answer = check_answer(QUESTION, text, SOURCES)
