@@ -87,12 +87,15 @@ class CrossEncoderReranker:
         return [dataclasses.replace(passages[i], score=float(scores[i]), rank=r + 1) for r, i in enumerate(order)]
 
 
-def mmr(passages: Sequence[Passage], vectors: np.ndarray, k: int, lam: float = 0.7) -> list[Passage]:
-    """Maximal marginal relevance over ranked candidates.
+def mmr(
+    passages: Sequence[Passage], vectors: np.ndarray, k: int, lam: float = 0.7, query: np.ndarray | None = None
+) -> list[Passage]:
+    """Maximal marginal relevance over ranked candidates:
+    pick argmax lam * relevance(d) - (1 - lam) * max over picked p of cos(d, p).
 
-    Relevance is the candidate's retrieval score min-max normalised over the list (so it works
-    after any fusion or reranking); redundancy is the cosine similarity of its vector to the
-    passages already picked. lam = 1 keeps the input order; lower values favour diversity.
+    Relevance is the cosine of the query vector with the candidate (Carbonell & Goldstein's
+    form), or without `query` the retrieval score min-max normalised over the list. lam = 1 keeps
+    the relevance order; lower values favour diversity.
     """
     if not 0.0 <= lam <= 1.0:
         raise InvalidInput("mmr lambda must be between 0 and 1")
@@ -100,10 +103,11 @@ def mmr(passages: Sequence[Passage], vectors: np.ndarray, k: int, lam: float = 0
         raise InvalidInput("mmr: one vector per passage is needed")
     if not passages:
         return []
-    relevance = normalize_scores(np.asarray([p.score for p in passages]), "minmax")
-    unit = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(unit, axis=1, keepdims=True)
-    unit = unit / np.where(norms > 0, norms, 1.0)
+    unit = _unit(np.asarray(vectors, dtype=np.float64))
+    if query is not None:
+        relevance = unit @ _unit(np.asarray(query, dtype=np.float64).reshape(1, -1))[0]
+    else:
+        relevance = normalize_scores(np.asarray([p.score for p in passages]), "minmax")
     similarity = unit @ unit.T
     chosen: list[int] = []
     redundancy = np.full(len(passages), -np.inf)
@@ -119,3 +123,8 @@ def mmr(passages: Sequence[Passage], vectors: np.ndarray, k: int, lam: float = 0
         redundancy = np.maximum(redundancy, similarity[best])
     # The MMR order is the ranking; scores stay the retrieval scores, ranks are renumbered.
     return [dataclasses.replace(passages[i], rank=r + 1) for r, i in enumerate(chosen)]
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)

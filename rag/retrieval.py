@@ -177,7 +177,8 @@ class MMRRetriever(_Base):
 
         cleaned = self._checked(queries, k)
         candidates = self.base.retrieve_many(cleaned, max(self.depth, k))
-        return [mmr(c, self.vectors_of(c), k, self.lam) for c in candidates]
+        query_vectors = self.encoder.encode(cleaned, kind="query")
+        return [mmr(c, self.vectors_of(c), k, self.lam, q) for c, q in zip(candidates, query_vectors)]
 
 
 def build_retriever(
