@@ -1,0 +1,207 @@
+"""Bounded load test of the API on loopback: N concurrent clients for D seconds of /v1/search and
+/v1/ask (extractive), printing throughput, latency percentiles and errors.
+
+    python bench/load.py                      # starts `rag serve --no-auth` on a free loopback port
+    python bench/load.py --url http://127.0.0.1:8000 --key rag_... --collection scifact
+
+Without --url the server runs in a subprocess (so client and server never share a GIL) on the
+data home given by --home (default: a temporary folder); a missing collection is first ingested
+through the API from --corpus (default: SciFact if present, else the SQuAD dev paragraphs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SCIFACT = DATA / "beir" / "scifact"
+SQUAD_DEV = DATA / "squad" / "squad-v1.1-dev-articles-01-24.json"
+READER = REPO.parent / "shared" / "models" / "reader-minilm-l6-squad"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def questions(limit: int = 500) -> list[str]:
+    if (SCIFACT / "queries.jsonl").exists():
+        with (SCIFACT / "queries.jsonl").open() as handle:
+            found = [json.loads(line)["text"] for line in handle if line.strip()]
+    else:
+        payload = json.loads(SQUAD_DEV.read_text())
+        found = [q["question"] for a in payload["data"] for p in a["paragraphs"] for q in p["qas"]]
+    random.Random(0).shuffle(found)
+    return found[:limit]
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    env = {
+        **os.environ,
+        "RAG_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAG_RATE_LIMIT_PER_MINUTE": "0",
+        "RAG_MAX_BODY_MB": "200",
+        "RAG_MAX_FILE_MB": "100",
+    }
+    if READER.is_dir():
+        env.setdefault("RAG_READER_MODEL", str(READER))
+    return subprocess.Popen(
+        [rag, "serve", "--no-auth", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def wait_ready(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server did not start")
+
+
+def ensure_collection(client: httpx.Client, collection: str, corpus: Path) -> None:
+    known = {c["collection"]: c for c in client.get("/v1/collections").raise_for_status().json()["collections"]}
+    if known.get(collection, {}).get("documents"):
+        return
+    print(f"ingesting {corpus} into {collection!r} through the API ...", file=sys.stderr)
+    started = time.perf_counter()
+    response = client.post(
+        f"/v1/collections/{collection}/documents", files=[("files", (corpus.name, corpus.read_bytes()))], timeout=600
+    )
+    response.raise_for_status()
+    job = response.json()
+    while job["status"] in ("queued", "running"):
+        time.sleep(1)
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+    print(f"  {job['status']}: {job['stats']} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if job["status"] == "failed":
+        raise SystemExit(f"ingestion failed: {job['errors'][:3]} {job['message']}")
+
+
+def run(url: str, key: str | None, collection: str, clients: int, duration: float, k: int, mix: list[str]) -> dict[str, Any]:
+    qs = questions()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    results: dict[str, list[float]] = {m: [] for m in mix}
+    errors: dict[str, dict[str, int]] = {m: {} for m in mix}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + duration
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+            i = n
+            while time.monotonic() < stop_at:
+                endpoint = mix[i % len(mix)]
+                question = qs[rng.randrange(len(qs))]
+                body: dict[str, Any] = {"collection": collection, "k": k}
+                if endpoint == "search":
+                    body["query"] = question
+                else:
+                    body.update(question=question, mode="extractive")
+                began = time.perf_counter()
+                try:
+                    status = client.post(f"/v1/{endpoint}", json=body).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__  # type: ignore[assignment]
+                took = time.perf_counter() - began
+                with lock:
+                    if status == 200:
+                        results[endpoint].append(took)
+                    else:
+                        errors[endpoint][str(status)] = errors[endpoint].get(str(status), 0) + 1
+                i += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    report: dict[str, Any] = {"clients": clients, "duration_s": round(elapsed, 1), "collection": collection, "k": k}
+    for endpoint in mix:
+        lat = sorted(results[endpoint])
+        q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) >= 2 else [lat[0] * 1.0] * 99 if lat else [0.0] * 99
+        report[endpoint] = {
+            "ok": len(lat),
+            "errors": sum(errors[endpoint].values()),
+            "error_statuses": errors[endpoint],
+            "throughput_rps": round(len(lat) / elapsed, 2),
+            "p50_ms": round(q[49] * 1000, 1),
+            "p95_ms": round(q[94] * 1000, 1),
+            "p99_ms": round(q[98] * 1000, 1),
+        }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running server; default: start one")
+    parser.add_argument("--key", default=os.environ.get("RAG_API_KEY"), help="API key (env RAG_API_KEY)")
+    parser.add_argument("--home", type=Path, help="data home of the started server (default: temporary)")
+    parser.add_argument("--collection", default=None, help="default: scifact, or squad-dev without SciFact")
+    parser.add_argument("--corpus", type=Path, default=None, help="file to ingest when the collection is empty")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--endpoints", default="search,ask", help="comma-separated: search, ask")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args()
+    corpus = args.corpus or (SCIFACT / "corpus.jsonl" if (SCIFACT / "corpus.jsonl").exists() else SQUAD_DEV)
+    collection = args.collection or ("scifact" if corpus.parent == SCIFACT else "squad-dev")
+    server = None
+    url = args.url
+    home = args.home or Path(tempfile.mkdtemp(prefix="rag-load-"))
+    if url is None:
+        port = _free_port()
+        server = start_server(home, port)
+        url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            ensure_collection(client, collection, corpus)
+        report = run(url, args.key, collection, args.clients, args.duration, args.k, args.endpoints.split(","))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{report['clients']} clients, {report['duration_s']} s, collection {report['collection']}, k={report['k']}")
+    for endpoint in args.endpoints.split(","):
+        r = report[endpoint]
+        print(
+            f"  /v1/{endpoint:<6} {r['throughput_rps']:>7.1f} req/s  p50 {r['p50_ms']:>7.1f} ms  "
+            f"p95 {r['p95_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms  ok {r['ok']}  errors {r['errors']} {r['error_statuses'] or ''}"
+        )
+
+
+if __name__ == "__main__":
+    main()
