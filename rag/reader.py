@@ -87,6 +87,9 @@ class ExtractiveReader:
         try:
             import torch
             from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         except ImportError as exc:  # pragma: no cover - install problem
             raise MissingDependency(f"the reader needs torch and transformers: {exc}") from exc
         self.model_name = model

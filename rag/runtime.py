@@ -19,6 +19,7 @@ from rag.settings import Settings
 
 if TYPE_CHECKING:
     from rag.qa import AskPipeline
+    from rag.reader import ExtractiveReader
     from rag.rerank import CrossEncoderReranker
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class Runtime:
         self.settings = settings
         self._encoders: dict[tuple[object, ...], Encoder] = {}
         self._reranker: CrossEncoderReranker | None = None
+        self._reader: ExtractiveReader | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -120,16 +122,31 @@ class Runtime:
             self._reranker = CrossEncoderReranker(model, device=self.settings.device)
         return self._reranker
 
+    def reader(self) -> ExtractiveReader:
+        """The extractive reader the settings name, loaded on first use and then shared."""
+        if self._reader is None:
+            from rag.reader import ExtractiveReader
+
+            s = self.settings
+            set_threads(s.threads)
+            self._reader = ExtractiveReader(
+                s.reader_model,
+                device=s.device,
+                max_answer_tokens=s.reader_max_answer_tokens,
+                null_threshold=s.reader_null_threshold,
+                batch_tokens=s.reader_batch_tokens,
+            )
+        return self._reader
+
     def ask_pipeline(self) -> AskPipeline:
         """Retrieval, the reader and the generator behind `rag ask` and `/v1/ask`, each loaded on first use."""
         from rag.generation import build_generator
         from rag.qa import AskPipeline
 
         s = self.settings
-        reader = getattr(self, "reader", None)  # Runtime.reader(): the extractive reader
         return AskPipeline(
             lambda name, kind: self.retriever(name, kind),
-            reader=reader if callable(reader) else None,
+            reader=self.reader,
             generator=lambda: build_generator(s),
             default_mode=s.answer_mode,
             default_k=s.answer_k,

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from indexes.encoder import DEFAULT_EMBEDDER
+from rag.reader import DEFAULT_READER
 
 
 def _default_home() -> Path:
@@ -88,6 +89,14 @@ class Settings(BaseSettings):
     support_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="citation check: support score (content-word recall) that verifies a sentence"
     )
+
+    # Extractive reader (`rag ask --mode extractive`, `rag eval reader`): any question-answering model.
+    reader_model: str = Field(DEFAULT_READER, description="HF id or local folder of an AutoModelForQuestionAnswering")
+    reader_max_answer_tokens: int = Field(15, ge=1, le=512, description="longest answer span, in tokens")
+    reader_null_threshold: float | None = Field(
+        None, description="SQuAD 2.0 readers: no answer when the null (CLS) score beats the best span by more; unset: always answer"
+    )
+    reader_batch_tokens: int = Field(16384, ge=512, description="tokens (windows x padded length) per reader forward pass")
 
     @field_validator("home", mode="before")
     @classmethod

@@ -126,3 +126,33 @@ def read_squad(
                 if limit is not None and len(out) >= limit:
                     return out
     return out
+
+
+def evaluate_reader(reader: Any, questions: Sequence[SquadQuestion], chunk: int = 32, show_progress: bool = False) -> dict[str, Any]:
+    """EM/F1 (0-100) of `reader` reading each question against its own gold paragraph.
+
+    `reader` is anything with `read_batch([(question, [context])]) -> [[Span]]`, such as
+    `rag.reader.ExtractiveReader`; questions go in chunks so the progress bar moves.
+    """
+    import time
+
+    from ingest.progress import progress_bar
+
+    if not questions:
+        raise InvalidInput("no questions to evaluate")
+    predictions: dict[str, str] = {}
+    bar = progress_bar(len(questions), "question", "reading", enabled=show_progress)
+    started = time.perf_counter()
+    try:
+        for i in range(0, len(questions), chunk):
+            part = questions[i : i + chunk]
+            spans = reader.read_batch([(q.question, [q.context]) for q in part])
+            for q, (span,) in zip(part, spans):
+                predictions[q.id] = span.text
+            bar.update(len(part))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    result: dict[str, Any] = dict(score_predictions(predictions, questions))
+    result.update(seconds=round(seconds, 3), questions_per_second=round(len(questions) / seconds, 2) if seconds else None)
+    return result
