@@ -62,7 +62,7 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
         for n, p in enumerate(answer.passages[:3], start=1):
             lines.append(f"[{n}] {_label(p)} — {p.source}:{p.start}-{p.end}")
             lines.append(f"    {' '.join(p.text[:300].split())}{'…' if len(p.text) > 300 else ''}")
-    timings = "  ".join(f"{key[:-3]} {value:.0f} ms" for key, value in answer.timings.items())
+    timings = "  ".join(f"{key.removesuffix('_ms')} {value:.0f} ms" for key, value in answer.timings.items())
     if timings:
         lines.append("")
         lines.append(timings)
