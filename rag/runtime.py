@@ -24,11 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Loaded encoders are shared by every Runtime of the process (an API worker, a test session):
+# weights are read-only after load, and loading costs seconds.
+_ENCODERS: dict[tuple[object, ...], Encoder] = {}
+
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._encoders: dict[tuple[object, ...], Encoder] = {}
         self._reranker: CrossEncoderReranker | None = None
         self._reader: ExtractiveReader | None = None
 
@@ -48,11 +51,11 @@ class Runtime:
         )
 
     def encoder(self, spec: EncoderSpec) -> Encoder:
-        key = spec.identity() + (spec.max_tokens,)
-        if key not in self._encoders:
+        key = spec.identity() + (spec.max_tokens, self.settings.device, self.settings.quantize)
+        if key not in _ENCODERS:
             set_threads(self.settings.threads)
-            self._encoders[key] = Encoder(spec, device=self.settings.device, quantize=self.settings.quantize)
-        return self._encoders[key]
+            _ENCODERS[key] = Encoder(spec, device=self.settings.device, quantize=self.settings.quantize)
+        return _ENCODERS[key]
 
     def collection(self, name: str | None = None) -> Collection:
         return self.store.collection(name or self.settings.collection)

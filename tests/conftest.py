@@ -26,11 +26,13 @@ SQUAD_DEV = DATA / "squad" / "squad-v1.1-dev-articles-01-24.json"
 
 @pytest.fixture(scope="session")
 def encoder():  # type: ignore[no-untyped-def]
-    """The embedded default embedder (all-MiniLM-L6-v2 from its PyPI package), loaded once."""
-    from indexes.encoder import DEFAULT_EMBEDDER, Encoder, EncoderSpec, set_threads
+    """The embedded default embedder (all-MiniLM-L6-v2 from its PyPI package), loaded once and
+    shared with every Runtime the tests build (the runtime's process-wide cache)."""
+    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
+    from rag.runtime import Runtime
+    from rag.settings import Settings
 
-    set_threads(None)
-    return Encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
+    return Runtime(Settings(home=Path(tempfile.mkdtemp()))).encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
 
 
 @pytest.fixture()
@@ -95,6 +97,36 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'rag.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+def invoke(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `rag.cli.main` in this process (models stay loaded) with its own argv, environment
+    and captured output; returns what a subprocess would."""
+    import contextlib
+    import io
+
+    from rag.cli import main
+
+    environment = {"RAG_HOME": str(home), **(env or {})}
+    saved_env = {key: os.environ.get(key) for key in environment}
+    saved_argv = sys.argv
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    os.environ.update(environment)
+    sys.argv = ["rag", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["rag", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_cli(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

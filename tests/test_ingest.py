@@ -15,9 +15,7 @@ from rag.settings import Settings
 
 @pytest.fixture()
 def runtime(tmp_path: Path, encoder) -> Runtime:  # type: ignore[no-untyped-def]
-    rt = Runtime(Settings(home=tmp_path / "home", chunk_tokens=48, chunk_overlap=8))
-    rt._encoders[encoder.spec.identity() + (encoder.spec.max_tokens,)] = encoder  # share the loaded model
-    return rt
+    return Runtime(Settings(home=tmp_path / "home", chunk_tokens=48, chunk_overlap=8))
 
 
 def _corpus(folder: Path) -> Path:
@@ -138,7 +136,6 @@ def test_runs_are_recorded_with_counts_and_errors(runtime: Runtime, tmp_path: Pa
 
 def test_the_same_store_works_on_postgresql(tmp_path: Path, postgres_url: str, encoder) -> None:  # type: ignore[no-untyped-def]
     rt = Runtime(Settings(home=tmp_path / "home", database_url=postgres_url, chunk_tokens=48, chunk_overlap=8))
-    rt._encoders[encoder.spec.identity() + (encoder.spec.max_tokens,)] = encoder
     corpus = _corpus(tmp_path / "docs")
     assert _ingest(rt, corpus).documents_added == 3
     (corpus / "curie.txt").write_text("Marie Curie moved to Paris in 1891.", encoding="utf-8")

@@ -1,0 +1,123 @@
+"""The `rag` command as a user runs it: real subprocesses, real files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, invoke, run_cli
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data home holding the sample corpus, ingested once for this module."""
+    folder = tmp_path_factory.mktemp("cli") / "home"
+    done = invoke("ingest", str(REPO / "examples" / "corpus"), "--collection", "demo", "--json", home=folder)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["documents_added"] == 6 and report["errors"] == []
+    return folder
+
+
+def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_help_is_instant_and_lists_the_commands() -> None:
+    result = run_cli("--help", home=Path("/nonexistent"))
+    assert result.returncode == 0
+    for command in ("ingest", "search", "collections", "stats", "delete", "doctor", "eval"):
+        assert command in result.stdout
+
+
+def test_search_json_lists_ranked_passages_with_offsets(home: Path) -> None:
+    result = invoke("search", "Where was Gabriel Lippmann born?", "-c", "demo", "-k", "3", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    top = hits[0]
+    assert top["source"].endswith("gabriel-lippmann.html") and "Bonnevoie" in top["text"]
+    assert {"score", "doc_id", "chunk_id", "title", "start", "end", "text"} <= set(top)
+
+
+def test_search_text_output_shows_source_and_offsets(home: Path) -> None:
+    result = invoke("search", "write-ahead log readers", "-c", "demo", "-k", "1", home=home)
+    assert result.returncode == 0
+    assert "sqlite-wal.txt:" in result.stdout
+
+
+def test_stats_count_documents_chunks_and_vectors(home: Path) -> None:
+    stats = json.loads(invoke("stats", "-c", "demo", "--json", home=home).stdout)
+    assert stats["documents"] == 6 and stats["chunks"] == stats["vectors"] >= 6
+
+
+def test_collections_lists_what_exists(home: Path) -> None:
+    listed = json.loads(invoke("collections", "--json", home=home).stdout)
+    assert [c["collection"] for c in listed] == ["demo"]
+
+
+def test_doctor_exits_zero_when_sql_and_faiss_agree(home: Path) -> None:
+    result = invoke("doctor", "-c", "demo", "--json", home=home)
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["after"]["consistent"]
+
+
+def test_doctor_exits_non_zero_on_drift_it_was_told_not_to_repair(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert invoke("ingest", str(REPO / "examples" / "corpus" / "faiss.md"), home=home).returncode == 0
+    (home / "collections" / "default" / "vectors.faiss").unlink()
+    assert invoke("doctor", "--check-only", home=home).returncode == 1
+    repaired = invoke("doctor", home=home)
+    assert repaired.returncode == 0 and "repaired: consistent" in repaired.stdout
+    assert invoke("doctor", "--check-only", home=home).returncode == 0
+
+
+def test_delete_by_source_path_removes_the_document(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    corpus = REPO / "examples" / "corpus"
+    assert invoke("ingest", str(corpus), home=home).returncode == 0
+    result = invoke("delete", str(corpus / "faiss.md"), "--json", home=home)
+    assert result.returncode == 0 and json.loads(result.stdout)["deleted"] == 1
+    assert json.loads(invoke("stats", "--json", home=home).stdout)["documents"] == 5
+    _one_line_error(invoke("delete", str(corpus / "faiss.md"), home=home))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "   ", "-c", "demo"), "the query is empty"),
+        (("search", "x" * 100_000, "-c", "demo"), "the limit is 2,000"),
+        (("search", "radium", "-c", "missing"), "no collection named 'missing'"),
+        (("stats", "-c", "missing"), "no collection named 'missing'"),
+        (("search", "radium", "-c", "demo", "-k", "0"), "k must be between 1 and"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(home: Path, args: tuple[str, ...], message: str) -> None:
+    assert message in _one_line_error(invoke(*args, home=home))
+
+
+def test_a_bad_request_in_a_real_process_prints_one_line_and_exits_1(home: Path) -> None:
+    result = run_cli("search", "x" * 100_000, "-c", "demo", home=home)
+    assert result.returncode == 1
+    assert "the limit is 2,000" in _one_line_error(result)
+
+
+def test_ingesting_only_bad_files_fails_and_names_each_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "latin1.txt").write_bytes(b"caf\xe9")
+    (bad / "empty.txt").write_bytes(b"")
+    result = invoke("ingest", str(bad), home=tmp_path / "home")
+    assert result.returncode == 1
+    assert "latin1.txt" in result.stderr and "empty.txt" in result.stderr
+
+
+def test_a_missing_path_is_reported(tmp_path: Path) -> None:
+    result = invoke("ingest", str(tmp_path / "nope.txt"), home=tmp_path / "home")
+    assert result.returncode == 1 and "no such file or folder" in result.stderr
