@@ -42,3 +42,55 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 f"EM {result['exact_match']:.1f}  F1 {result['f1']:.1f}  "
                 f"({result['questions_per_second']} questions/s)"
             )
+
+    @app.command("train-reader")
+    def train_reader_command(
+        train: Path = typer.Option(..., "--train", help="SQuAD-format training JSON (.json or .json.gz)"),
+        base: str = typer.Option(..., "--base", help="encoder to fine-tune: HF id or folder"),
+        out: Path = typer.Option(..., "--out", help="output folder; a checkpoint there is resumed"),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="stop (and checkpoint) after this long"),
+        eval_file: Optional[Path] = typer.Option(None, "--eval", help="SQuAD JSON to score the result on (EM/F1)"),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="train on the first N questions only"),
+        eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1, help="score the first N eval questions only"),
+        epochs: int = typer.Option(1, "--epochs", min=1),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="optimizer steps [default: epochs over the data]"),
+        batch_size: int = typer.Option(32, "--batch-size", min=1),
+        lr: float = typer.Option(1e-4, "--lr", min=0),
+        warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", min=0, max=1),
+        max_len: int = typer.Option(256, "--max-len", min=32, help="tokens per training window"),
+        stride: int = typer.Option(96, "--stride", min=0, help="overlap between windows, in tokens"),
+        checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="steps between checkpoints"),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Fine-tune an encoder into an extractive reader (AdamW, warm-up, linear decay), resumable."""
+        from rag.training import TrainConfig, train_reader
+
+        config = TrainConfig(
+            train=str(train),
+            base=base,
+            out=str(out),
+            limit=limit,
+            max_minutes=max_minutes,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_ratio=warmup_ratio,
+            max_len=max_len,
+            stride=stride,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            threads=_runtime().settings.threads,
+        )
+        result = train_reader(config, show_progress=not as_json, eval_file=str(eval_file) if eval_file else None, eval_limit=eval_limit)
+        if as_json:
+            _print_json(result.to_dict())
+            return
+        state = "done" if result.completed else "stopped (run again to resume)"
+        typer.echo(
+            f"{result.out}: step {result.step}/{result.total_steps} {state}, resumed from {result.resumed_from}, "
+            f"{result.questions} questions, {result.features} windows, loss {result.loss}, {result.seconds:.0f}s"
+        )
+        if result.eval:
+            typer.echo(f"eval ({result.eval['questions']} questions): EM {result.eval['exact_match']:.1f}  F1 {result.eval['f1']:.1f}")
