@@ -702,8 +702,24 @@ class Collection:
         """Top-k ready passages per query by BM25; every hit is checked against SQL."""
         if k < 1:
             raise InvalidInput("k must be at least 1")
-        found = self.keyword().search(queries, k + 16)
-        rows = self.passage_rows(sorted({int(i) for _, ids in found for i in ids}))
+        return self._ready_passages(self.keyword().search(queries, k + 16), k)
+
+    def hybrid_search(
+        self, vectors: np.ndarray, queries: Sequence[str], k: int
+    ) -> tuple[list[list[Passage]], list[list[Passage]]]:
+        """Top-k ready passages per query from FAISS and from BM25, checked in one SQL query."""
+        if k < 1:
+            raise InvalidInput("k must be at least 1")
+        index = self.vectors()
+        dense: list[tuple[np.ndarray, np.ndarray]] = (
+            list(zip(*index.search(vectors, k + 16))) if index.count() else [(np.zeros(0), np.zeros(0))] * len(queries)
+        )
+        both = self._ready_passages(dense + self.keyword().search(queries, k + 16), k)
+        return both[: len(queries)], both[len(queries) :]
+
+    def _ready_passages(self, found: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> list[list[Passage]]:
+        """(scores, chunk ids) per query -> the first k passages of ready documents."""
+        rows = self.passage_rows(sorted({int(i) for _, ids in found for i in ids if i >= 0}))
         results: list[list[Passage]] = []
         for scores, ids in found:
             hits: list[Passage] = []

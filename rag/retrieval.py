@@ -119,8 +119,8 @@ class HybridRetriever(_Base):
     def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
         cleaned = self._checked(queries, k)
         depth = max(self.depth, k)
-        dense = self.dense.collection.search(self.dense.encoder.encode(cleaned, kind="query"), depth)
-        sparse = self.sparse.collection.keyword_search(cleaned, depth)
+        vectors = self.dense.encoder.encode(cleaned, kind="query")
+        dense, sparse = self.dense.collection.hybrid_search(vectors, cleaned, depth)
         fused = []
         for d, s in zip(dense, sparse):
             if self.fusion == "rrf":
