@@ -84,6 +84,8 @@ class ExtractiveReader:
         max_question_tokens: int = 64,
         align_to_words: bool = True,
     ) -> None:
+        if max_answer_tokens < 1:
+            raise InvalidInput("max_answer_tokens must be at least 1")
         try:
             import torch
             from transformers import AutoModelForQuestionAnswering, AutoTokenizer
@@ -119,8 +121,6 @@ class ExtractiveReader:
         self.doc_stride = doc_stride if doc_stride is not None else min(self.max_seq_len // 2, 128)
         self.max_question_tokens = max_question_tokens
         self.align_to_words = align_to_words
-        if max_answer_tokens < 1:
-            raise InvalidInput("max_answer_tokens must be at least 1")
         if self.max_seq_len - max_question_tokens - 3 <= self.doc_stride:
             raise InvalidInput(
                 f"windows of {self.max_seq_len} tokens leave no room for a {max_question_tokens}-token question "
@@ -289,7 +289,10 @@ class ExtractiveReader:
                 spans.append(Span(c, "", 0, 0, 0.0, null[c] if null[c] != float("inf") else 0.0, found=False))
                 continue
             best = sorted(found, key=lambda a: a["score"], reverse=True)[0]
-            answerable = self.null_threshold is None or null[c] - best["score"] <= self.null_threshold
+            # an empty text is the CLS span, which only wins when the context had nothing to offer
+            answerable = bool(best["text"].strip()) and (
+                self.null_threshold is None or null[c] - best["score"] <= self.null_threshold
+            )
             spans.append(
                 Span(
                     context=c,

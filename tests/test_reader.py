@@ -107,6 +107,13 @@ def test_no_passages_means_no_answer(reader: ExtractiveReader) -> None:
     assert not answer.found and answer.answer == "" and answer.citations == []
 
 
+def test_an_empty_passage_has_no_answer_and_does_not_win(reader: ExtractiveReader) -> None:
+    empty, taipei = reader.read("Where do I live?", ["", SEED[1]["context"]])
+    assert not empty.found and empty.text == ""
+    assert taipei.found and taipei.text == "Taipei"
+    assert not reader.answer("Where do I live?", [_passage("", 0, 1)]).found
+
+
 @pytest.fixture(scope="module")
 def random_squad2_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A one-layer random-weight BERT reader built from the shared model's config: code paths only."""
