@@ -98,6 +98,15 @@ class VectorIndex:
         self.index = fresh.index
         return removed
 
+    def tune(self, params: str) -> None:
+        """Search-time knobs as FAISS names them, e.g. "efSearch=128" or "nprobe=32"."""
+        if params:
+            faiss = _faiss()
+            try:
+                faiss.ParameterSpace().set_index_parameters(self.index, params)
+            except RuntimeError as exc:
+                raise InvalidInput(f"cannot apply {params!r} to {self.factory!r}: {exc}") from None
+
     # -- reading -----------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k inner products; missing slots have id -1."""
