@@ -47,6 +47,8 @@ class QARecord:
             "question": self.question.question,
             "golds": list(self.question.answers),
             "answer": self.answer.answer,
+            "generated": self.answer.details.get("generated"),
+            "reason": self.answer.details.get("reason"),
             "found": self.answer.found,
             "em": em,
             "f1": f1,
