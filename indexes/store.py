@@ -166,6 +166,7 @@ class Store:
             known = ", ".join(self.collection_names()) or "none yet"
             raise CollectionNotFound(f"no collection named {name!r} (collections: {known})")
         opened = Collection(self, row.id, row.name, CollectionConfig.from_dict(row.config))
+        opened.verify_on_open()
         self._open[name] = opened
         return opened
 
@@ -252,6 +253,29 @@ class Collection:
                 self._index = VectorIndex.load(self.index_path, self.config.index_factory, mmap=mmap)
             self._index_stamp = stamp
         return self._index
+
+    def verify_on_open(self) -> None:
+        """Compare counts (cheap); if they disagree and no writer is active, finish the
+        interrupted write now rather than leaving it for the next ingest."""
+        with self.store.sessions() as session:
+            unsettled = session.scalar(
+                select(func.count()).where(DocumentRow.collection_id == self.id, DocumentRow.status != "ready")
+            )
+            ready = session.scalar(
+                select(func.count())
+                .select_from(ChunkRow)
+                .join(DocumentRow)
+                .where(DocumentRow.collection_id == self.id, DocumentRow.status == "ready")
+            )
+        if not unsettled and ready == self.vectors().count():
+            return
+        try:
+            with self.writer(timeout=0):
+                report = self.check()
+        except RagError:
+            return  # a writer is at work; it recovers when it finishes or next time
+        if not report.consistent:
+            log.warning("collection %s: SQL and FAISS disagree (%s); run `rag doctor`", self.name, report.to_dict())
 
     @contextmanager
     def writer(self, timeout: float = 600.0) -> Iterator[Collection]:
