@@ -29,6 +29,7 @@ def build_generator(settings: Settings) -> Generator:
             threads=settings.threads,
             temperature=settings.generator_temperature,
             max_tokens=settings.generator_max_tokens,
+            home=settings.home,
         )
     if backend == "transformers":
         from rag.generation.hf import TransformersGenerator

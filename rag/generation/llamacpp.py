@@ -56,7 +56,17 @@ class LlamaCppGenerator:
         temperature: float = 0.0,
         max_tokens: int = 256,
         parallel: int = 1,
+        home: Path | None = None,
     ) -> None:
+        from rag.models import REGISTRY, resolve
+
+        if model_path in REGISTRY:
+            # a registered short name (`rag models list`) means the file `rag models fetch` verified
+            if home is None:
+                from rag.settings import load_settings
+
+                home = load_settings().home
+            model_path = resolve(model_path, home)
         self.model_path = model_path or default_gguf()
         if not Path(self.model_path).expanduser().is_file():
             raise GenerationError(f"GGUF file not found: {self.model_path} (RAG_GENERATOR_MODEL)")
