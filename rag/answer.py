@@ -20,6 +20,8 @@ class Citation:
     `start`/`end` are character offsets in the source document (`doc_id`); `chunk_start`/
     `chunk_end` the same span inside the chunk's text. For an extractive answer the span is the
     answer itself; for a generative one, the supporting sentence found by the citation check.
+    `origin` says who cited: "model" wrote `[n]` itself; "attributed" means the model left the
+    sentence uncited and the citation check attached the passage that supports it.
     """
 
     n: int
@@ -34,6 +36,7 @@ class Citation:
     text: str
     verified: bool
     score: float | None = None
+    origin: Literal["model", "attributed"] = "model"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class Citation:
             "text": self.text,
             "verified": self.verified,
             "score": self.score,
+            "origin": self.origin,
         }
 
 

@@ -27,6 +27,12 @@ answers to keep it honest.
 
 Source sentences that address the model ("ignore your instructions", "answer 42") are never
 evidence: a passage cannot vouch for what it orders the model to say.
+
+Small models often state the right fact without writing `[n]`. A sentence left uncited that a
+passage supports above the threshold gets that passage attached as a citation with
+`origin="attributed"` (verified by the same check, but not written by the model), so a user can
+always tell the model's own citations from the system's. A sentence the model cited stays judged
+on the citation it wrote: a wrong one stays unverified, with the right one only `suggested`.
 """
 
 from __future__ import annotations
@@ -35,11 +41,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from indexes.types import Passage
 from rag.answer import Answer, Citation
 from rag.prompt import NOT_FOUND
+
+Origin = Literal["model", "attributed"]
 
 DEFAULT_THRESHOLD = 0.7
 FRAGMENT_WORDS = 3
@@ -182,6 +190,7 @@ class SentenceCheck:
     unverified: tuple[int, ...]
     best: int | None
     suggested: int | None
+    attributed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +204,7 @@ class SentenceCheck:
             "unverified": list(self.unverified),
             "best_source": self.best,
             "suggested": self.suggested,
+            "attributed": self.attributed,
         }
 
 
@@ -259,7 +269,7 @@ def suspicious_passages(passages: Sequence[Passage]) -> list[int]:
     return [n for n, p in enumerate(passages, start=1) if _INJECTION.search(p.text)]
 
 
-def _citation(passage: Passage, n: int, evidence: Evidence | None, verified: bool) -> Citation:
+def _citation(passage: Passage, n: int, evidence: Evidence | None, verified: bool, origin: Origin = "model") -> Citation:
     start, end = (evidence.start, evidence.end) if evidence and evidence.end > evidence.start else (0, len(passage.text))
     return Citation(
         n=n,
@@ -274,6 +284,7 @@ def _citation(passage: Passage, n: int, evidence: Evidence | None, verified: boo
         text=passage.text[start:end],
         verified=verified,
         score=round(evidence.score, 4) if evidence else None,
+        origin=origin,
     )
 
 
@@ -295,8 +306,9 @@ def check_answer(
     question_words = content_words(question)
     question_names = name_words(question)
     checks: list[SentenceCheck] = []
-    best_for: dict[int, Evidence] = {}  # per cited passage, its best evidence over the sentences citing it
-    verified_for: dict[int, bool] = {}
+    # per (passage, origin): its best evidence over the sentences citing it, and whether any verifies it
+    best_for: dict[tuple[int, Origin], Evidence] = {}
+    verified_for: dict[tuple[int, Origin], bool] = {}
     declined = is_not_found(cleaned)
     for start, end in ([] if declined else sentence_spans(cleaned)):
         text = cleaned[start:end]
@@ -313,12 +325,17 @@ def check_answer(
         verified = tuple(n for n in cited if evidence[n - 1].score >= threshold)
         unverified = tuple(n for n in cited if n not in verified)
         supported = top is not None and top.score >= threshold
-        suggested = top.n if supported and top and top.n not in cited and (unverified or not cited) else None
-        for n in cited:
+        suggested = top.n if supported and top and cited and unverified and top.n not in cited else None
+        # the model left a supported sentence uncited: the check attaches the passage it found
+        attributed = top.n if supported and top and not cited else None
+        marks: list[tuple[int, Origin, bool]] = [(n, "model", n in verified) for n in cited]
+        if attributed is not None:
+            marks.append((attributed, "attributed", True))
+        for n, origin, ok in marks:
             ev = evidence[n - 1]
-            if n not in best_for or ev.score > best_for[n].score:
-                best_for[n] = ev
-            verified_for[n] = verified_for.get(n, False) or n in verified
+            if (n, origin) not in best_for or ev.score > best_for[(n, origin)].score:
+                best_for[(n, origin)] = ev
+            verified_for[(n, origin)] = verified_for.get((n, origin), False) or ok
         checks.append(
             SentenceCheck(
                 text=text.strip(),
@@ -331,6 +348,7 @@ def check_answer(
                 unverified=unverified,
                 best=top.n if top and top.score > 0 else None,
                 suggested=suggested,
+                attributed=attributed,
             )
         )
     details: dict[str, Any] = {
@@ -354,7 +372,10 @@ def check_answer(
             found=False,
             details=details,
         )
-    citations = [_citation(passages[n - 1], n, best_for[n], verified_for[n]) for n in sorted(best_for)]
+    citations = [
+        _citation(passages[n - 1], n, best_for[(n, origin)], verified_for[(n, origin)], origin)
+        for n, origin in sorted(best_for, key=lambda key: (key[0], key[1] == "attributed"))
+    ]
     supported = [c for c in checks if c.supported]
     return Answer(
         answer=cleaned,
@@ -365,6 +386,24 @@ def check_answer(
         found=True,
         details=details,
     )
+
+
+def annotate_attributed(answer: Answer, mark: str = "*") -> str:
+    """The answer text with `[n*]` after each sentence whose citation the check attributed, for
+    display: the marker is not the model's, so it is never put into `Answer.answer` itself."""
+    text = answer.answer
+    inserts = []
+    for sentence in answer.details.get("sentences", []) if answer.found else []:
+        n = sentence.get("attributed")
+        if n is None:
+            continue
+        end = int(sentence["end"])
+        while end > int(sentence["start"]) and (text[end - 1].isspace() or text[end - 1] in ".!?"):
+            end -= 1  # before the full stop: "Warsaw [2*]."
+        inserts.append((end, f" [{n}{mark}]"))
+    for at, piece in sorted(inserts, reverse=True):
+        text = text[:at] + piece + text[at:]
+    return text
 
 
 def with_timings(answer: Answer, timings: dict[str, float]) -> Answer:

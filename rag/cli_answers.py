@@ -38,11 +38,14 @@ def _label(passage_or_citation: Passage | Citation) -> str:
 
 
 def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
+    from rag.citations import annotate_attributed
+
     lines: list[str] = []
+    shown = annotate_attributed(answer)  # `[n*]`: a citation the check attached, not the model
     if streamed is None:
-        lines.append(answer.answer)
-    elif answer.answer.strip() != streamed.strip():
-        lines.append(f"checked answer: {answer.answer}")
+        lines.append(shown)
+    elif shown.strip() != streamed.strip():
+        lines.append(f"checked answer: {shown}")
     removed = answer.details.get("removed_citations")
     if removed:
         lines.append(f"removed citations to sources that do not exist: {', '.join(f'[{n}]' for n in removed)}")
@@ -52,10 +55,13 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
         lines.append("")
     for c in answer.citations:
         status = "" if answer.mode == "extractive" else ("  ✓ verified" if c.verified else "  ✗ unverified")
-        lines.append(f"[{c.n}] {_label(c)} — {c.source}:{c.start}-{c.end}{status}")
+        mark = "*" if c.origin == "attributed" else ""
+        lines.append(f"[{c.n}{mark}] {_label(c)} — {c.source}:{c.start}-{c.end}{status}")
         passage = answer.passages[c.n - 1] if 0 < c.n <= len(answer.passages) else None
         if passage is not None:
             lines.append(f"    {snippet(passage, c.chunk_start, c.chunk_end, tty)}")
+    if any(c.origin == "attributed" for c in answer.citations):
+        lines.append("[n*] attributed: the model did not cite this sentence; the citation check found the source that supports it")
     if not answer.found and answer.passages:
         lines.append("")
         lines.append("best passages:")
