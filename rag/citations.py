@@ -54,6 +54,7 @@ FRAGMENT_WORDS = 3
 
 _CITATION = re.compile(r"\[(\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*)\]")
 _LEADING_CITATIONS = re.compile(r"(?:\s*\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\][.,;]?)+")
+_PARAGRAPH = re.compile(r"\S(?:.|\n(?![ \t]*\n))*")
 _WORD = re.compile(r"[^\W_]+(?:['’.][^\W_]+)*", re.UNICODE)
 _INJECTION = re.compile(
     r"\b(ignore|disregard|forget|override)\b.{0,40}\b(instruction|instructions|prompt|rules|above|previous)\b"
@@ -114,7 +115,12 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
     if not text.strip():
         return []
-    _, offsets = blingfire.text_to_sentences_and_offsets(text)
+    offsets: list[tuple[int, int]] = []
+    # a blank line always ends a sentence (a heading, a list, a pasted source block); blingfire
+    # alone would run "# Marie Curie\n\nMarie Curie was born ..." into one
+    for paragraph in _PARAGRAPH.finditer(text):
+        _, found = blingfire.text_to_sentences_and_offsets(paragraph.group())
+        offsets.extend((paragraph.start() + s, paragraph.start() + e) for s, e in found)
     spans: list[tuple[int, int]] = []
     for start, end in offsets:
         if spans:
