@@ -53,7 +53,7 @@ def format_sources(passages: Sequence[Passage], max_chars: int = 2000) -> str:
 
 
 def _user_turn(sources: str, question: str) -> str:
-    return f"Question: {question}\n\n{sources}\n\nQuestion: {question}\nAnswer in one sentence with its source number [n]:"
+    return f"Question: {question}\n\n{sources}\n\nQuestion: {question}\nReply with one sentence followed by [n] where n is the source number."
 
 
 def _format_pairs(pairs: Sequence[tuple[str, str]]) -> str:
