@@ -48,11 +48,11 @@ class Settings(BaseSettings):
     batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one FAISS save each)")
 
     # Retrieval: which retriever answers, how hybrid fuses, and optional reranking and diversity.
-    retriever: Literal["dense", "bm25", "hybrid"] = Field("dense", description="dense (FAISS), bm25 (keyword) or both fused")
-    fusion: Literal["rrf", "convex"] = Field("rrf", description="hybrid fusion: reciprocal rank fusion or convex combination")
+    retriever: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="dense (FAISS), bm25 (keyword) or both fused")
+    fusion: Literal["rrf", "convex"] = Field("convex", description="hybrid fusion: reciprocal rank fusion or convex combination")
     rrf_k: float = Field(60.0, ge=0, description="RRF constant: score = sum 1 / (rrf_k + rank)")
     hybrid_weight: float = Field(0.5, ge=0, le=1, description="dense share of the fused score (convex; weighted RRF)")
-    normalization: Literal["minmax", "zscore"] = Field("minmax", description="score normalisation before a convex fusion")
+    normalization: Literal["minmax", "zscore"] = Field("zscore", description="score normalisation before a convex fusion")
     candidate_depth: int = Field(100, ge=1, description="candidates taken from each side before fusion")
     reranker_model: str | None = Field(None, description="cross-encoder (HF id or folder) reranking the top candidates")
     rerank_depth: int = Field(50, ge=1, description="candidates reranked (cross-encoder) or diversified (MMR)")
