@@ -69,8 +69,11 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
             lines.append(f"[{n}] {_label(p)} — {p.source}:{p.start}-{p.end}")
             lines.append(f"    {' '.join(p.text[:300].split())}{'…' if len(p.text) > 300 else ''}")
     timings = "  ".join(f"{key.removesuffix('_ms')} {value:.0f} ms" for key, value in answer.timings.items())
-    if timings:
+    if timings or answer.details.get("generator"):
         lines.append("")
+    if answer.details.get("generator"):
+        lines.append(f"generator: {answer.details['generator']}")
+    if timings:
         lines.append(timings)
     return lines
 

@@ -79,7 +79,8 @@ def test_rag_ask_json_prints_the_one_answer_schema(runtime: Runtime, home: Path)
     assert set(payload) >= {"answer", "mode", "citations", "passages", "timings"}
     assert payload["mode"] == "generative"
     for citation in payload["citations"]:
-        assert set(citation) >= {"n", "doc_id", "chunk_id", "source", "start", "end", "text", "verified"}
+        assert set(citation) >= {"n", "doc_id", "chunk_id", "source", "start", "end", "text", "verified", "origin"}
+        assert citation["origin"] in ("model", "attributed")
 
 
 def test_rag_ask_text_streams_then_prints_citations_or_the_best_passages(runtime: Runtime, home: Path) -> None:
@@ -88,6 +89,6 @@ def test_rag_ask_text_streams_then_prints_citations_or_the_best_passages(runtime
         home=home, env={"RAG_GENERATOR_MAX_TOKENS": "32"},
     )
     assert result.returncode == 0, result.stderr
-    assert "total" in result.stdout
+    assert "total" in result.stdout and "generator: llamacpp:" in result.stdout
     assert ("best passages:" in result.stdout) or ("[1] " in result.stdout) or ("not supported" in result.stdout)
     assert "\033[1m" not in result.stdout  # not a terminal: no ANSI codes

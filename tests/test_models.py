@@ -5,6 +5,7 @@ built here, downloaded by a real pip run with `--no-index --find-links` (no netw
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -106,3 +107,20 @@ def test_the_registry_describes_the_published_qwen_parts() -> None:
     with pytest.raises(ModelFetchError, match="unknown model 'gpt-9'"):
         spec_for("gpt-9")
     assert set(REGISTRY) == {"qwen2.5-0.5b"}
+
+
+def test_rag_models_list_json_says_whether_each_model_is_fetched(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli("models", "list", "--json", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [qwen] = json.loads(result.stdout)
+    assert qwen["name"] == "qwen2.5-0.5b" and qwen["fetched"] is False
+    assert qwen["path"] == str(tmp_path / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+
+
+def test_rag_models_fetch_of_an_unknown_name_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli("models", "fetch", "gpt-9", home=tmp_path)
+    assert result.returncode != 0 and "unknown model 'gpt-9'" in result.stderr
