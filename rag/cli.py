@@ -30,8 +30,21 @@ app.add_typer(eval_app, name="eval")
 
 CollectionOpt = typer.Option(None, "--collection", "-c", help="collection name [default: RAG_COLLECTION or 'default']")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
-RetrieverOpt = typer.Option(None, "--retriever", help="dense, bm25 or hybrid [env RAG_RETRIEVER]")
-FusionOpt = typer.Option(None, "--fusion", help="hybrid fusion: rrf or convex [env RAG_FUSION]")
+def _one_of(*choices: str) -> Any:
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+RetrieverOpt = typer.Option(
+    None, "--retriever", callback=_one_of("dense", "bm25", "hybrid"), help="dense, bm25 or hybrid [env RAG_RETRIEVER; default hybrid]"
+)
+FusionOpt = typer.Option(
+    None, "--fusion", callback=_one_of("rrf", "convex"), help="hybrid fusion: rrf or convex [env RAG_FUSION; default convex]"
+)
 
 
 class _State:
