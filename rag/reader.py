@@ -83,6 +83,7 @@ class ExtractiveReader:
         doc_stride: int | None = None,
         max_question_tokens: int = 64,
         align_to_words: bool = True,
+        retrieval_weight: float = 1.0,
     ) -> None:
         if max_answer_tokens < 1:
             raise InvalidInput("max_answer_tokens must be at least 1")
@@ -121,6 +122,7 @@ class ExtractiveReader:
         self.doc_stride = doc_stride if doc_stride is not None else min(self.max_seq_len // 2, 128)
         self.max_question_tokens = max_question_tokens
         self.align_to_words = align_to_words
+        self.retrieval_weight = retrieval_weight
         if self.max_seq_len - max_question_tokens - 3 <= self.doc_stride:
             raise InvalidInput(
                 f"windows of {self.max_seq_len} tokens leave no room for a {max_question_tokens}-token question "
@@ -135,8 +137,12 @@ class ExtractiveReader:
         passages = list(passages)
         spans = self.read(question, [p.text for p in passages]) if passages else []
         timings = {"read": time.perf_counter() - started}
-        best = max((s for s in spans if s.found), key=lambda s: s.score, default=None)
-        details: dict[str, Any] = {"reader": self.model_name}
+        prior = passage_prior([p.score for p in passages], self.retrieval_weight)
+        best_index = max(
+            (i for i, s in enumerate(spans) if s.found), key=lambda i: spans[i].score * prior[i], default=None
+        )
+        best = spans[best_index] if best_index is not None else None
+        details: dict[str, Any] = {"reader": self.model_name, "retrieval_weight": self.retrieval_weight}
         if spans:
             details["null_score"] = min(s.null_score for s in spans)
         if best is None:
@@ -342,6 +348,23 @@ class ExtractiveReader:
                 if first is not None and last is not None:
                     return int(first[0]), int(last[1])
         return int(enc.offsets[s][0]), int(enc.offsets[e][1])
+
+
+def passage_prior(scores: Sequence[float], weight: float) -> np.ndarray:
+    """P(passage | question) from retrieval scores, to weigh each passage's best span.
+
+    Open-domain readers do better when the span score is combined with the retriever's
+    (BERTserini; the marginal P(a) = sum_p P(p|q) P(a|p,q) of REALM/RAG). Scores are
+    standardised over the k passages first, so the same weight works for cosine, BM25 and fused
+    scores; weight 0 gives a uniform prior (the reader alone, as the 4.57 pipeline would).
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    if weight == 0 or len(values) < 2 or values.std() == 0:
+        return np.full(len(values), 1.0 / max(len(values), 1))
+    logits = weight * (values - values.mean()) / values.std()
+    logits -= logits.max()
+    prior = np.exp(logits)
+    return prior / prior.sum()
 
 
 def _shared_softmax(rows: list[np.ndarray]) -> list[np.ndarray]:

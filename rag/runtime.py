@@ -138,6 +138,7 @@ class Runtime:
                 max_answer_tokens=s.reader_max_answer_tokens,
                 null_threshold=s.reader_null_threshold,
                 batch_tokens=s.reader_batch_tokens,
+                retrieval_weight=s.reader_retrieval_weight,
             )
         return self._reader
 

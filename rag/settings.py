@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(32, ge=0)
     title_in_embedding: bool = True
     index_factory: str = Field("Flat", description="FAISS factory string: Flat, HNSW32, IVF1024,PQ48 ...")
-    mmap: bool = Field(False, description="memory-map FAISS indexes for search where FAISS allows")
+    mmap: bool = Field(True, description="memory-map FAISS indexes for search where FAISS allows")
     batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one FAISS save each)")
 
     # Retrieval: which retriever answers, how hybrid fuses, and optional reranking and diversity.
@@ -61,17 +61,6 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(2000, ge=1)
     max_file_mb: float = Field(50.0, gt=0)
     max_k: int = Field(1000, ge=1)
-
-    # API (`rag serve`): where it listens, who may call it, and how much one caller may ask for.
-    api_host: str = Field("127.0.0.1", description="interface `rag serve` binds to")
-    api_port: int = Field(8000, ge=1, le=65535)
-    auth: bool = Field(True, description="require API keys; off only for local development on loopback")
-    max_body_mb: float = Field(100.0, gt=0, description="largest request body the API reads")
-    max_upload_files: int = Field(20, ge=1, description="files per upload request")
-    max_json_documents: int = Field(1000, ge=1, description="documents per JSON ingestion request")
-    rate_limit_per_minute: int = Field(600, ge=0, description="requests per key per minute; 0 disables")
-    generation_timeout_s: float = Field(60.0, gt=0, description="longest an answer may take before 504")
-    job_workers: int = Field(2, ge=1, description="threads running ingestion jobs")
 
     # Answering (`rag ask`, `/v1/ask`): generation and the citation check.
     answer_mode: Literal["extractive", "generative"] = Field("extractive", description="default of `rag ask --mode`")
@@ -90,11 +79,25 @@ class Settings(BaseSettings):
         0.7, ge=0.0, le=1.0, description="citation check: support score (content-word recall) that verifies a sentence"
     )
 
+    # API (`rag serve`): where it listens, who may call it, and how much one caller may ask for.
+    api_host: str = Field("127.0.0.1", description="interface `rag serve` binds to")
+    api_port: int = Field(8000, ge=1, le=65535)
+    auth: bool = Field(True, description="require API keys; off only for local development on loopback")
+    max_body_mb: float = Field(100.0, gt=0, description="largest request body the API reads")
+    max_upload_files: int = Field(20, ge=1, description="files per upload request")
+    max_json_documents: int = Field(1000, ge=1, description="documents per JSON ingestion request")
+    rate_limit_per_minute: int = Field(600, ge=0, description="requests per key per minute; 0 disables")
+    generation_timeout_s: float = Field(60.0, gt=0, description="longest an answer may take before 504")
+    job_workers: int = Field(2, ge=1, description="threads running ingestion jobs")
+
     # Extractive reader (`rag ask --mode extractive`, `rag eval reader`): any question-answering model.
     reader_model: str = Field(DEFAULT_READER, description="HF id or local folder of an AutoModelForQuestionAnswering")
     reader_max_answer_tokens: int = Field(15, ge=1, le=512, description="longest answer span, in tokens")
     reader_null_threshold: float | None = Field(
         None, description="SQuAD 2.0 readers: no answer when the null (CLS) score beats the best span by more; unset: always answer"
+    )
+    reader_retrieval_weight: float = Field(
+        1.0, ge=0, description="weight of the retrieval score in choosing between passages' answers; 0: reader alone"
     )
     reader_batch_tokens: int = Field(16384, ge=512, description="tokens (windows x padded length) per reader forward pass")
 
