@@ -805,11 +805,16 @@ class Collection:
                         DocumentRow.title,
                         DocumentRow.external_id,
                         DocumentRow.doc_metadata,
+                        DocumentRow.status,
+                        DocumentRow.collection_id,
                     )
                     .join(DocumentRow)
-                    .where(ChunkRow.id.in_(part), DocumentRow.status == "ready", DocumentRow.collection_id == self.id)
+                    # Only the chunk ids in SQL: with the document filters there too, SQLite walks
+                    # every ready document of the collection (~300 ms on SciFact instead of ~1 ms).
+                    .where(ChunkRow.id.in_(part))
                 ):
-                    rows[int(row[0])] = tuple(row)
+                    if row[-2] == "ready" and row[-1] == self.id:
+                        rows[int(row[0])] = tuple(row[:-2])
         return rows
 
     # -- runs --------------------------------------------------------------------------------
