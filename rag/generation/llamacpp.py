@@ -123,6 +123,9 @@ class LlamaCppGenerator:
         }
         if self.temperature <= 0:
             request["top_k"] = 1
+            # reusing a cached prompt prefix evaluates the rest in other batch shapes, which moves
+            # near-tied logits: greedy answers then differ between two identical requests
+            request["cache_prompt"] = False
         if stop:
             request["stop"] = list(stop)
         return request
