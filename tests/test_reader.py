@@ -34,7 +34,7 @@ def _passage(text: str, start: int, rank: int, doc_id: int = 7, chunk_id: int | 
         source="curie.txt",
         title="Curie",
         external_id=None,
-        score=1.0 / rank,
+        score=1.0,  # equal retrieval scores: these tests are about reading and citing, not passage priors
         rank=rank,
     )
 
