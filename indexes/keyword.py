@@ -12,9 +12,7 @@ with a fingerprint of the ready chunk ids it was built from, so staleness is det
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from indexes.atomic import atomic_replace
 from indexes.errors import InvalidInput, MissingDependency
 
 FORMAT_VERSION = 1
@@ -94,26 +93,6 @@ class Analyzer:
         if self._stem is None:
             return words
         return self._stem.stemWords(words)  # type: ignore[no-any-return]
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Temporary file, fsync, rename, fsync the folder: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class KeywordIndex:
@@ -233,7 +212,11 @@ class KeywordIndex:
                 indptr=indptr,
                 vocab=np.frombuffer(json.dumps(terms).encode("utf-8"), dtype=np.uint8),
             )
-        _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        def produce(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        atomic_replace(path, produce)
 
     @staticmethod
     def read_meta(path: Path) -> dict[str, Any] | None:

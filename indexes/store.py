@@ -771,22 +771,9 @@ class Collection:
         index = self.vectors()
         if index.count() == 0:
             return [[] for _ in range(len(queries))]
-        # Over-fetch: vectors of documents being replaced or deleted are filtered out below.
+        # Over-fetch: vectors of documents being replaced or deleted are filtered out by SQL.
         scores, ids = index.search(queries, k + 16)
-        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
-        rows = self.passage_rows(wanted)
-        results: list[list[Passage]] = []
-        for qscores, qids in zip(scores, ids):
-            hits: list[Passage] = []
-            for score, chunk_id in zip(qscores, qids):
-                row = rows.get(int(chunk_id))
-                if row is None:
-                    continue
-                hits.append(_passage(row, float(score), len(hits) + 1))
-                if len(hits) == k:
-                    break
-            results.append(hits)
-        return results
+        return self._ready_passages(list(zip(scores, ids)), k)
 
     def passage_rows(self, chunk_ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
         """Chunk id -> row for chunks of ready documents."""

@@ -8,14 +8,12 @@ be listed for consistency checks.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from indexes.errors import InvalidInput
-from indexes.failpoints import failpoint
+from indexes.atomic import atomic_replace
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +134,9 @@ class VectorIndex:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Write atomically: temporary file, fsync, rename, fsync the folder."""
+        """Write atomically (temporary file, fsync, rename): readers see one generation or the next."""
         faiss = _faiss()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            faiss.write_index(self.index, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            failpoint("faiss:before-rename")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_replace(path, lambda tmp: faiss.write_index(self.index, tmp), crash_point="faiss:before-rename")
 
     @classmethod
     def load(cls, path: Path, factory: str, mmap: bool = False) -> VectorIndex:
