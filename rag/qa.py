@@ -85,8 +85,9 @@ class AskPipeline:
         k = k or self.default_k
         if not 1 <= k <= self.max_k:
             raise InvalidInput(f"k must be between 1 and {self.max_k}, not {k}")
+        chosen = self._retriever(collection, retriever)  # may load models: not retrieval time
         started = time.perf_counter()
-        passages = self._retriever(collection, retriever).retrieve(question, k)
+        passages = chosen.retrieve(question, k)
         return passages, _ms(started)
 
     def ask(

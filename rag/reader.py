@@ -136,7 +136,7 @@ class ExtractiveReader:
         started = time.perf_counter()
         passages = list(passages)
         spans = self.read(question, [p.text for p in passages]) if passages else []
-        timings = {"read": time.perf_counter() - started}
+        timings = {"read_ms": (time.perf_counter() - started) * 1000}
         prior = passage_prior([p.score for p in passages], self.retrieval_weight)
         best_index = max(
             (i for i, s in enumerate(spans) if s.found), key=lambda i: spans[i].score * prior[i], default=None
