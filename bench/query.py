@@ -26,8 +26,19 @@ CACHE = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))
 
 
-def real_vectors() -> tuple[np.ndarray, np.ndarray]:
-    """SciFact abstracts and queries embedded once with the default encoder."""
+def real_vectors(faiss_file: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """SciFact passages and queries embedded with the default encoder: passages read back from a
+    collection's saved FAISS file when given (no re-embedding), else embedded once and cached."""
+    if faiss_file:
+        import faiss
+
+        from indexes.encoder import DEFAULT_EMBEDDER, Encoder, EncoderSpec
+
+        index = faiss.read_index(faiss_file)
+        flat = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+        docs = flat.reconstruct_n(0, flat.ntotal)
+        queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()]
+        return docs, Encoder(EncoderSpec.detect(DEFAULT_EMBEDDER)).encode(queries, kind="query")
     cached = CACHE / "scifact-minilm.npz"
     if cached.exists():
         data = np.load(cached)
@@ -109,11 +120,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthetic", type=int, default=1_000_000, help="synthetic vectors (0 to skip)")
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--faiss", help="a collection's vectors.faiss holding SciFact passages (skips embedding)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    docs, queries = real_vectors()
-    run("SciFact abstracts (real)", docs, queries[: args.queries], [
+    docs, queries = real_vectors(args.faiss)
+    run(f"SciFact passages (real, {len(docs):,})", docs, queries[: args.queries], [
         ("Flat", ""),
         ("HNSW32", "efSearch=64"),
         ("IVF64,PQ48", "nprobe=16"),
