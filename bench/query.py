@@ -137,6 +137,7 @@ def main() -> None:
             ("Flat", ""),
             ("HNSW32", "efSearch=64"),
             (f"IVF{nlist},PQ48", "nprobe=32"),
+            (f"IVF{int(np.sqrt(args.synthetic))},SQ8", "nprobe=16"),
         ])
 
 
