@@ -261,12 +261,7 @@ class Collection:
             unsettled = session.scalar(
                 select(func.count()).where(DocumentRow.collection_id == self.id, DocumentRow.status != "ready")
             )
-            ready = session.scalar(
-                select(func.count())
-                .select_from(ChunkRow)
-                .join(DocumentRow)
-                .where(DocumentRow.collection_id == self.id, DocumentRow.status == "ready")
-            )
+            ready = self._ready_chunk_count(session)
         if not unsettled and ready == self.vectors().count():
             return
         try:
@@ -392,12 +387,7 @@ class Collection:
             docs = session.scalar(
                 select(func.count()).where(DocumentRow.collection_id == self.id, DocumentRow.status == "ready")
             )
-            chunks = session.scalar(
-                select(func.count())
-                .select_from(ChunkRow)
-                .join(DocumentRow)
-                .where(DocumentRow.collection_id == self.id, DocumentRow.status == "ready")
-            )
+            chunks = self._ready_chunk_count(session)
             last_run = session.scalars(
                 select(RunRow).where(RunRow.collection_id == self.id).order_by(RunRow.id.desc()).limit(1)
             ).first()
@@ -527,6 +517,17 @@ class Collection:
             session.execute(delete(DocumentRow).where(DocumentRow.id.in_(part)))
 
     # -- consistency -------------------------------------------------------------------------
+    def _ready_chunk_count(self, session: Session) -> int:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(ChunkRow)
+                .join(DocumentRow)
+                .where(DocumentRow.collection_id == self.id, DocumentRow.status == "ready")
+            )
+            or 0
+        )
+
     def _ready_chunk_ids(self, session: Session) -> set[int]:
         return set(
             session.scalars(

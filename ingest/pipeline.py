@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,27 +116,20 @@ class Ingestor:
         files, folders, errors = discover(paths)
         report.errors.extend(errors)
         report.files_seen = len(files)
-        run_id = self.collection.start_run()
-        status = "failed"
-        try:
-            with self.collection.writer():
-                known: dict[str, tuple[int, str]] = {}
-                for folder in folders:
-                    known.update(self.collection.known_documents(prefix=str(folder) + os.sep))
-                known.update(self.collection.known_documents(sources=[str(f) for f in files]))
-                for f in files:
-                    if suffix_of(f.name) not in _SINGLE_DOCUMENT:
-                        known.update(self.collection.known_documents(prefix=f"{f}#"))
-                seen: set[str] = set()
-                self._write_all(self._from_files(files, known, seen, report), report)
-                if prune:
-                    stale = self._stale(known, seen, folders, files)
-                    if stale:
-                        report.documents_deleted += self.collection.delete(stale)["deleted"]
-            status = "completed" if not report.errors else "completed_with_errors"
-        finally:
-            report.seconds = time.perf_counter() - started
-            self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
+        with self._recorded_run(report, started):
+            known: dict[str, tuple[int, str]] = {}
+            for folder in folders:
+                known.update(self.collection.known_documents(prefix=str(folder) + os.sep))
+            known.update(self.collection.known_documents(sources=[str(f) for f in files]))
+            for f in files:
+                if suffix_of(f.name) not in _SINGLE_DOCUMENT:
+                    known.update(self.collection.known_documents(prefix=f"{f}#"))
+            seen: set[str] = set()
+            self._write_all(self._from_files(files, known, seen, report), report)
+            if prune:
+                stale = self._stale(known, seen, folders, files)
+                if stale:
+                    report.documents_deleted += self.collection.delete(stale)["deleted"]
         return report
 
     def ingest_documents(self, documents: Iterable[Document]) -> IngestReport:
@@ -143,17 +137,23 @@ class Ingestor:
         started = time.perf_counter()
         report = IngestReport()
         docs = list(documents)
+        with self._recorded_run(report, started):
+            known = self.collection.known_documents(sources=[d.source for d in docs])
+            self._write_all(self._changed(docs, known, report), report)
+        return report
+
+    @contextmanager
+    def _recorded_run(self, report: IngestReport, started: float) -> Iterator[None]:
+        """Hold the write lock and record the run (counts, errors, seconds), even when it fails."""
         run_id = self.collection.start_run()
         status = "failed"
         try:
             with self.collection.writer():
-                known = self.collection.known_documents(sources=[d.source for d in docs])
-                self._write_all(self._changed(docs, known, report), report)
+                yield
             status = "completed" if not report.errors else "completed_with_errors"
         finally:
             report.seconds = time.perf_counter() - started
             self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
-        return report
 
     def ingest_upload(self, name: str, data: bytes, source: str) -> IngestReport:
         """Parse an uploaded file from its bytes alone; `source` names it in the collection."""
