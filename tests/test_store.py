@@ -9,7 +9,7 @@ import pytest
 
 from indexes.encoder import EncoderSpec
 from indexes.errors import CollectionNotFound, EncoderMismatch, InvalidInput
-from indexes.store import CollectionConfig, NewDocument, Store
+from indexes.store import CollectionConfig, NewDocument, SearchParams, Store
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
 from ingest.pipeline import document_hash
@@ -53,10 +53,10 @@ def test_written_documents_are_searchable_with_offsets_into_their_source(collect
 def test_replacing_a_document_swaps_its_chunks_and_vectors(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, "curie", TEXTS["curie"])])
-        old_ids = set(collection.vectors().ids().tolist())
+        old_ids = collection.snapshot().visible_chunk_ids()
         result = collection.write([_new(encoder, "curie", "Marie Curie moved to Paris in 1891.")])
     assert result["replaced"] == 1
-    new_ids = set(collection.vectors().ids().tolist())
+    new_ids = collection.snapshot().visible_chunk_ids()
     assert not old_ids & new_ids
     assert collection.stats()["documents"] == 1
     assert collection.check().consistent
@@ -67,7 +67,7 @@ def test_replacing_a_document_swaps_its_chunks_and_vectors(collection, encoder) 
 def test_delete_removes_rows_and_vectors_together(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, name, text) for name, text in TEXTS.items()])
-        target = collection.find_documents("faiss")
+        target = collection.find_documents("faiss", by="source")
         collection.delete(target)
     stats = collection.stats()
     assert stats["documents"] == 2
@@ -80,10 +80,10 @@ def test_delete_removes_rows_and_vectors_together(collection, encoder) -> None: 
 def test_chunk_ids_are_never_reused_after_a_delete(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, "a", TEXTS["curie"])])
-        first = set(collection.vectors().ids().tolist())
-        collection.delete(collection.find_documents("a"))
+        first = collection.snapshot().visible_chunk_ids()
+        collection.delete(collection.find_documents("a", by="source"))
         collection.write([_new(encoder, "b", TEXTS["curie"])])
-        second = set(collection.vectors().ids().tolist())
+        second = collection.snapshot().visible_chunk_ids()
     assert min(second) > max(first)
 
 
@@ -92,27 +92,33 @@ def test_writes_need_the_writer_lock(collection, encoder) -> None:  # type: igno
         collection.write([_new(encoder, "a", TEXTS["curie"])])
 
 
-def test_a_missing_faiss_file_is_reported_and_repaired_by_re_embedding(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_segment_is_reported_and_repaired_by_re_embedding(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, name, text) for name, text in TEXTS.items()])
-    collection.index_path.unlink()
-    report = collection.check()
-    assert not report.consistent and len(report.missing_in_faiss) == report.sql_chunks
+    for path in collection.folder.glob("seg-*.faiss"):
+        path.unlink()
+    report = Store(collection.store.home, str(collection.store.engine.url.render_as_string(hide_password=False))).collection("test").check()
+    assert not report.consistent and report.unreadable_segments and report.problems()
     with collection.writer():
         repaired = collection.repair(lambda texts: encoder.encode(texts))
     assert repaired.consistent
     assert collection.search(encoder.encode(["Where was Lippmann born?"], kind="query"), 1)[0][0].source == "lippmann"
 
 
-def test_orphan_vectors_are_dropped_when_a_writer_opens(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_stray_files_and_dead_runs_are_cleaned_by_the_next_writer(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    from indexes.schema import RunRow
+
     with collection.writer():
         collection.write([_new(encoder, "curie", TEXTS["curie"])])
-    index = collection.vectors()
-    index.add(np.array([999_999], dtype=np.int64), np.ones((1, encoder.dim), dtype=np.float32))
-    index.save(collection.index_path)
-    assert collection.check().orphans_in_faiss == [999_999]
+    stray = collection.folder / "seg-000009.faiss.abc123.tmp"  # an atomic save killed before its rename
+    stray.write_bytes(b"half")
+    with collection.store.sessions.begin() as session:
+        session.add(RunRow(collection_id=collection.id, status="running"))  # its process was killed
     with collection.writer():
         pass
+    assert not stray.exists()
+    with collection.store.sessions() as session:
+        assert [r.status for r in session.query(RunRow)] == ["interrupted"]
     assert collection.check().consistent
 
 
@@ -138,6 +144,7 @@ def test_other_faiss_indexes_support_add_remove_and_id_listing(tmp_path: Path, e
     sentences = [f"Sentence number {i} talks about topic {i % 7} in some detail." for i in range(60)]
     with collection.writer():
         collection.write([_new(encoder, f"doc{i}", s) for i, s in enumerate(sentences)])
-        collection.delete(collection.find_documents("doc3"))
+        collection.delete(collection.find_documents("doc3", by="source"))
     assert collection.check().consistent
     assert collection.stats()["vectors"] == 59
+    assert collection.stats()["documents"] == 59
