@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from indexes.encoder import EncoderSpec
-from indexes.errors import CollectionNotFound, EncoderMismatch, InvalidInput
+from indexes.errors import CollectionNotFound, DocumentNotFound, EncoderMismatch, InvalidInput
 from indexes.store import CollectionConfig, NewDocument, SearchParams, Store
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
@@ -148,3 +148,146 @@ def test_other_faiss_indexes_support_add_remove_and_id_listing(tmp_path: Path, e
     assert collection.check().consistent
     assert collection.stats()["vectors"] == 59
     assert collection.stats()["documents"] == 59
+
+
+# -- issue 9: references, visibility, duplicates, search parameters, validation ------------------
+
+
+def test_numeric_external_ids_are_never_taken_for_internal_ids(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    def doc(external: str, text: str) -> NewDocument:
+        item = _new(encoder, f"scifact#{external}", text)
+        return NewDocument(Document(item.document.source, text, external, external_id=external), item.content_hash, item.chunks, item.vectors)
+
+    with collection.writer():
+        collection.write([doc("4983", TEXTS["curie"]), doc("1", TEXTS["lippmann"])])
+    first = collection.find_documents("4983", by="external_id")
+    assert collection.find_documents(first[0], by="id") == first
+    # "1" as an external id is the document whose external id is "1", whatever its row id is.
+    by_external = collection.find_documents("1", by="external_id")
+    assert collection.documents()[[d["id"] for d in collection.documents()].index(by_external[0])]["external_id"] == "1"
+    with pytest.raises(DocumentNotFound):
+        collection.find_documents("4983", by="id")
+
+
+def test_a_reader_sees_every_document_old_or_new_never_neither_while_a_writer_replaces_them(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    names = list(TEXTS)
+    with collection.writer():
+        collection.write([_new(encoder, n, TEXTS[n]) for n in names])
+    versions = {n: [_new(encoder, n, TEXTS[n]), _new(encoder, n, TEXTS[n] + " Revised edition.")] for n in names}
+    queries = encoder.encode([TEXTS[n] for n in names], kind="query")
+    reader = Store(collection.store.home, collection.store.engine.url.render_as_string(hide_password=False)).collection("test")
+    stop = threading.Event()
+    failures: list[str] = []
+    searches = 0
+
+    def read() -> None:
+        nonlocal searches
+        while not stop.is_set():
+            dense, sparse = reader.hybrid_search(queries, [TEXTS[n] for n in names], 10)
+            for hits in (dense, sparse):
+                for name, found in zip(names, hits):
+                    if sum(h.source == name for h in found) == 0:
+                        failures.append(f"{name} invisible")
+                    if len({h.doc_id for h in found if h.source == name}) > 1:
+                        failures.append(f"{name} visible twice")
+            searches += 1
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        with collection.writer():
+            for round_ in range(12):
+                collection.write([versions[n][round_ % 2] for n in names])
+    finally:
+        stop.set()
+        thread.join()
+    assert searches > 5
+    assert not failures, failures[:5]
+    assert collection.stats()["documents"] == len(names)
+    assert collection.check().consistent
+
+
+def test_duplicate_sources_in_one_batch_last_wins_and_are_reported(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import IntegrityError
+
+    from indexes.schema import DocumentRow
+
+    with collection.writer():
+        result = collection.write([_new(encoder, "same", TEXTS["curie"]), _new(encoder, "same", TEXTS["lippmann"])])
+    assert result["duplicates"] == ["same"] and result["added"] == 1
+    assert [d["source"] for d in collection.documents()] == ["same"]
+    assert collection.document_text(collection.find_documents("same", by="source")[0]) == TEXTS["lippmann"]
+    # SQL itself refuses a second live document with the same source.
+    with pytest.raises(IntegrityError):
+        with collection.store.sessions.begin() as session:
+            session.add(
+                DocumentRow(collection_id=collection.id, source="same", text="x", content_hash="h", added_gen=1, title="", doc_metadata={})
+            )
+
+
+def test_ivf_starts_exact_trains_once_enough_vectors_exist_and_takes_nprobe(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "home")
+    config = CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory="IVF4,Flat", chunk_tokens=16, chunk_overlap=4)
+    collection = store.create_collection("ivf", config)
+    with collection.writer():
+        collection.write([_new(encoder, "first", TEXTS["curie"])])  # one vector: far too few to train IVF4
+    assert collection.stats()["segment_factories"] == ["IDMap2,Flat"]
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(400, encoder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    from indexes.types import Chunk
+
+    batch = [
+        NewDocument(Document(f"v{i}", f"vector {i}"), f"h{i}", [Chunk(f"vector {i}", 0, len(f"vector {i}"), 0)], vectors[i : i + 1])
+        for i in range(400)
+    ]
+    with collection.writer():  # the first document goes in the same batch: exact answers are the v*
+        collection.write(batch, delete_ids=collection.find_documents("first", by="source"))
+    assert "IVF4,Flat" in collection.stats()["segment_factories"]
+    snap = collection.snapshot()
+    ivf = next(s for s in snap.segments if s.info.factory == "IVF4,Flat")
+    assert ivf.vectors.effective_params(SearchParams()) == {"nprobe": 4}  # default sqrt-based, capped at nlist
+    assert ivf.vectors.effective_params(SearchParams(nprobe=1)) == {"nprobe": 1}
+    queries = rng.normal(size=(100, encoder.dim)).astype(np.float32)
+    exact = vectors @ queries.T
+    full = [h[0].source for h in collection.search(queries, 1)]
+    one = [h[0].source for h in collection.search(queries, 1, SearchParams(nprobe=1))]
+    assert full == [f"v{i}" for i in np.argmax(exact, axis=0)]  # nprobe = nlist: exact
+    assert one != full  # nprobe 1 misses some: the parameter reaches FAISS
+    assert collection.check().consistent
+    store.close()
+
+
+def test_a_bad_config_is_refused_before_anything_is_stored(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "home")
+    with pytest.raises(InvalidInput, match="Bogus"):
+        store.create_collection("x", CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory="Bogus,XX"))
+    with pytest.raises(InvalidInput, match="overlap"):
+        store.create_collection("y", CollectionConfig(encoder=encoder.spec, dim=encoder.dim, chunk_tokens=16, chunk_overlap=500))
+    assert store.collection_names() == [] and store.broken() == {}
+
+
+def test_a_collection_whose_config_no_longer_loads_is_skipped_and_can_be_deleted(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from indexes.schema import CollectionRow
+    from indexes.store import CollectionUnusable
+
+    store = Store(tmp_path / "home")
+    good = store.create_collection("good", _config(encoder))
+    store.create_collection("bad", _config(encoder))
+    with store.sessions.begin() as session:  # e.g. written by an older version without validation
+        session.execute(update(CollectionRow).where(CollectionRow.name == "bad").values(config={**_config(encoder).to_dict(), "index_factory": "Bogus,XX"}))
+    fresh = Store(tmp_path / "home")
+    assert fresh.collection_names() == ["good"]
+    assert "Bogus" in fresh.broken()["bad"]
+    with pytest.raises(CollectionUnusable, match="rag collections delete bad"):
+        fresh.collection("bad")
+    with good.writer():
+        good.write([_new(encoder, "curie", TEXTS["curie"])])
+    fresh.drop_collection("bad")
+    assert fresh.broken() == {} and fresh.collection_names() == ["good"]
+    fresh.drop_collection("good")
+    assert fresh.collection_names() == [] and not (tmp_path / "home" / "collections" / "good").exists()
