@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from indexes.encoder import Encoder
-from indexes.errors import InvalidInput, RagError
+from indexes.errors import RagError
 from indexes.store import Collection, NewDocument
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
-from ingest.loaders import LoadError, is_supported, load_bytes, suffix_of
+from ingest.loaders import InputLimits, LoadError, is_supported, parse, suffix_of
 from ingest.progress import progress_bar
+from ingest.sources import ingest_label, labelled
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Ingestor:
         encoder: Encoder,
         chunker: SentenceWindowChunker,
         *,
-        max_file_bytes: int = 50 * 1024 * 1024,
+        limits: InputLimits = InputLimits(),
         batch_chunks: int = 2048,
         show_progress: bool = False,
     ) -> None:
@@ -106,7 +107,7 @@ class Ingestor:
         self.collection = collection
         self.encoder = encoder
         self.chunker = chunker
-        self.max_file_bytes = max_file_bytes
+        self.limits = limits
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
 
@@ -128,7 +129,7 @@ class Ingestor:
                 if suffix_of(f.name) not in _SINGLE_DOCUMENT:
                     known.update(self.collection.known_documents(prefix=f"{f}#"))
             seen: set[str] = set()
-            self._write_all(self._from_files(files, known, seen, report), report)
+            self._write_all(self._from_files(files, known, seen, report, folders), report)
             if prune:
                 stale = self._stale(known, seen, folders, files)
                 if stale:
@@ -169,9 +170,8 @@ class Ingestor:
 
     def ingest_upload(self, name: str, data: bytes, source: str) -> IngestReport:
         """Parse an uploaded file from its bytes alone; `source` names it in the collection."""
-        if len(data) > self.max_file_bytes:
-            raise InvalidInput(f"{name}: {len(data) / 1e6:.1f} MB is over the {self.max_file_bytes / 1e6:.0f} MB limit")
-        docs = load_bytes(data, name)
+        parsed = parse(data, name, self.limits)
+        docs = parsed.documents
         renamed = [
             Document(
                 source=source + doc.source[len(name):],
@@ -182,24 +182,29 @@ class Ingestor:
             )
             for doc in docs
         ]
-        return self.ingest_documents(renamed)
+        report = self.ingest_documents(renamed)
+        problem = parsed.problem(name)
+        if problem:
+            report.errors.append({"source": source, "error": problem})
+        return report
 
     # -- stages ------------------------------------------------------------------------------
     def _from_files(
-        self, files: list[Path], known: dict[str, tuple[int, str]], seen: set[str], report: IngestReport
+        self,
+        files: list[Path],
+        known: dict[str, tuple[int, str]],
+        seen: set[str],
+        report: IngestReport,
+        folders: list[Path] = [],  # noqa: B006 (read only)
     ) -> Iterator[tuple[Document, str]]:
         bar = progress_bar(total=len(files), unit="file", desc="files", enabled=self.show_progress)
         for path in files:
             bar.update(1)
             source = str(path)
             single = suffix_of(path.name) in _SINGLE_DOCUMENT
+            label = ingest_label(path, folders)
             try:
-                size = path.stat().st_size
-                if size > self.max_file_bytes:
-                    raise LoadError(
-                        f"{path}: {size / 1e6:.1f} MB is over the {self.max_file_bytes / 1e6:.0f} MB limit "
-                        "(RAG_MAX_FILE_MB); split it or raise the limit"
-                    )
+                self.limits.check_size(path.stat().st_size, source)
                 data = path.read_bytes()
                 if single:
                     digest = "file:" + hashlib.sha256(data).hexdigest()
@@ -208,11 +213,12 @@ class Ingestor:
                         report.files_unchanged += 1
                         report.documents_unchanged += 1
                         continue
-                docs = load_bytes(data, source)
+                parsed = parse(data, source, self.limits)
+                docs = parsed.documents
             except (LoadError, OSError) as exc:
                 message = str(exc) if isinstance(exc, LoadError) else f"{path}: {exc.strerror or exc}"
                 report.errors.append({"source": source, "error": message})
-                log.warning("%s", message)
+                log.info("%s", message)  # reported once, by the caller, from report.errors
                 # A file that cannot be read now keeps what was stored from it before.
                 seen.update(s for s in known if s == source or s.startswith(source + "#"))
                 continue
@@ -220,13 +226,18 @@ class Ingestor:
                 report.errors.append({"source": source, "error": str(exc)})
                 seen.update(s for s in known if s == source or s.startswith(source + "#"))
                 continue
+            problem = parsed.problem(source)
+            if problem:
+                # Skipped records are reported; what the file stored before is kept, not pruned.
+                report.errors.append({"source": source, "error": problem})
+                seen.update(s for s in known if s.startswith(source + "#"))
             if single:
-                yield docs[0], digest
+                yield labelled(docs[0], source, label), digest
                 continue
             unchanged_before = report.documents_unchanged
             for doc, digest in self._changed(_last_wins(docs), known, report):
                 seen.add(doc.source)
-                yield doc, digest
+                yield labelled(doc, source, label), digest
             seen.update(d.source for d in docs)
             if report.documents_unchanged - unchanged_before == len(docs):
                 report.files_unchanged += 1

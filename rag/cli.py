@@ -1,6 +1,9 @@
 """The `rag` command line. Library errors become one-line messages and a non-zero exit code.
 
-Imports of torch, transformers and FAISS happen inside commands, so `rag --help` is instant.
+Exit codes: 0 success; 1 an error (nothing done, or every input of `ingest` failed); 2 a usage
+error (a bad flag or value, one line on stderr); 3 `ingest` stored some inputs and reported others
+as failed; 130 interrupted. Imports of torch, transformers and FAISS happen inside commands, so
+`rag --help` is instant.
 """
 
 from __future__ import annotations
@@ -70,6 +73,32 @@ def _runtime(**overrides: Any) -> Runtime:
     return Runtime(load_settings(**{**_State.overrides, **overrides}))
 
 
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+
+def text_argument(value: str) -> str:
+    """A query as typed: bytes that are not UTF-8 (Python keeps them as lone surrogates) are a
+    usage error here, not a traceback deep in the tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise typer.BadParameter("not valid UTF-8 text; check the terminal's encoding (LANG, LC_ALL)") from None
+    return value
+
+
+def k_between(low: int, high: int) -> Any:
+    """An option callback refusing a passage count outside [low, high] as a usage error."""
+
+    def check(value: Optional[int]) -> Optional[int]:
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"k must be between {low} and {high}, not {value}")
+        return value
+
+    return check
+
+
 def _print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
@@ -79,14 +108,17 @@ def ingest(
     paths: list[str] = typer.Argument(..., help="files, folders (recursive) or globs"),
     collection: Optional[str] = CollectionOpt,
     model: Optional[str] = typer.Option(None, "--model", help="embedding model for a new collection [env RAG_EMBEDDING_MODEL]"),
-    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="tokens per chunk for a new collection"),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="overlap in tokens for a new collection"),
+    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", min=8, max=8192, help="tokens per chunk for a new collection"),
+    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", min=0, help="overlap in tokens for a new collection"),
     index: Optional[str] = typer.Option(None, "--index", help="FAISS factory string for a new collection"),
     quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize", help="int8 encoder (CPU)"),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="delete documents whose files vanished from a re-ingested folder"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Ingest files into a collection: unchanged files are skipped, changed ones replaced."""
+    """Ingest files into a collection: unchanged files are skipped, changed ones replaced.
+
+    Exit code 0 when every input was stored (or was unchanged), 3 when some failed and the others
+    were stored, 1 when none could be stored."""
     rt = _runtime(
         embedding_model=model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, index_factory=index, quantize=quantize
     )
@@ -104,13 +136,19 @@ def ingest(
         )
         for error in report.errors:
             typer.echo(f"error: {error['error']}", err=True)
-    if report.errors and not (report.documents_added or report.documents_replaced or report.documents_unchanged):
-        raise typer.Exit(1)
+    raise typer.Exit(ingest_exit_code(report.errors, report.documents_added + report.documents_replaced + report.documents_unchanged))
+
+
+def ingest_exit_code(errors: list[dict[str, str]], documents_ok: int) -> int:
+    """0 all inputs stored, 3 some failed and some stored, 1 none stored."""
+    if not errors:
+        return 0
+    return EXIT_PARTIAL if documents_ok else EXIT_ERROR
 
 
 @app.command()
 def search(
-    query: str = typer.Argument(..., help="the question or keywords"),
+    query: str = typer.Argument(..., callback=text_argument, help="the question or keywords"),
     collection: Optional[str] = CollectionOpt,
     k: int = typer.Option(10, "-k", "--top-k", help="passages to return"),
     retriever: Optional[str] = RetrieverOpt,
@@ -291,14 +329,41 @@ _register_command_modules()
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    try:  # typer >= 0.22 carries its own copy of click
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:
+        from click.exceptions import NoArgsIsHelpError, UsageError
+
     try:
-        app()
+        code = typer.main.get_command(app).main(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "rag"
+        typer.echo(f"error: {exc.format_message()} (see: {command} --help)", err=True)
+        sys.exit(EXIT_USAGE)
+    except ValidationError as exc:  # a setting from a flag, RAG_* or rag.toml out of its range
+        typer.echo(f"error: {settings_message(exc)}", err=True)
+        sys.exit(EXIT_USAGE)
     except RagError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
+        sys.exit(EXIT_ERROR)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted; what was fully written is kept", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def settings_message(exc: Any) -> str:
+    """A pydantic ValidationError of `Settings` on one line: which setting, what is wrong."""
+    parts = []
+    for err in exc.errors()[:3]:
+        name = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+        parts.append(f"{name} (RAG_{name.upper()}) = {err.get('input')!r}: {err.get('msg', 'invalid')}")
+    return "invalid setting " + "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ class Runtime:
             collection,
             encoder,
             chunker,
-            max_file_bytes=self.settings.max_file_bytes,
+            limits=self.settings.input_limits,
             batch_chunks=self.settings.batch_chunks,
             show_progress=show_progress,
         )
