@@ -288,7 +288,7 @@ def test_search_returns_passages_in_the_library_schema(server: Server) -> None:
     assert "Bonnevoie" in top["text"]
     collection = server.state.runtime.store.collection("docs")
     row = collection.passage_rows([top["chunk_id"]])[top["chunk_id"]]
-    from indexes.store import _passage
+    from indexes.snapshot import _passage
 
     assert set(top) == set(_passage(row, 0.0, 1).to_dict())
     assert collection.document_text(top["doc_id"])[top["start"] : top["end"]] == top["text"]
