@@ -114,10 +114,19 @@ class JobManager:
 
     def _run_files(self, job_id: str, collection: str, files: list[tuple[str, bytes]]) -> None:
         self._start(job_id)
-        ingestor = self.runtime.ingestor(writer_collection(self.runtime, collection))
+        target = writer_collection(self.runtime, collection)
+        ingestor = self.runtime.ingestor(target)
         stats: dict[str, int] = dict.fromkeys(_COUNTED, 0)
         errors: list[dict[str, str]] = []
-        succeeded = 0
+        with target.writer():  # one lock and one recovery for the job; each file one small segment
+            self._ingest_files(job_id, ingestor, files, stats, errors)
+        succeeded = len(files) - len({e["source"] for e in errors})
+        status = "succeeded" if not errors else ("completed_with_errors" if succeeded else "failed")
+        self._finish(job_id, status, stats=stats, errors=errors)
+
+    def _ingest_files(
+        self, job_id: str, ingestor: Any, files: list[tuple[str, bytes]], stats: dict[str, int], errors: list[dict[str, str]]
+    ) -> None:
         for done, (raw_name, data) in enumerate(files, start=1):
             name = safe_upload_name(raw_name)
             try:
@@ -133,11 +142,7 @@ class JobManager:
                 for error in report.errors:
                     errors.append({"source": raw_name, "error": error.get("error", "")})
                     self.metrics.file_errors.inc()
-                if not report.errors:
-                    succeeded += 1
             self._set(job_id, done=done, stats=dict(stats), errors=list(errors))
-        status = "succeeded" if not errors else ("completed_with_errors" if succeeded else "failed")
-        self._finish(job_id, status, stats=stats, errors=errors)
 
     def _run_documents(self, job_id: str, collection: str, documents: list[Document]) -> None:
         self._start(job_id)

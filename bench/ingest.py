@@ -98,13 +98,72 @@ def run_ours(corpus: Path, quantize: bool) -> dict[str, float]:
     }
 
 
+def run_growth(total: int, step: int, home: Path) -> list[dict[str, float]]:
+    """Store write time per 1,000 documents as the collection grows (owned by `store`).
+
+    Encoder-free: SciFact abstracts repeated with distinct ids, random unit vectors (384-d), one
+    chunk per document, written through `CollectionWriter.write` in batches of 1,000 documents, so
+    what is timed is SQL + segments + BM25 + publish, the part whose cost could grow with size."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from indexes.encoder import EncoderSpec
+    from indexes.store import CollectionConfig, NewDocument, Store
+    from indexes.types import Chunk, Document
+
+    texts = []
+    with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            texts.append((record["title"], record["text"][:1000]))
+    store = Store(Path(tempfile.mkdtemp(dir=home)))
+    spec = EncoderSpec(model="bench/random", pooling="mean", normalize=True)
+    collection = store.create_collection("growth", CollectionConfig(encoder=spec, dim=384))
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, float]] = []
+    written, mark, elapsed = 0, time.perf_counter(), 0.0
+    with collection.writer() as writer:
+        while written < total:
+            batch = []
+            for i in range(written, written + 1000):
+                title, text = texts[i % len(texts)]
+                vector = rng.normal(size=(1, 384)).astype(np.float32)
+                batch.append(
+                    NewDocument(Document(f"doc#{i}", text, title, external_id=str(i)), f"h{i}", [Chunk(text, 0, len(text), 0)], vector / np.linalg.norm(vector))
+                )
+            started = time.perf_counter()
+            writer.write(batch)
+            elapsed += time.perf_counter() - started
+            written += 1000
+            if written % step == 0:
+                rows.append({"documents": written, "seconds_per_1000": elapsed / (step / 1000), "segments": len(writer.segments)})
+                elapsed = 0.0
+    del mark
+    store.close()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--growth", type=int, default=0, help="store growth mode: write this many documents (e.g. 50000), print seconds per 1,000 every --step")
+    parser.add_argument("--step", type=int, default=5000)
     parser.add_argument("--limit", type=int, default=0, help="first N documents (+ all judged ones); 0 = all")
     parser.add_argument("--variants", default="baseline,ours,ours-int8")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.growth:
+        import tempfile
+
+        rows = run_growth(args.growth, args.step, Path(tempfile.gettempdir()))
+        first = rows[0]["seconds_per_1000"]
+        print("| documents | s per 1,000 docs (last step) | ratio to first | segments |")
+        print("| --- | --- | --- | --- |")
+        for row in rows:
+            print(f"| {row['documents']:,} | {row['seconds_per_1000']:.3f} | x{row['seconds_per_1000'] / first:.2f} | {row['segments']} |")
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -53,7 +53,7 @@ class Collection:
         self._snapshot: Snapshot | None = None
         self._segments: dict[str, Segment] = {}
         self._loading = threading.Lock()
-        self._writer: CollectionWriter | None = None
+        self._local = threading.local()  # the writer this thread holds, if any
 
     # -- identity ----------------------------------------------------------------------------
     def require_encoder(self, spec: EncoderSpec) -> None:
@@ -302,22 +302,24 @@ class Collection:
     @contextmanager
     def writer(self, timeout: float = 600.0) -> Iterator[CollectionWriter]:
         """Hold the collection's writer lock (recovering first) for the duration of the block."""
-        if self._writer is not None:
-            yield self._writer  # nested use by the same holder
+        held: CollectionWriter | None = getattr(self._local, "writer", None)
+        if held is not None:
+            yield held  # nested use by the same thread
             return
         active = CollectionWriter(self)
         active.open(timeout)
-        self._writer = active
+        self._local.writer = active
         try:
             yield active
         finally:
-            self._writer = None
+            self._local.writer = None
             active.close()
 
     def _active(self) -> CollectionWriter:
-        if self._writer is None:
+        held: CollectionWriter | None = getattr(self._local, "writer", None)
+        if held is None:
             raise RuntimeError("write outside Collection.writer()")
-        return self._writer
+        return held
 
     def write(self, new: Sequence[NewDocument], delete_ids: Sequence[int] = ()) -> dict[str, Any]:
         """The active writer's `write` (see `CollectionWriter.write`)."""

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -143,9 +144,7 @@ class Ingestor:
         given = list(documents)
         docs = _last_wins(given)
         if len(docs) < len(given):
-            counts: dict[str, int] = {}
-            for doc in given:
-                counts[doc.source] = counts.get(doc.source, 0) + 1
+            counts = Counter(doc.source for doc in given)
             report.duplicates.extend(source for source, n in counts.items() if n > 1)
         with self._recorded_run(report, started):
             known = self.collection.known_documents(sources=[d.source for d in docs])
@@ -235,7 +234,11 @@ class Ingestor:
                 yield labelled(docs[0], source, label), digest
                 continue
             unchanged_before = report.documents_unchanged
-            for doc, digest in self._changed(_last_wins(docs), known, report):
+            unique = _last_wins(docs)
+            if len(unique) < len(docs):
+                counts = Counter(d.source for d in docs)
+                report.duplicates.extend(sorted({s for s, n in counts.items() if n > 1} - set(report.duplicates)))
+            for doc, digest in self._changed(unique, known, report):
                 seen.add(doc.source)
                 yield labelled(doc, source, label), digest
             seen.update(d.source for d in docs)

@@ -71,8 +71,10 @@ def test_doctor_exits_zero_when_sql_and_faiss_agree(home: Path) -> None:
 def test_doctor_exits_non_zero_on_drift_it_was_told_not_to_repair(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert invoke("ingest", str(REPO / "examples" / "corpus" / "faiss.md"), home=home).returncode == 0
-    (home / "collections" / "default" / "vectors.faiss").unlink()
-    assert invoke("doctor", "--check-only", home=home).returncode == 1
+    for segment in (home / "collections" / "default").glob("seg-*.faiss"):
+        segment.unlink()
+    checked = invoke("doctor", "--check-only", home=home)
+    assert checked.returncode == 1 and "problem: 1 index segments cannot be read" in checked.stdout
     repaired = invoke("doctor", home=home)
     assert repaired.returncode == 0 and "repaired: consistent" in repaired.stdout
     assert invoke("doctor", "--check-only", home=home).returncode == 0
@@ -86,6 +88,77 @@ def test_delete_by_source_path_removes_the_document(tmp_path: Path) -> None:
     assert result.returncode == 0 and json.loads(result.stdout)["deleted"] == 1
     assert json.loads(invoke("stats", "--json", home=home).stdout)["documents"] == 5
     _one_line_error(invoke("delete", str(corpus / "faiss.md"), home=home))
+
+
+def test_delete_says_which_kind_of_reference_it_was_given(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    records = tmp_path / "records.jsonl"
+    # External ids that look like document ids: "1" is not document 1.
+    records.write_text(
+        "\n".join(json.dumps({"_id": i, "title": f"t{i}", "text": f"Record number {i} about topic {i}."}) for i in ("4983", "1", "2")),
+        encoding="utf-8",
+    )
+    assert invoke("ingest", str(records), home=home).returncode == 0
+    docs = {d["external_id"]: d["id"] for d in _documents(home)}
+    result = invoke("delete", "--external-id", "1", "--json", home=home)
+    assert result.returncode == 0 and json.loads(result.stdout)["document_ids"] == [docs["1"]]
+    result = invoke("delete", "--id", str(docs["4983"]), "--json", home=home)
+    assert result.returncode == 0 and json.loads(result.stdout)["document_ids"] == [docs["4983"]]
+    assert [d["external_id"] for d in _documents(home)] == ["2"]
+    assert "external id '1'" in _one_line_error(invoke("delete", "--external-id", "1", home=home))
+
+
+def _documents(home: Path) -> list[dict]:  # type: ignore[type-arg]
+    from indexes.store import Store
+
+    store = Store(home)
+    try:
+        return store.collection("default").documents()
+    finally:
+        store.close()
+
+
+def test_doctor_check_only_changes_nothing(tmp_path: Path) -> None:
+    """After a crashed write (unpublished rows, a stray temporary file), --check-only reports and
+    leaves every file and row exactly as it found them."""
+    import hashlib
+
+
+    from sqlalchemy import func, select
+
+    from indexes.schema import ChunkRow, DocumentRow, RunRow
+    from indexes.store import Store
+
+    home = tmp_path / "home"
+    corpus = REPO / "examples" / "corpus"
+    assert invoke("ingest", str(corpus / "faiss.md"), home=home).returncode == 0
+    crashed = run_cli("ingest", str(corpus), home=home, env={"RAG_FAILPOINT": "write:after-faiss-save"})
+    assert crashed.returncode == 137, crashed.stderr
+    (home / "collections" / "default" / "seg-000099.faiss.x.tmp").write_bytes(b"half a file")
+
+    def state() -> tuple[dict[str, str], tuple[int, ...]]:
+        files = {
+            str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(home.rglob("*"))
+            if p.is_file() and not p.name.endswith((".db", ".db-wal", ".db-shm", ".lock"))  # SQL: counted below
+        }
+        store = Store(home)
+        try:
+            with store.sessions() as session:
+                counts = tuple(int(session.scalar(select(func.count()).select_from(t)) or 0) for t in (DocumentRow, ChunkRow, RunRow))
+                running = int(session.scalar(select(func.count()).where(RunRow.status == "running")) or 0)
+        finally:
+            store.close()
+        return files, counts + (running,)
+
+    before = state()
+    checked = invoke("doctor", "--check-only", "--json", home=home)
+    assert checked.returncode == 0, checked.stdout  # the published generation is intact
+    assert json.loads(checked.stdout)["before"]["unpublished_documents"] == 5
+    assert state() == before
+    assert before[1][3] == 1  # the killed run is still marked running: only a writer marks it
+    assert invoke("ingest", str(corpus), home=home).returncode == 0
+    assert state()[1][3] == 0 and not any(p.endswith(".tmp") for p in state()[0])
 
 
 @pytest.mark.parametrize(

@@ -36,30 +36,59 @@ def _scifact(n: int, skip: int = 0) -> list[dict[str, str]]:
 
 
 def _ready_state(home: Path) -> dict[str, str]:
-    """source -> content hash of ready documents, read straight from SQL."""
+    """source -> content hash of visible documents, read straight from SQL by a reader that
+    recovers nothing; a source visible twice fails here (counts compared, not a dict alone)."""
+    from sqlalchemy import select
+
+    from indexes.schema import DocumentRow, visible_at
+
     store = Store(home)
     try:
         if "default" not in store.collection_names():
             return {}
-        return {source: digest for source, (_, digest) in store.collection("default").known_documents().items()}
+        collection = store.collection("default")
+        generation = collection.snapshot().generation  # one generation for both reads
+        with store.sessions() as session:
+            rows = session.execute(
+                select(DocumentRow.source, DocumentRow.content_hash).where(
+                    DocumentRow.collection_id == collection.id, visible_at(generation)
+                )
+            ).all()
+        state = {source: digest for source, digest in rows}
+        visible = len(rows)
+        assert visible == len(state), f"{visible} visible documents for {len(state)} sources: duplicates"
+        return state
+    finally:
+        store.close()
+
+
+def _reader_sees_a_consistent_store(home: Path) -> bool:
+    """A reader that did not recover anything: the published generation must already agree."""
+    store = Store(home)
+    try:
+        return store.collection("default").check().consistent
     finally:
         store.close()
 
 
 def _consistent_after_open(home: Path) -> bool:
-    """What any later writer does on open: finish or roll back, then compare id by id."""
+    """What any later writer does on open: roll back, then compare id by id."""
+    assert _reader_sees_a_consistent_store(home)
     store = Store(home)
     try:
         collection = store.collection("default")
         with collection.writer():
-            return collection.check().consistent
+            pass
+        leftovers = [p.name for p in collection.folder.iterdir() if p.name.endswith(".tmp")]
+        assert not leftovers, leftovers
+        return collection.check().consistent and collection.check().unpublished_documents == 0
     finally:
         store.close()
 
 
 @pytest.mark.parametrize(
     "failpoint",
-    ["write:after-pending", "faiss:before-rename", "write:after-faiss-save", "recover:after-faiss-save"],
+    ["write:after-pending", "faiss:before-rename", "write:after-faiss-save", "recover:after-rollback"],
 )
 def test_a_crash_at_each_step_of_a_write_loses_nothing_and_the_rerun_completes(tmp_path: Path, failpoint: str) -> None:
     corpus = tmp_path / "corpus"
@@ -71,19 +100,21 @@ def test_a_crash_at_each_step_of_a_write_loses_nothing_and_the_rerun_completes(t
     changed = next(iter(sorted(corpus.glob("*.txt"))))
     changed.write_text("A completely rewritten abstract about zebrafish fin regeneration.", encoding="utf-8")
     _write_corpus(corpus, _scifact(1, skip=10))
-    if failpoint == "recover:after-faiss-save":
+    if failpoint == "recover:after-rollback":
         # Recovery itself crashing needs something to recover: crash a write first.
         crashed = run_cli("ingest", str(corpus), home=home, env={"RAG_FAILPOINT": "write:after-faiss-save"})
         assert crashed.returncode == 137
     crashed = run_cli("ingest", str(corpus), home=home, env={"RAG_FAILPOINT": failpoint})
     assert crashed.returncode == 137, crashed.stderr
 
-    # The store opens, searches, and still holds every document of the first ingest: either
-    # its old version or, if the crash came after the FAISS rename, the new one.
+    # The store opens, searches, and still holds every document of the first ingest in its old
+    # version: nothing of a batch is visible before the batch is published.
+    assert _reader_sees_a_consistent_store(home)
     searched = run_cli("search", "fin regeneration", "--json", home=home)
     assert searched.returncode == 0, searched.stderr
     after = _ready_state(home)
     assert set(before) <= set(after)
+    assert all(after[source] == digest for source, digest in before.items())
     assert _consistent_after_open(home)
 
     rerun = run_cli("ingest", str(corpus), "--json", home=home)
@@ -92,6 +123,8 @@ def test_a_crash_at_each_step_of_a_write_loses_nothing_and_the_rerun_completes(t
     assert len(final) == 7
     assert final[str(changed.resolve())] != before[str(changed.resolve())]
     assert run_cli("doctor", "--check-only", home=home).returncode == 0
+    runs = json.loads(run_cli("stats", "--json", home=home).stdout)["last_run"]
+    assert runs["status"] == "completed"
 
 
 def test_kill_9_at_random_moments_of_a_long_ingest(tmp_path: Path) -> None:

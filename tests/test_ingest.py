@@ -142,3 +142,24 @@ def test_the_same_store_works_on_postgresql(tmp_path: Path, postgres_url: str, e
     assert _ingest(rt, corpus).documents_replaced == 1
     assert rt.collection("c").check().consistent
     assert isinstance(rt.store, Store) and rt.store.engine.dialect.name == "postgresql"
+
+
+def test_a_source_repeated_in_one_request_or_file_is_stored_once_last_wins_and_reported(runtime: Runtime, tmp_path: Path) -> None:
+    from indexes.types import Document
+
+    collection = runtime.writable_collection("c")
+    ingestor = runtime.ingestor(collection)
+    # An API JSON upload repeating an id (two sources "api/7").
+    report = ingestor.ingest_documents(
+        [Document("api/7", "First text about radium.", external_id="7"), Document("api/7", "Second text about polonium.", external_id="7")]
+    )
+    assert report.duplicates == ["api/7"] and report.documents_added == 1
+    # A JSONL file repeating a record id.
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"_id": "a", "text": "one"}\n{"_id": "a", "text": "two about lakes"}\n{"_id": "b", "text": "three"}\n', encoding="utf-8")
+    again = ingestor.ingest_paths([str(records)])
+    assert again.duplicates == [f"{records.resolve()}#a"] and again.documents_added == 2
+    docs = collection.documents()
+    assert sorted(d["source"] for d in docs) == sorted(["api/7", f"{records.resolve()}#a", f"{records.resolve()}#b"])
+    assert "polonium" in collection.document_text(collection.find_documents("api/7", by="source")[0])
+    assert collection.check().consistent

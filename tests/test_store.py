@@ -291,3 +291,31 @@ def test_a_collection_whose_config_no_longer_loads_is_skipped_and_can_be_deleted
     assert fresh.broken() == {} and fresh.collection_names() == ["good"]
     fresh.drop_collection("good")
     assert fresh.collection_names() == [] and not (tmp_path / "home" / "collections" / "good").exists()
+
+
+@pytest.mark.postgres
+def test_two_data_homes_on_one_postgres_database_keep_to_their_own_collections(tmp_path: Path, postgres_url: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    from indexes.collection import CollectionElsewhere
+    from indexes.locking import WriterBusy
+
+    first, second = Store(tmp_path / "a", postgres_url), Store(tmp_path / "b", postgres_url)
+    mine = first.create_collection("shared", _config(encoder))
+    with mine.writer():
+        mine.write([_new(encoder, "curie", TEXTS["curie"])])
+        # The advisory lock is the database's: another process, machine or home must wait.
+        with pytest.raises(WriterBusy):
+            with Store(tmp_path / "a", postgres_url).collection("shared").writer(timeout=0.2):
+                pass
+    theirs = second.collection("shared")
+    with pytest.raises(CollectionElsewhere):
+        with theirs.writer(timeout=1):
+            pass
+    with pytest.raises(CollectionElsewhere):
+        theirs.search(encoder.encode(["Curie"], kind="query"), 1)
+    other = second.create_collection("other", _config(encoder))
+    with other.writer():
+        other.write([_new(encoder, "faiss", TEXTS["faiss"])])
+    assert mine.stats()["documents"] == 1 and other.stats()["documents"] == 1
+    assert mine.check().consistent and other.check().consistent
+    first.close()
+    second.close()
