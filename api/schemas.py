@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -121,8 +121,15 @@ class DocumentIn(BaseModel):
 
     id: str | None = Field(None, min_length=1, max_length=200, description="default: derived from the text")
     title: str = Field("", max_length=2000)
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, description="must hold more than whitespace")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is empty or only whitespace")
+        return value
 
 
 class DocumentsIn(BaseModel):
