@@ -58,7 +58,7 @@ class SearchRequest(BaseModel):
         json_schema_extra={"examples": [{"query": "Where was Gabriel Lippmann born?", "collection": "default", "k": 5}]},
     )
 
-    query: str = Field(min_length=1, max_length=20000)
+    query: str = Field(min_length=1, description="at most RAG_MAX_QUERY_CHARS characters once trimmed")
     collection: str | None = Field(None, pattern=_NAME_PATTERN, description="default: the server's RAG_COLLECTION")
     k: int = Field(10, ge=1, le=1000, description="passages to return (at most RAG_MAX_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
@@ -82,7 +82,7 @@ class AskRequest(BaseModel):
         },
     )
 
-    question: str = Field(min_length=1, max_length=20000)
+    question: str = Field(min_length=1, description="at most RAG_MAX_QUERY_CHARS characters once trimmed")
     collection: str | None = Field(None, pattern=_NAME_PATTERN)
     mode: Literal["extractive", "generative"] = "extractive"
     k: int | None = Field(None, ge=1, le=50, description="passages read; default RAG_ANSWER_K")
