@@ -2,7 +2,9 @@
 
 Incremental by content hash: an unchanged document costs a hash and a lookup, a changed one is
 replaced, and a document that vanished from a re-ingested folder or file is deleted. Documents are
-written in batches, one FAISS save per batch, because the save is the expensive step.
+written in batches of about `batch_chunks` chunks; each batch becomes searchable (dense and BM25)
+as soon as it is written, in one step. Two documents with the same source in one run: the last
+wins and the source is reported under `duplicates`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class IngestReport:
     documents_unchanged: int = 0
     documents_deleted: int = 0
     chunks_added: int = 0
+    duplicates: list[str] = field(default_factory=list)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -137,7 +140,13 @@ class Ingestor:
         """Ingest documents built in memory (API JSON, uploads); sources are theirs to choose."""
         started = time.perf_counter()
         report = IngestReport()
-        docs = list(documents)
+        given = list(documents)
+        docs = _last_wins(given)
+        if len(docs) < len(given):
+            counts: dict[str, int] = {}
+            for doc in given:
+                counts[doc.source] = counts.get(doc.source, 0) + 1
+            report.duplicates.extend(source for source, n in counts.items() if n > 1)
         with self._recorded_run(report, started):
             known = self.collection.known_documents(sources=[d.source for d in docs])
             self._write_all(self._changed(docs, known, report), report)
@@ -145,16 +154,19 @@ class Ingestor:
 
     @contextmanager
     def _recorded_run(self, report: IngestReport, started: float) -> Iterator[None]:
-        """Hold the write lock and record the run (counts, errors, seconds), even when it fails."""
-        run_id = self.collection.start_run()
-        status = "failed"
-        try:
-            with self.collection.writer():
+        """Hold the write lock and record the run (counts, errors, seconds), even when it fails.
+
+        The run starts once the lock is held, so a run left `running` is one whose process died;
+        the next writer marks it interrupted."""
+        with self.collection.writer():
+            run_id = self.collection.start_run()
+            status = "failed"
+            try:
                 yield
-            status = "completed" if not report.errors else "completed_with_errors"
-        finally:
-            report.seconds = time.perf_counter() - started
-            self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
+                status = "completed" if not report.errors else "completed_with_errors"
+            finally:
+                report.seconds = time.perf_counter() - started
+                self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
 
     def ingest_upload(self, name: str, data: bytes, source: str) -> IngestReport:
         """Parse an uploaded file from its bytes alone; `source` names it in the collection."""
@@ -273,6 +285,7 @@ class Ingestor:
         report.documents_added += result["added"]
         report.documents_replaced += result["replaced"]
         report.chunks_added += result["chunks"]
+        report.duplicates.extend(s for s in result.get("duplicates", []) if s not in report.duplicates)
 
     @staticmethod
     def _stale(
@@ -297,6 +310,7 @@ def _last_wins(docs: list[Document]) -> list[Document]:
     """A file that repeats an id keeps its last record, as a re-ingest would."""
     by_source: dict[str, Document] = {}
     for doc in docs:
+        by_source.pop(doc.source, None)
         by_source[doc.source] = doc
     return list(by_source.values())
 

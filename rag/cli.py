@@ -153,10 +153,12 @@ def search(
     k: int = typer.Option(10, "-k", "--top-k", help="passages to return"),
     retriever: Optional[str] = RetrieverOpt,
     fusion: Optional[str] = FusionOpt,
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else ~sqrt(nlist)]"),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", min=1, help="HNSW candidate list [default: the collection's, else 64]"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the passages most similar to QUERY."""
-    rt = _runtime(retriever=retriever, fusion=fusion)
+    rt = _runtime(retriever=retriever, fusion=fusion, nprobe=nprobe, ef_search=ef_search)
     passages = rt.retriever(collection).retrieve(query, k)
     if as_json:
         _print_json([p.to_dict() for p in passages])
@@ -169,19 +171,41 @@ def search(
         typer.echo(textwrap.indent(textwrap.shorten(p.text, 300, placeholder=" …"), "    "))
 
 
-@app.command()
-def collections(as_json: bool = JsonOpt) -> None:
-    """List collections."""
+collections_app = typer.Typer(help="List collections, or delete one whole.", invoke_without_command=True)
+app.add_typer(collections_app, name="collections")
+
+
+@collections_app.callback()
+def collections(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """List collections; one whose stored config no longer loads is listed as unusable."""
+    if ctx.invoked_subcommand is not None:
+        return
     rt = _runtime()
     names = rt.store.collection_names()
+    broken = rt.store.broken()
     if as_json:
-        _print_json([rt.store.collection(n).stats() for n in names])
+        _print_json(
+            [rt.store.collection(n).stats() for n in names]
+            + [{"collection": n, "unusable": reason} for n, reason in broken.items()]
+        )
         return
-    if not names:
+    if not names and not broken:
         typer.echo("no collections yet: rag ingest PATH")
     for name in names:
         s = rt.store.collection(name).stats()
         typer.echo(f"{name}: {s['documents']} documents, {s['chunks']} chunks, {s['encoder']['model']}")
+    for name, reason in broken.items():
+        typer.echo(f"{name}: unusable ({reason}); remove it with: rag collections delete {name}")
+
+
+@collections_app.command("delete")
+def collections_delete(name: str = typer.Argument(..., help="collection to delete whole"), as_json: bool = JsonOpt) -> None:
+    """Delete a collection whole: documents, chunks, runs and index files."""
+    _runtime().store.drop_collection(name)
+    if as_json:
+        _print_json({"collection": name, "deleted": True})
+    else:
+        typer.echo(f"{name}: deleted")
 
 
 @app.command()
@@ -191,24 +215,30 @@ def stats(collection: Optional[str] = CollectionOpt, as_json: bool = JsonOpt) ->
     if as_json:
         _print_json(info)
         return
-    for key in ("collection", "documents", "chunks", "vectors", "index_factory", "dim", "index_bytes"):
+    for key in ("collection", "documents", "chunks", "vectors", "index_factory", "dim", "index_bytes", "generation"):
         typer.echo(f"{key:>14}: {info[key]}")
+    typer.echo(f"{'segments':>14}: {len(info['segments'])} ({', '.join(info['segment_factories']) or 'none'})")
     typer.echo(f"{'encoder':>14}: {info['encoder']['model']} ({info['encoder']['pooling']} pooling, normalize={info['encoder']['normalize']})")
 
 
 @app.command()
 def delete(
-    refs: list[str] = typer.Argument(..., help="document ids, external ids or source paths"),
+    sources: list[str] = typer.Argument(None, help="source paths (or record sources such as file.jsonl#id)"),
+    ids: list[int] = typer.Option([], "--id", help="internal document id (repeatable)"),
+    external_ids: list[str] = typer.Option([], "--external-id", help="external id from the input, e.g. a BEIR _id (repeatable)"),
     collection: Optional[str] = CollectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Remove documents from SQL and FAISS together."""
+    """Remove documents from SQL and the indexes together; each reference says what it is."""
     target = _runtime().collection(collection)
-    ids = sorted({i for ref in refs for i in target.find_documents(ref)})
+    refs = [(s, "source") for s in sources or []] + [(i, "id") for i in ids] + [(e, "external_id") for e in external_ids]
+    if not refs:
+        raise RagError("name documents to delete: SOURCE..., --id N or --external-id X")
     with target.writer():
-        result = target.delete(ids)
+        found = sorted({i for ref, kind in refs for i in target.find_documents(ref, by=kind)})  # type: ignore[arg-type]
+        result = target.delete(found)
     if as_json:
-        _print_json({"collection": target.name, "deleted": result["deleted"], "document_ids": ids})
+        _print_json({"collection": target.name, "deleted": result["deleted"], "document_ids": found})
     else:
         typer.echo(f"{target.name}: deleted {result['deleted']} documents")
 
@@ -216,7 +246,7 @@ def delete(
 @app.command()
 def doctor(
     collection: Optional[str] = CollectionOpt,
-    repair: bool = typer.Option(True, "--repair/--check-only", help="fix drift (re-embed missing vectors, drop orphans)"),
+    repair: bool = typer.Option(True, "--repair/--check-only", help="fix drift (re-embed missing vectors); --check-only reads and changes nothing"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check that SQL and FAISS agree; exit 0 only when they do."""
@@ -233,10 +263,12 @@ def doctor(
     else:
         b = before.to_dict()
         typer.echo(
-            f"{target.name}: {b['sql_chunks']} chunks in SQL, {b['faiss_vectors']} vectors in FAISS, "
-            f"{b['missing_in_faiss']} missing, {b['orphans_in_faiss']} orphans, "
-            f"{b['pending_documents']} pending, {b['deleting_documents']} deleting"
+            f"{target.name}: generation {b['generation']}, {b['sql_chunks']} chunks in SQL, {b['faiss_vectors']} vectors "
+            f"and {b['keyword_chunks']} keyword entries for them, {b['tombstones']} tombstones, "
+            f"{b['unpublished_documents']} unpublished documents"
         )
+        for problem in before.problems():
+            typer.echo(f"problem: {problem}")
         if after is not before:
             typer.echo("repaired: consistent" if after.consistent else f"still inconsistent: {after.to_dict()}")
         elif before.consistent:

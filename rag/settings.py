@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     title_in_embedding: bool = True
     index_factory: str = Field("Flat", description="FAISS factory string: Flat, HNSW32, IVF1024,PQ48 ...")
     mmap: bool = Field(True, description="memory-map FAISS indexes for search where FAISS allows")
-    batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one FAISS save each)")
+    batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one new index segment each)")
+    nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists searched per query; default: the collection's, else about sqrt(nlist)")
+    ef_search: int | None = Field(None, ge=1, le=65536, description="HNSW candidate list per query; default: the collection's, else 64 (128 from 1M vectors)")
 
     # Retrieval: which retriever answers, how hybrid fuses, and optional reranking and diversity.
     retriever: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="dense (FAISS), bm25 (keyword) or both fused")
