@@ -13,6 +13,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_bytes
+from ingest.loaders import mib
 
 _UNSAFE = re.compile(r"[^\w.\- ]+", re.UNICODE)
 
@@ -69,8 +70,7 @@ class BodyLimitMiddleware:
         await self.app(scope, receiving, send)
 
     def message(self) -> str:
-        mb = self.max_bytes / (1024 * 1024)
-        return f"the request body is over the {mb:g} MB limit (RAG_MAX_BODY_MB)"
+        return f"the request body is over the {mib(self.max_bytes)} MiB limit (RAG_MAX_BODY_MB)"
 
     async def _reject(self, send: Send) -> None:
         body = error_bytes("payload_too_large", self.message())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -58,7 +58,7 @@ class SearchRequest(BaseModel):
         json_schema_extra={"examples": [{"query": "Where was Gabriel Lippmann born?", "collection": "default", "k": 5}]},
     )
 
-    query: str = Field(min_length=1, max_length=20000)
+    query: str = Field(min_length=1, description="at most RAG_MAX_QUERY_CHARS characters once trimmed")
     collection: str | None = Field(None, pattern=_NAME_PATTERN, description="default: the server's RAG_COLLECTION")
     k: int = Field(10, ge=1, le=1000, description="passages to return (at most RAG_MAX_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
@@ -82,7 +82,7 @@ class AskRequest(BaseModel):
         },
     )
 
-    question: str = Field(min_length=1, max_length=20000)
+    question: str = Field(min_length=1, description="at most RAG_MAX_QUERY_CHARS characters once trimmed")
     collection: str | None = Field(None, pattern=_NAME_PATTERN)
     mode: Literal["extractive", "generative"] = "extractive"
     k: int | None = Field(None, ge=1, le=50, description="passages read; default RAG_ANSWER_K")
@@ -121,8 +121,15 @@ class DocumentIn(BaseModel):
 
     id: str | None = Field(None, min_length=1, max_length=200, description="default: derived from the text")
     title: str = Field("", max_length=2000)
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, description="must hold more than whitespace")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is empty or only whitespace")
+        return value
 
 
 class DocumentsIn(BaseModel):

@@ -22,7 +22,7 @@ from api.auth import require
 from api.errors import ApiError, status_for
 from api.keys import Principal
 from api.schemas import AnswerOut, AskRequest, ErrorOut
-from api.routes.search import FilteredRetriever
+from api.routes.search import FilteredRetriever, public_answer
 from api.state import ApiState, api_state
 from indexes.errors import RagError
 from rag.retrieval import validate_query
@@ -120,7 +120,7 @@ async def ask(body: AskRequest, request: Request, principal: Principal = Depends
             answer = await anyio.to_thread.run_sync(lambda: pipeline.ask(**args), abandon_on_cancel=True)
     except TimeoutError:
         raise ApiError(504, "timeout", f"no answer within {timeout:g} s (RAG_GENERATION_TIMEOUT_S)") from None
-    return JSONResponse(answer.to_dict())
+    return JSONResponse(public_answer(answer.to_dict()))
 
 
 async def _stream(events: Iterator[Any], timeout: float) -> AsyncIterator[bytes]:
@@ -145,7 +145,7 @@ async def _stream(events: Iterator[Any], timeout: float) -> AsyncIterator[bytes]
             if isinstance(item, str):
                 yield _sse("token", {"text": item})
             else:
-                yield _sse("answer", item.to_dict())
+                yield _sse("answer", public_answer(item.to_dict()))
     finally:
         close = getattr(events, "close", None)
         if close is not None:

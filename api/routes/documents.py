@@ -18,6 +18,8 @@ from api.schemas import DeleteResponse, DocumentList, DocumentsIn, ErrorOut, Job
 from api.state import ApiState, api_state
 from indexes.errors import DocumentNotFound
 from indexes.store import Collection
+from ingest.loaders import mib
+from ingest.sources import public_source
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
 NamePath = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="collection name")
@@ -52,7 +54,7 @@ async def _read_upload(state: ApiState, upload: UploadFile) -> bytes:
         raise ApiError(
             413,
             "payload_too_large",
-            f"{upload.filename}: over the {state.settings.max_file_mb:g} MB per-file limit (RAG_MAX_FILE_MB)",
+            f"{upload.filename}: over the {mib(limit)} MiB per-file limit (RAG_MAX_FILE_MB)",
         )
     return data
 
@@ -121,7 +123,8 @@ def list_documents(
 ) -> dict[str, Any]:
     check_collection(principal, name)
     target = api_state(request).runtime.collection(name)
-    return {"collection": name, "offset": offset, "limit": limit, "documents": target.documents(offset, limit)}
+    documents = [{**doc, "source": public_source(doc["source"], doc.get("metadata") or {})} for doc in target.documents(offset, limit)]
+    return {"collection": name, "offset": offset, "limit": limit, "documents": documents}
 
 
 @router.delete(

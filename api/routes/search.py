@@ -14,6 +14,7 @@ from api.schemas import ErrorOut, Filters, SearchRequest, SearchResponse
 from api.state import ApiState, api_state
 from indexes.errors import InvalidInput
 from indexes.types import Passage
+from ingest.sources import public_source
 from rag.retrieval import validate_query
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -29,8 +30,27 @@ def get_retriever(state: ApiState, collection: str, kind: str | None) -> Any:
     return runtime.retriever(collection)
 
 
+def public(passage: Passage) -> dict[str, Any]:
+    """A passage as API callers see it: its source a label, never a path on the server."""
+    return {**passage.to_dict(), "source": public_source(passage.source, passage.metadata)}
+
+
+def public_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """`Answer.to_dict()` with the sources of its passages and citations made public."""
+    passages = answer.get("passages") or []
+    labels = [public_source(p["source"], p.get("metadata") or {}) for p in passages]
+    shown = {p["source"]: label for p, label in zip(passages, labels)}
+    return {
+        **answer,
+        "passages": [{**p, "source": label} for p, label in zip(passages, labels)],
+        "citations": [
+            {**c, "source": shown.get(c["source"], public_source(c["source"], {}))} for c in answer.get("citations") or []
+        ],
+    }
+
+
 def matches(passage: Passage, filters: Filters) -> bool:
-    if filters.source_prefix is not None and not passage.source.startswith(filters.source_prefix):
+    if filters.source_prefix is not None and not public_source(passage.source, passage.metadata).startswith(filters.source_prefix):
         return False
     if filters.doc_ids is not None and passage.doc_id not in filters.doc_ids:
         return False
@@ -86,6 +106,6 @@ def search(body: SearchRequest, request: Request, principal: Principal = Depends
         "query": query,
         "k": body.k,
         "retriever": body.retriever or "default",
-        "passages": [p.to_dict() for p in passages],
+        "passages": [public(p) for p in passages],
         "took_ms": round((time.perf_counter() - started) * 1000, 2),
     }

@@ -1,0 +1,98 @@
+"""`rag serve` in its own process, as deployed: for tests that watch the server's memory or must
+not share an interpreter with the client (schemathesis compiles code in threads)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+READER_NA = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "reader-minilm-l6-squad-na"
+
+
+@dataclass
+class Served:
+    url: str
+    key: str
+    process: subprocess.Popen[bytes]
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120, **kwargs)
+
+    def peak_rss_mib(self) -> float:
+        """The server's peak resident memory so far (VmHWM), in MiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def served(home: Path, **settings: Any) -> Iterator[Served]:
+    """A server on loopback over `home` with a write key; `settings` become RAG_* variables."""
+    from api.keys import KeyStore
+    from indexes.store import Store
+    from rag.settings import Settings
+
+    env = {
+        **os.environ,
+        "RAG_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAG_READER_MODEL": str(READER_NA),
+        **{f"RAG_{name.upper()}": str(value) for name, value in settings.items()},
+    }
+    sql_url = Settings(home=home).sql_url
+    key = KeyStore(Store(home, sql_url)).create("tests", "write")[0]
+    port = _free_port()
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    process = subprocess.Popen(
+        [rag, "serve", "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"rag serve exited: {process.stderr.read().decode() if process.stderr else ''}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("rag serve did not start in 180 s")
+            time.sleep(0.25)
+        yield Served(url, key, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_job(client: httpx.Client, job: dict[str, Any], timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job did not finish: {job}"
+        time.sleep(0.1)
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+    return job

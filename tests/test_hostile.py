@@ -1,0 +1,300 @@
+"""Hostile and careless input, through the CLI and the API: a clear one-line error, the right exit
+code or HTTP status, the good inputs of the same run stored, and bounded memory for a bomb.
+
+The bad-input matrix: corrupt PDF and DOCX, invalid UTF-8, an empty file, a file over the size
+limit, a gzip decompression bomb, malformed SQuAD-shaped JSON, a JSONL file with bad lines, a
+100k-character query, query bytes that are not UTF-8, and bad flags.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import invoke, run_cli
+from tests.serving import served, wait_job
+from tests.test_loaders import make_docx
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "examples" / "corpus"
+
+GOOD = {
+    "good.txt": b"Radium was discovered by Marie and Pierre Curie in 1898.",
+    "good.md": b"# Polonium\n\nPolonium is named after Poland, Marie Curie's homeland.",
+    "partial.jsonl": b"\n".join(
+        [
+            b'{"id": "ra", "title": "Radium", "text": "Radium glows faintly blue in the dark."}',
+            b'{"id": "broken", "text": ',
+            b'{"id": "po", "title": "Polonium", "text": "Polonium is highly radioactive."}',
+            b'{"id": "notext"}',
+        ]
+    ),
+}
+BAD = {  # file name -> (bytes, what the error must say)
+    "latin1.txt": (b"caf\xe9 au lait", "not valid UTF-8"),
+    "empty.txt": (b"", "the file is empty"),
+    "corrupt.pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog garbage", "not a readable PDF"),
+    "corrupt.docx": (b"PK\x03\x04 not a zip at all", "not a readable DOCX"),
+    "squad-ints.json": (b'{"data": [1]}', "data[0] must be an object"),
+    "squad-nocontext.json": (b'{"data": [{"title": "T", "paragraphs": [{"qas": []}]}]}', "data[0].paragraphs[0] has no 'context'"),
+    "squad-types.json": (b'{"data": [{"title": "T", "paragraphs": [{"context": ["a"]}]}]}', "'context' must be a string"),
+    "notgzip.jsonl.gz": (b"this is not gzip", "not a valid gzip file"),
+}
+GOOD_DOCUMENTS = 4  # good.txt, good.md and the two good lines of partial.jsonl
+JSONL_PROBLEM = "skipped 2 bad record(s), kept 2: line 2: invalid JSON"
+BOMB_MESSAGE = "expands to over the 256 MiB limit when decompressed (RAG_MAX_EXPANDED_MB)"
+# Peak memory a bomb may add to a run over the same run without it. Before the limits a 1.5 MB
+# bomb took the CLI to 5.1 GB and the server from 0.6 to 5.2 GB.
+BOMB_EXTRA_MIB = 150
+
+
+def make_bomb() -> bytes:
+    """1.5 MB of gzip that unpacks to 1.1 GiB of valid JSONL: 70 concatenated members."""
+    line = b'{"text": "' + b"x" * 4000 + b'"}\n'
+    member = gzip.compress(line * (16 * 1024 * 1024 // len(line)), 9)
+    return member * 70
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    data = make_bomb()
+    assert len(data) < 2 * 1024 * 1024
+    return data
+
+
+def write_matrix(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name, data in GOOD.items():
+        (folder / name).write_bytes(data)
+    for name, (data, _) in BAD.items():
+        (folder / name).write_bytes(data)
+    with (folder / "huge.txt").open("wb") as handle:  # sparse: over the limit without writing it
+        handle.truncate(60 * 1024 * 1024)
+    return folder
+
+
+def error_lines(stderr: str) -> list[str]:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert not any("Traceback" in line for line in lines), stderr
+    return lines
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_ingest_reports_each_bad_file_once_and_stores_the_good_ones(tmp_path: Path) -> None:
+    folder = write_matrix(tmp_path / "matrix")
+    home = tmp_path / "home"
+    result = invoke("ingest", str(folder), "-c", "matrix", home=home)
+    assert result.returncode == 3, result.stderr  # some inputs failed, the others are stored
+    lines = error_lines(result.stderr)
+    assert all(line.startswith("error: ") for line in lines), lines
+    for name, (_, message) in BAD.items():
+        mine = [line for line in lines if f"{name}:" in line]
+        assert len(mine) == 1, (name, lines)  # printed once, not twice
+        assert message in mine[0], mine[0]
+    huge = [line for line in lines if "huge.txt" in line]
+    assert len(huge) == 1 and "60 MiB is over the 50 MiB limit (RAG_MAX_FILE_MB)" in huge[0]
+    partial = [line for line in lines if "partial.jsonl" in line]
+    assert len(partial) == 1 and JSONL_PROBLEM in partial[0] and "line 4: missing a string field 'text'" in partial[0]
+    stats = json.loads(invoke("stats", "-c", "matrix", "--json", home=home).stdout)
+    assert stats["documents"] == GOOD_DOCUMENTS and stats["vectors"] == stats["chunks"]
+    hits = json.loads(invoke("search", "glows blue in the dark", "-c", "matrix", "-k", "1", "--json", home=home).stdout)
+    assert hits[0]["external_id"] == "ra"
+
+
+def test_cli_ingest_exit_codes_distinguish_all_some_and_none(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.json"
+    good.write_bytes(GOOD["good.txt"])
+    bad.write_bytes(BAD["squad-ints.json"][0])
+    assert invoke("ingest", str(good), home=home).returncode == 0
+    assert invoke("ingest", str(bad), str(good), home=home).returncode == 3
+    none = invoke("ingest", str(bad), "-c", "other", home=home)
+    assert none.returncode == 1 and "data[0] must be an object" in one_line_error(none, 1)
+
+
+def _peak_rss_mib(args: list[str], env: dict[str, str]) -> tuple[int, float, str]:
+    """Run the `rag` command; its exit code, peak RSS (MiB, from wait4) and stderr."""
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    process = subprocess.Popen([rag, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    stderr = process.stderr.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024, stderr
+
+
+def test_cli_bomb_is_refused_in_bounded_memory_and_the_good_file_is_stored(tmp_path: Path, bomb: bytes) -> None:
+    (tmp_path / "bomb.jsonl.gz").write_bytes(bomb)
+    (tmp_path / "good.txt").write_bytes(GOOD["good.txt"])
+    env = {**os.environ, "RAG_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    code, baseline, _ = _peak_rss_mib(["ingest", str(tmp_path / "good.txt"), "-c", "base"], env)
+    assert code == 0
+    code, peak, stderr = _peak_rss_mib(["ingest", str(tmp_path / "bomb.jsonl.gz"), str(tmp_path / "good.txt")], env)
+    assert code == 3, stderr
+    [line] = error_lines(stderr)
+    assert "bomb.jsonl.gz" in line and BOMB_MESSAGE in line
+    assert peak < baseline + BOMB_EXTRA_MIB, f"peak RSS {peak:.0f} MiB with the bomb, {baseline:.0f} MiB without"
+    assert json.loads(invoke("stats", "--json", home=tmp_path / "home").stdout)["documents"] == 1
+
+
+@pytest.fixture(scope="module")
+def searchable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("cli-home")
+    assert invoke("ingest", str(CORPUS), "-c", "demo", home=home).returncode == 0
+    return home
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("ask", "Who discovered radium?", "-c", "demo", "-k", "0"), "k must be between 1 and 50, not 0"),
+        (("ask", "Who discovered radium?", "-c", "demo", "--mode", "bogus"), "'bogus' is not one of extractive, generative"),
+        (("ask", "Who?", "-c", "demo", "--retriever", "psychic"), "'psychic' is not one of dense, bm25, hybrid"),
+        (("ingest", str(CORPUS), "-c", "new", "--chunk-tokens", "0"), "Invalid value for '--chunk-tokens'"),
+        (("ingest", str(CORPUS), "-c", "new", "--chunk-overlap", "-1"), "Invalid value for '--chunk-overlap'"),
+        (("search", "radium", "-c", "demo", "--top-k", "many"), "Invalid value for '-k' / '--top-k'"),
+        (("search", "caf\udce9", "-c", "demo"), "not valid UTF-8 text"),
+        (("ask", "caf\udce9?", "-c", "demo"), "not valid UTF-8 text"),
+    ],
+)
+def test_cli_bad_flags_are_one_line_usage_errors(searchable: Path, args: tuple[str, ...], message: str) -> None:
+    assert message in one_line_error(invoke(*args, home=searchable), 2)
+
+
+def test_cli_bad_settings_are_one_line_errors(searchable: Path) -> None:
+    result = invoke("search", "radium", "-c", "demo", home=searchable, env={"RAG_MAX_K": "0"})
+    assert "invalid setting max_k (RAG_MAX_K) = '0'" in one_line_error(result, 2)
+
+
+def test_cli_query_bytes_that_are_not_utf8_in_a_real_process(searchable: Path) -> None:
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    env = {**os.environ, "RAG_HOME": str(searchable), "HF_HUB_OFFLINE": "1", "LC_ALL": "C.UTF-8"}
+    result = subprocess.run([rag, "search", b"caf\xe9 \xff", "-c", "demo"], capture_output=True, text=True, env=env, timeout=120)
+    assert "not valid UTF-8 text" in one_line_error(result, 2)
+
+
+def test_cli_a_100k_character_question_is_refused(searchable: Path) -> None:
+    result = invoke("ask", "why " * 25_000, "-c", "demo", home=searchable)
+    assert "the limit is 2,000 (RAG_MAX_QUERY_CHARS)" in one_line_error(result, 1)
+
+
+def test_cli_size_message_uses_the_configured_mib(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    with big.open("wb") as handle:
+        handle.truncate(int(1.5 * 1024 * 1024))
+    result = run_cli("ingest", str(big), home=tmp_path / "home", env={"RAG_MAX_FILE_MB": "1"})
+    assert "big.txt: 1.5 MiB is over the 1 MiB limit (RAG_MAX_FILE_MB)" in one_line_error(result, 1)
+
+
+# -- API ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    home = tmp_path_factory.mktemp("api-home")
+    # A collection ingested from disk, whose sources are server paths.
+    assert invoke("ingest", str(CORPUS), "-c", "docs", home=home).returncode == 0
+    settings = {"collection": "docs", "max_file_mb": 4, "max_body_mb": 8, "rate_limit_per_minute": 0, "job_workers": 1}
+    with served(home, **settings) as srv:
+        yield srv
+
+
+def _upload(client, collection: str, files: dict[str, bytes]) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    response = client.post(f"/v1/collections/{collection}/documents", files=[("files", (n, d)) for n, d in files.items()])
+    assert response.status_code == 202, response.text
+    return wait_job(client, response.json())
+
+
+def test_api_upload_matrix_reports_each_bad_file_and_stores_the_good_ones(server) -> None:  # type: ignore[no-untyped-def]
+    # Bad files first: the job must go on to the good ones after them.
+    files = {name: data for name, (data, _) in BAD.items()} | GOOD
+    with server.client() as client:
+        job = _upload(client, "matrix", files)
+        assert job["status"] == "completed_with_errors" and job["done"] == len(files)
+        errors = {e["source"]: e["error"] for e in job["errors"]}
+        assert set(errors) == set(BAD) | {"partial.jsonl"}
+        for name, (_, message) in BAD.items():
+            assert message in errors[name] and "\n" not in errors[name]
+        assert JSONL_PROBLEM in errors["partial.jsonl"]
+        listed = client.get("/v1/collections/matrix/documents").json()["documents"]
+        assert sorted(d["source"] for d in listed) == [
+            "upload/good.md",
+            "upload/good.txt",
+            "upload/partial.jsonl#po",
+            "upload/partial.jsonl#ra",
+        ]
+        assert len(listed) == GOOD_DOCUMENTS
+
+
+def test_api_bomb_is_refused_in_bounded_memory(server, bomb: bytes) -> None:  # type: ignore[no-untyped-def]
+    with server.client() as client:
+        _upload(client, "warm", {"good.txt": GOOD["good.txt"]})  # the upload path has run once
+        before = server.peak_rss_mib()
+        job = _upload(client, "bombed", {"bomb.jsonl.gz": bomb, "good.txt": GOOD["good.txt"]})
+        after = server.peak_rss_mib()
+    assert job["status"] == "completed_with_errors"
+    assert [e["source"] for e in job["errors"]] == ["bomb.jsonl.gz"] and BOMB_MESSAGE in job["errors"][0]["error"]
+    assert job["stats"]["documents_added"] == 1
+    assert after < before + BOMB_EXTRA_MIB, f"server peak RSS {before:.0f} -> {after:.0f} MiB"
+
+
+def test_api_size_limit_message_is_in_mib(server) -> None:  # type: ignore[no-untyped-def]
+    with server.client() as client:
+        response = client.post("/v1/collections/x/documents", files=[("files", ("big.txt", b"a" * (5 * 1024 * 1024)))])
+    assert response.status_code == 413
+    assert response.json()["error"]["message"] == "big.txt: over the 4 MiB per-file limit (RAG_MAX_FILE_MB)"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"query": "why " * 25_000}, 422, "the limit is 2,000 (RAG_MAX_QUERY_CHARS)"),
+        ({"query": " \t\n "}, 422, "the query is empty"),
+        ('{"query": "caf\\ud800"}', 422, "query:"),
+        (b'{"query": "caf\xe9 \xff"}', 400, "the request body could not be parsed"),
+        ({"query": "radium", "k": 0}, 422, "k:"),
+    ],
+)
+def test_api_bad_queries_get_a_clear_error(server, body: object, status: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    with server.client() as client:
+        if isinstance(body, dict):
+            response = client.post("/v1/search", json=body)
+        else:
+            content = body.encode() if isinstance(body, str) else body
+            response = client.post("/v1/search", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+
+
+def test_api_sources_are_labels_never_server_paths(server) -> None:  # type: ignore[no-untyped-def]
+    with server.client() as client:
+        passages = client.post("/v1/search", json={"query": "Where was Marie Curie born?", "k": 5}).json()["passages"]
+        documents = client.get("/v1/collections/docs/documents").json()["documents"]
+        answer = client.post("/v1/ask", json={"question": "Where was Marie Curie born?", "k": 3}).json()
+        filtered = client.post(
+            "/v1/search", json={"query": "radium", "k": 3, "filters": {"source_prefix": "corpus/marie"}}
+        ).json()["passages"]
+    shown = [p["source"] for p in passages] + [d["source"] for d in documents]
+    shown += [p["source"] for p in answer["passages"]] + [c["source"] for c in answer["citations"]]
+    assert shown and all(re.fullmatch(r"corpus/[\w.-]+", s) for s in shown), shown
+    assert str(CORPUS.parent) not in json.dumps([passages, documents, answer])
+    assert "corpus/marie-curie.md" in shown
+    assert filtered and {p["source"] for p in filtered} == {"corpus/marie-curie.md"}
