@@ -245,7 +245,7 @@ def eval_retrieval(
 
 # Commands that live in their own modules: each module defines `register(app, eval_app)` and
 # imports nothing heavy at module level. Add a module by appending its name here.
-COMMAND_MODULES: list[str] = ["rag.cli_serve", "rag.cli_answers", "rag.cli_reader", "rag.cli_models"]
+COMMAND_MODULES: list[str] = ["rag.cli_serve", "rag.cli_answers", "rag.cli_reader", "rag.cli_models", "rag.cli_mcp"]
 
 
 def _register_command_modules() -> None:
