@@ -47,7 +47,7 @@ def _tiny_beir(folder: Path, queries: int = 8, extra_docs: int = 10) -> Path:
     return folder
 
 
-def _tiny_squad(path: Path, articles: int = 2, paragraphs: int = 2) -> Path:
+def _tiny_squad(path: Path, articles: int = 1, paragraphs: int = 3) -> Path:
     data = json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
     small = [{**a, "paragraphs": a["paragraphs"][:paragraphs]} for a in data["data"][:articles]]
     path.write_text(json.dumps({"version": data.get("version", "1.1"), "data": small}), encoding="utf-8")
@@ -66,7 +66,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert retrieval.returncode == 0, retrieval.stderr
     squad = _tiny_squad(root / "tiny-squad.json")
     qa = invoke(
-        "eval", "qa", "--squad", str(squad), "--mode", "extractive", "--limit", "8",
+        "eval", "qa", "--squad", str(squad), "--mode", "extractive", "--limit", "6",
         "--report", str(root / "out" / "qa.html"), "--json",
         home=home, env={"RAG_READER_MODEL": str(READER_NA)},
     )  # fmt: skip

@@ -354,7 +354,9 @@ def answer_report(records: Sequence[AnswerRecord | Mapping[str, Any]], summary: 
         "answered rate": len(answered) / n,
         "accuracy when answered": (sum(r.correct for r in answered) / len(answered)) if answered else 0.0,
     }
-    parts = [_cards({**headline, **summary})]
+    # The run's own figures follow, less those the headline already shows from the records.
+    repeated = {"questions", "exact_match", "f1", "answered_rate"}
+    parts = [_cards({**headline, **{k: v for k, v in summary.items() if k not in repeated}})]
     points = abstention_curve(items)
     if points:
         operating = (len(answered) / n, headline["accuracy when answered"])
