@@ -3,8 +3,8 @@
 A job's row says how far it got (files done of total), what it added, and which files failed and
 why; it outlives the process. Jobs cut short by a restart are marked failed at the next start-up
 (their uploaded bytes lived in memory only). Each job writes through its own `Collection` object:
-the collection's file lock serialises writers, even two jobs of this process, while searches keep
-using the shared reader object, which swaps to each new FAISS generation only once it is saved.
+the collection's writer lock serialises writers, even two jobs of this process, while searches keep
+using the shared reader object, which swaps to each new generation only once it is published.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _COUNTED = ("documents_added", "documents_replaced", "documents_unchanged", "doc
 
 
 def writer_collection(runtime: Runtime, name: str) -> Collection:
-    """A private `Collection` for one write: its in-memory index is never the one readers search."""
+    """A private `Collection` for one write, so its writer state is never shared with a reader."""
     shared = runtime.writable_collection(name)
     return Collection(shared.store, shared.id, shared.name, shared.config)
 

@@ -95,9 +95,8 @@ class ApiState:
         store = self.runtime.store
         for name in store.collection_names():
             try:
-                target = store.collection(name)
-                nbytes = target.index_path.stat().st_size if target.index_path.exists() else 0
-                sizes.append((name, target.vectors().count(), nbytes))
+                info = store.collection(name).stats()
+                sizes.append((name, int(info["vectors"]), int(info["index_bytes"])))
             except (RagError, OSError):
                 continue
         return sizes

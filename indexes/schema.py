@@ -2,6 +2,11 @@
 
 Chunk primary keys are the FAISS ids. They are never reused (`sqlite_autoincrement`, and
 sequences on PostgreSQL), so a vector left behind by a crash can never be mistaken for a new chunk.
+
+Visibility is kept here, not in files: a collection row holds its published `generation` and the
+`manifest` of index segments that generation searches; a document is visible at generation g when
+`added_gen <= g` and it was not removed at or before g. A write batch stamps its rows with g + 1
+and becomes visible when one UPDATE sets the collection's generation to g + 1.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -31,16 +36,32 @@ class CollectionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Published generation and the index files it searches (segment names, sizes, home id).
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The data home (`Store.home_id`) whose folder holds this collection's index files.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class DocumentRow(Base):
-    """status: 'pending' (written, vectors not yet saved), 'ready', or 'deleting'."""
+    """Visible at generation g when `added_gen <= g` and `removed_gen` is null or above g.
+
+    Live documents (`removed_gen` null, published or pending) have unique sources per collection.
+    """
 
     __tablename__ = "documents"
     __table_args__ = (
+        Index(
+            "ux_documents_live_source",
+            "collection_id",
+            "source",
+            unique=True,
+            sqlite_where=text("removed_gen IS NULL"),
+            postgresql_where=text("removed_gen IS NULL"),
+        ),
         Index("ix_documents_collection_source", "collection_id", "source"),
-        Index("ix_documents_collection_status", "collection_id", "status"),
+        Index("ix_documents_collection_gen", "collection_id", "added_gen", "removed_gen"),
         Index("ix_documents_collection_external", "collection_id", "external_id"),
         {"sqlite_autoincrement": True},
     )
@@ -53,7 +74,8 @@ class DocumentRow(Base):
     text: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(80))
     doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    added_gen: Mapped[int] = mapped_column(Integer)
+    removed_gen: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     chunks: Mapped[list[ChunkRow]] = relationship(
@@ -80,7 +102,10 @@ class ChunkRow(Base):
 
 
 class RunRow(Base):
-    """One `rag ingest` invocation: what it saw, did and failed on."""
+    """One `rag ingest` invocation: what it saw, did and failed on.
+
+    status: running, completed, completed_with_errors, failed, or interrupted (the writer that
+    next took the collection's lock found it still running: its process died)."""
 
     __tablename__ = "runs"
 
@@ -106,3 +131,13 @@ def configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+
+def visible_at(generation: int) -> Any:
+    """SQL condition: the document is part of published generation `generation`."""
+    from sqlalchemy import and_, or_
+
+    return and_(
+        DocumentRow.added_gen <= generation,
+        or_(DocumentRow.removed_gen.is_(None), DocumentRow.removed_gen > generation),
+    )

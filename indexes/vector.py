@@ -1,8 +1,9 @@
-"""FAISS behind a six-method contract, built from a factory string, keyed by chunk ids.
+"""FAISS behind a small contract, built from a factory string, keyed by chunk ids.
 
 Vectors are stored under int64 ids equal to SQL chunk primary keys. Index types that keep their
-own ids (IVF) take them directly; the rest are wrapped in `IDMap2` so ids survive removal and can
-be listed for consistency checks.
+own ids (IVF) take them directly; the rest are wrapped in `IDMap2` so ids can be listed for
+consistency checks. Search-time knobs (`nprobe`, `efSearch`) travel with each query as FAISS
+`SearchParameters`, so concurrent queries with different settings never disturb each other.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.errors import InvalidInput
 from indexes.atomic import atomic_replace
+from indexes.config import SearchParams, default_ef_search, default_nprobe, normalise_factory
+from indexes.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +26,16 @@ def _faiss():  # type: ignore[no-untyped-def]
     return faiss
 
 
-def normalise_factory(factory: str) -> str:
-    """Wrap id-less index types in IDMap2; IVF indexes carry ids natively."""
-    factory = factory.strip()
-    if not factory:
-        raise InvalidInput("empty FAISS factory string")
-    if factory.startswith("IDMap") or factory.startswith("IVF"):
-        return factory
-    return f"IDMap2,{factory}"
+def training_size(dim: int, factory: str) -> int:
+    """Vectors an index built from `factory` needs before it can be trained well: 39 per IVF list
+    (FAISS warns below that), 39 x 256 for a codebook (PQ/SQ) without IVF; 0 when untrained
+    indexes do not exist for it (Flat, HNSW)."""
+    faiss = _faiss()
+    index = faiss.index_factory(dim, normalise_factory(factory), faiss.METRIC_INNER_PRODUCT)
+    if index.is_trained:
+        return 0
+    ivf = faiss.try_extract_index_ivf(index)
+    return 39 * int(ivf.nlist) if ivf is not None else 39 * 256
 
 
 class VectorIndex:
@@ -60,7 +64,7 @@ class VectorIndex:
 
     def _train(self, vectors: np.ndarray) -> None:
         faiss = _faiss()
-        ivf = faiss.extract_index_ivf(self.index)
+        ivf = faiss.try_extract_index_ivf(self.index)
         needed = int(ivf.nlist) if ivf is not None else 1
         if len(vectors) < needed:
             raise InvalidInput(
@@ -106,13 +110,38 @@ class VectorIndex:
                 raise InvalidInput(f"cannot apply {params!r} to {self.factory!r}: {exc}") from None
 
     # -- reading -----------------------------------------------------------------------------
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k inner products; missing slots have id -1."""
+    def search(
+        self, vectors: np.ndarray, k: int, params: SearchParams | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k inner products; missing slots have id -1. `params` set nprobe (IVF) or efSearch
+        (HNSW) for this call only; unset ones take size-based defaults."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
         k = max(1, min(k, max(self.count(), 1)))
-        return self.index.search(vectors, k)  # type: ignore[no-any-return]
+        faiss_params = self._faiss_params(params or SearchParams(), k)
+        if faiss_params is None:
+            return self.index.search(vectors, k)  # type: ignore[no-any-return]
+        return self.index.search(vectors, k, params=faiss_params)  # type: ignore[no-any-return]
+
+    def effective_params(self, params: SearchParams, k: int = 10) -> dict[str, int]:
+        """What a search with `params` uses, for stats and tests."""
+        faiss = _faiss()
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            return {"nprobe": int(params.nprobe or default_nprobe(int(ivf.nlist)))}
+        if "HNSW" in self.factory:
+            return {"ef_search": int(params.ef_search or default_ef_search(self.count(), k))}
+        return {}
+
+    def _faiss_params(self, params: SearchParams, k: int) -> object | None:
+        faiss = _faiss()
+        chosen = self.effective_params(params, k)
+        if "nprobe" in chosen:
+            return faiss.SearchParametersIVF(nprobe=chosen["nprobe"])
+        if "ef_search" in chosen:
+            return faiss.SearchParametersHNSW(efSearch=max(chosen["ef_search"], k))
+        return None
 
     def count(self) -> int:
         return int(self.index.ntotal)
@@ -121,7 +150,7 @@ class VectorIndex:
         faiss = _faiss()
         if hasattr(self.index, "id_map"):
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        ivf = faiss.extract_index_ivf(self.index)
+        ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is None:
             raise InvalidInput(f"cannot list ids of index {self.factory!r}")
         invlists = ivf.invlists
@@ -154,3 +183,15 @@ class VectorIndex:
         loaded = cls(index.d, factory, index=index)
         loaded.read_only = mmap
         return loaded
+
+
+def stored_vectors(index: VectorIndex, ids: np.ndarray) -> np.ndarray:
+    """The vectors stored under `ids` (decoded: exact for Flat/HNSW, approximate for PQ/SQ codes)."""
+    faiss = _faiss()
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        return np.zeros((0, index.dim), dtype=np.float32)
+    ivf = faiss.try_extract_index_ivf(index.index)
+    if ivf is not None:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return np.asarray(index.index.reconstruct_batch(ids), dtype=np.float32)

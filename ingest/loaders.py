@@ -1,8 +1,13 @@
-"""Files to `Document`s: one loader per format, chosen by extension.
+"""Files to `Document`s: one loader per format, chosen by extension, under input limits.
 
 Every loader reads bytes it was given, so the API can parse uploads without touching the server's
 file system. A file that cannot be parsed raises `LoadError` with the reason; the caller reports
-it by name and goes on with the rest.
+it by name and goes on with the rest. Record formats (JSONL, JSON lists) report a bad record as a
+`BadRecord` and keep the good ones.
+
+`parse` applies `InputLimits` around every loader: compressed input is measured while it streams
+(a decompression bomb is refused after reading at most the limit, never held in memory), then
+records per file, characters per document and metadata nesting are checked as documents come out.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import io
 import json
 import re
 import unicodedata
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,63 @@ from ingest import pdf
 
 class LoadError(RagError):
     code = "load_error"
+
+
+MIB = 1024 * 1024
+
+
+def mib(n_bytes: float) -> str:
+    """Bytes as MiB for messages: 52428800 -> '50', 1.5 MiB -> '1.5'."""
+    return f"{n_bytes / MIB:.1f}".removesuffix(".0")
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one input file may amount to. Each limit names the setting that raises it."""
+
+    max_file_bytes: int = 50 * MIB  # RAG_MAX_FILE_MB: bytes as stored or uploaded
+    max_expanded_bytes: int = 256 * MIB  # RAG_MAX_EXPANDED_MB: bytes after decompression (.gz, .docx)
+    max_records: int = 1_000_000  # RAG_MAX_RECORDS: documents (lines, paragraphs) per file
+    max_document_chars: int = 20_000_000  # RAG_MAX_DOCUMENT_CHARS: characters per document
+    max_json_depth: int = 32  # RAG_MAX_JSON_DEPTH: nesting of a record's metadata
+
+    def check_size(self, size: int, name: str) -> None:
+        if size > self.max_file_bytes:
+            raise LoadError(
+                f"{name}: {mib(size)} MiB is over the {mib(self.max_file_bytes)} MiB limit (RAG_MAX_FILE_MB); "
+                "split it or raise the limit"
+            )
+
+    def expanded_error(self, name: str) -> LoadError:
+        return LoadError(
+            f"{name}: expands to over the {mib(self.max_expanded_bytes)} MiB limit when decompressed "
+            "(RAG_MAX_EXPANDED_MB); split it or raise the limit"
+        )
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record of a multi-record file that could not be used; the rest of the file still loads."""
+
+    where: str  # "line 7", "record 3"
+    reason: str
+
+
+@dataclass
+class Parsed:
+    """A file's documents and the records that were skipped, as `where: reason` lines."""
+
+    documents: list[Document]
+    skipped: list[str] = field(default_factory=list)
+
+    def problem(self, name: str, shown: int = 5) -> str | None:
+        """One line for the run's error list, or None when nothing was skipped."""
+        if not self.skipped:
+            return None
+        more = f"; and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return f"{name}: skipped {len(self.skipped)} bad record(s), kept {len(self.documents)}: " + "; ".join(
+            self.skipped[:shown]
+        ) + more
 
 
 SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".jsonl", ".json", ".json.gz")
@@ -143,81 +208,107 @@ def load_docx(data: bytes, name: str) -> Iterator[Document]:
     yield Document(source=name, text=_clean("\n\n".join(blocks)), title=title or Path(name).stem)
 
 
-def _record_document(record: dict[str, Any], name: str, line: int) -> Document:
-    """A generic `{"id","title","text","metadata"}` line or a BEIR `{"_id","title","text"}` line."""
+def _record_document(record: Any, name: str, where: str, ident_default: str) -> Document | BadRecord:
+    """A generic `{"id","title","text","metadata"}` record or a BEIR `{"_id","title","text"}` one."""
     if not isinstance(record, dict):
-        raise LoadError(f"{name}:{line}: expected a JSON object")
+        return BadRecord(where, f"expected a JSON object, not {type(record).__name__}")
     text = record.get("text")
     if not isinstance(text, str):
-        raise LoadError(f"{name}:{line}: missing a string field 'text'")
+        return BadRecord(where, "missing a string field 'text'")
     ident = record.get("_id", record.get("id"))
-    ident = str(ident) if ident is not None else str(line)
+    if isinstance(ident, (dict, list)):
+        return BadRecord(where, "'id' must be a string or a number")
+    ident = str(ident) if ident is not None else ident_default
     metadata = record.get("metadata") or {}
     if not isinstance(metadata, dict):
-        raise LoadError(f"{name}:{line}: 'metadata' must be an object")
+        return BadRecord(where, "'metadata' must be an object")
+    title = record.get("title") or ""
+    if not isinstance(title, (str, int, float)):
+        return BadRecord(where, "'title' must be a string")
     return Document(
         source=f"{name}#{ident}",
         text=_clean(text),
-        title=str(record.get("title") or ""),
+        title=str(title),
         metadata=metadata,
         external_id=ident,
     )
 
 
-def load_jsonl(data: bytes, name: str) -> Iterator[Document]:
-    if name.lower().endswith(".gz"):
-        data = _gunzip(data, name)
-    text = _decode(data, name)
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+def load_jsonl(data: bytes, name: str) -> Iterator[Document | BadRecord]:
+    """One record per line. A line that is not a valid record is reported (`BadRecord`) and
+    skipped; the other lines still load."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for number, raw in enumerate(io.BytesIO(data), start=1):
+        if not raw.strip():
+            continue
+        where = f"line {number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield BadRecord(where, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})")
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise LoadError(f"{name}:{number}: invalid JSON ({exc.msg})") from None
-        yield _record_document(record, name, number)
+            yield BadRecord(where, f"invalid JSON ({exc.msg})")
+            continue
+        except RecursionError:
+            yield BadRecord(where, "JSON nested too deeply")
+            continue
+        yield _record_document(record, name, where, str(number))
 
 
-def _gunzip(data: bytes, name: str) -> bytes:
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError) as exc:
-        raise LoadError(f"{name}: not a valid gzip file ({exc})") from None
-
-
-def load_json(data: bytes, name: str) -> Iterator[Document]:
+def load_json(data: bytes, name: str) -> Iterator[Document | BadRecord]:
     """SQuAD JSON (each paragraph a document) or a JSON list of generic records."""
-    if name.lower().endswith(".gz"):
-        data = _gunzip(data, name)
     try:
         payload = json.loads(_decode(data, name))
     except json.JSONDecodeError as exc:
         raise LoadError(f"{name}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise LoadError(f"{name}: JSON nested too deeply to parse") from None
     if isinstance(payload, dict) and isinstance(payload.get("data"), list):
         yield from squad_documents(payload, name)
     elif isinstance(payload, list):
         for number, record in enumerate(payload, start=1):
-            yield _record_document(record, name, number)
+            yield _record_document(record, name, f"record {number}", str(number))
     else:
         raise LoadError(f"{name}: JSON must be SQuAD ({{'data': [...]}}) or a list of {{'id','title','text'}} records")
 
 
 def squad_documents(payload: dict[str, Any], name: str) -> Iterator[Document]:
-    """One document per SQuAD paragraph, id `ARTICLE-INDEX`, titled by its article."""
+    """One document per SQuAD paragraph, id `ARTICLE-INDEX`, titled by its article.
+
+    SQuAD files are all or nothing: a malformed article or paragraph refuses the file, naming
+    the first bad element, because a half-read SQuAD file would silently skew an evaluation."""
     for a, article in enumerate(payload["data"]):
-        title = str(article.get("title", "")).replace("_", " ")
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
+        if not isinstance(article, dict):
+            raise LoadError(f"{name}: data[{a}] must be an object with 'title' and 'paragraphs', not {type(article).__name__}")
+        raw_title = article.get("title", "")
+        if not isinstance(raw_title, str):
+            raise LoadError(f"{name}: data[{a}].title must be a string")
+        paragraphs = article.get("paragraphs", [])
+        if not isinstance(paragraphs, list):
+            raise LoadError(f"{name}: data[{a}].paragraphs must be a list")
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            if not isinstance(paragraph, dict):
+                raise LoadError(f"{name}: {where} must be an object with a 'context', not {type(paragraph).__name__}")
+            context = paragraph.get("context")
+            if not isinstance(context, str):
+                reason = "has no 'context'" if context is None else "'context' must be a string"
+                raise LoadError(f"{name}: {where} {reason}")
             ident = f"{a:03d}-{p:03d}"
             yield Document(
                 source=f"{name}#{ident}",
-                text=paragraph["context"],
-                title=title,
-                metadata={"article": article.get("title", ""), "paragraph": p},
+                text=context,
+                title=raw_title.replace("_", " "),
+                metadata={"article": raw_title, "paragraph": p},
                 external_id=ident,
             )
 
 
-LOADERS: dict[str, Callable[[bytes, str], Iterator[Document]]] = {
+LOADERS: dict[str, Callable[[bytes, str], Iterator[Document | BadRecord]]] = {
     ".txt": load_text,
     ".md": load_text,
     ".markdown": load_text,
@@ -232,14 +323,131 @@ LOADERS: dict[str, Callable[[bytes, str], Iterator[Document]]] = {
 }
 
 
-def load_bytes(data: bytes, name: str) -> list[Document]:
-    """Parse one file's bytes; raises LoadError with the file name on any problem."""
-    loader = LOADERS.get(suffix_of(name))
+SINGLE_DOCUMENT = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"})
+_READ_CHUNK = 1 << 20
+
+
+def _gunzip(data: bytes, name: str, limits: InputLimits) -> bytes:
+    """Decompress gzip (all members) while counting: past the limit it stops and refuses.
+
+    A first pass only counts, in 1 MiB steps, so a bomb costs CPU up to the limit and no memory;
+    the second pass keeps the bytes, which are then known to fit."""
+    def chunks() -> Iterator[bytes]:
+        stream = zlib.decompressobj(wbits=31)
+        rest = data
+        while True:
+            out = stream.decompress(rest, _READ_CHUNK)
+            rest = stream.unconsumed_tail
+            if out:
+                yield out
+            if stream.eof:  # a member ended: another may follow (concatenated gzip)
+                rest = stream.unused_data.lstrip(b"\x00")
+                if not rest:
+                    return
+                stream = zlib.decompressobj(wbits=31)
+            elif not out and not rest:
+                raise LoadError(f"{name}: not a valid gzip file (truncated)")
+
+    try:
+        total = 0
+        for piece in chunks():
+            total += len(piece)
+            if total > limits.max_expanded_bytes:
+                raise limits.expanded_error(name)
+        return b"".join(chunks())
+    except zlib.error as exc:
+        raise LoadError(f"{name}: not a valid gzip file ({exc})") from None
+
+
+def _check_zip(data: bytes, name: str, limits: InputLimits) -> None:
+    """A zip container (DOCX) declares each member's size, and reading never returns more than
+    declared; members past the limit refuse the file before any is decompressed."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise LoadError(f"{name}: not a readable DOCX ({type(exc).__name__}: {exc})") from None
+    if declared > limits.max_expanded_bytes:
+        raise limits.expanded_error(name)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of JSON-like data, counted without recursion and no deeper than limit + 1."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > limit:
+                return level
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed:
+    """One file's documents under `limits`; raises LoadError naming the file on any problem.
+
+    A multi-record file keeps its good records and lists the bad ones (`Parsed.skipped`); it fails
+    only when no record is good. Anything a parser raises becomes a LoadError: a malformed file
+    is the file's problem, never the run's."""
+    suffix = suffix_of(name)
+    loader = LOADERS.get(suffix)
     if loader is None:
         raise LoadError(f"{name}: unsupported file type (supported: {', '.join(SUPPORTED)})")
+    limits.check_size(len(data), name)
     if not data.strip():
         raise LoadError(f"{name}: the file is empty")
-    documents = [doc for doc in loader(data, name) if doc.text.strip()]
-    if not documents:
+    if suffix.endswith(".gz"):
+        data = _gunzip(data, name, limits)
+        if not data.strip():
+            raise LoadError(f"{name}: the file is empty once decompressed")
+    elif suffix == ".docx":
+        _check_zip(data, name, limits)
+    single = suffix in SINGLE_DOCUMENT
+    parsed = Parsed(documents=[])
+    try:
+        for number, item in enumerate(loader(data, name), start=1):
+            if number > limits.max_records:
+                raise LoadError(f"{name}: more than {limits.max_records:,} records (RAG_MAX_RECORDS); split it or raise the limit")
+            if isinstance(item, BadRecord):
+                parsed.skipped.append(f"{item.where}: {item.reason}")
+                continue
+            problem = _document_problem(item, limits)
+            if problem and single:
+                raise LoadError(f"{name}: {problem}")
+            if problem:
+                parsed.skipped.append(f"record {item.external_id or number}: {problem}")
+            elif item.text.strip():
+                parsed.documents.append(item)
+    except (LoadError, MissingDependency):
+        raise
+    except RecursionError:
+        raise LoadError(f"{name}: nested too deeply to parse") from None
+    except Exception as exc:  # a parser's own failure on malformed input
+        raise LoadError(f"{name}: could not be parsed ({type(exc).__name__}: {exc})") from None
+    if not parsed.documents:
+        if parsed.skipped:
+            raise LoadError(
+                f"{name}: no usable record; " + "; ".join(parsed.skipped[:5]) + ("; ..." if len(parsed.skipped) > 5 else "")
+            )
         raise LoadError(f"{name}: no text could be extracted")
-    return documents
+    return parsed
+
+
+def _document_problem(doc: Document, limits: InputLimits) -> str | None:
+    if len(doc.text) > limits.max_document_chars:
+        return f"{len(doc.text):,} characters, over the {limits.max_document_chars:,} limit (RAG_MAX_DOCUMENT_CHARS)"
+    if _depth(doc.metadata, limits.max_json_depth) > limits.max_json_depth:
+        return f"metadata nested deeper than {limits.max_json_depth} levels (RAG_MAX_JSON_DEPTH)"
+    return None
+
+
+def load_bytes(data: bytes, name: str, limits: InputLimits = InputLimits()) -> list[Document]:
+    """Parse one file's bytes, all or nothing: raises LoadError with the file name on any problem,
+    a skipped record included. `parse` is the lenient form that keeps a file's good records."""
+    parsed = parse(data, name, limits)
+    problem = parsed.problem(name)
+    if problem:
+        raise LoadError(problem)
+    return parsed.documents

@@ -2,7 +2,9 @@
 
 Incremental by content hash: an unchanged document costs a hash and a lookup, a changed one is
 replaced, and a document that vanished from a re-ingested folder or file is deleted. Documents are
-written in batches, one FAISS save per batch, because the save is the expensive step.
+written in batches of about `batch_chunks` chunks; each batch becomes searchable (dense and BM25)
+as soon as it is written, in one step. Two documents with the same source in one run: the last
+wins and the source is reported under `duplicates`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from indexes.encoder import Encoder
-from indexes.errors import InvalidInput, RagError
+from indexes.errors import RagError
 from indexes.store import Collection, NewDocument
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
-from ingest.loaders import LoadError, is_supported, load_bytes, suffix_of
+from ingest.loaders import InputLimits, LoadError, is_supported, parse, suffix_of
 from ingest.progress import progress_bar
+from ingest.sources import ingest_label, labelled
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class IngestReport:
     documents_unchanged: int = 0
     documents_deleted: int = 0
     chunks_added: int = 0
+    duplicates: list[str] = field(default_factory=list)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -95,7 +99,7 @@ class Ingestor:
         encoder: Encoder,
         chunker: SentenceWindowChunker,
         *,
-        max_file_bytes: int = 50 * 1024 * 1024,
+        limits: InputLimits = InputLimits(),
         batch_chunks: int = 2048,
         show_progress: bool = False,
     ) -> None:
@@ -103,7 +107,7 @@ class Ingestor:
         self.collection = collection
         self.encoder = encoder
         self.chunker = chunker
-        self.max_file_bytes = max_file_bytes
+        self.limits = limits
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
 
@@ -125,7 +129,7 @@ class Ingestor:
                 if suffix_of(f.name) not in _SINGLE_DOCUMENT:
                     known.update(self.collection.known_documents(prefix=f"{f}#"))
             seen: set[str] = set()
-            self._write_all(self._from_files(files, known, seen, report), report)
+            self._write_all(self._from_files(files, known, seen, report, folders), report)
             if prune:
                 stale = self._stale(known, seen, folders, files)
                 if stale:
@@ -136,7 +140,13 @@ class Ingestor:
         """Ingest documents built in memory (API JSON, uploads); sources are theirs to choose."""
         started = time.perf_counter()
         report = IngestReport()
-        docs = list(documents)
+        given = list(documents)
+        docs = _last_wins(given)
+        if len(docs) < len(given):
+            counts: dict[str, int] = {}
+            for doc in given:
+                counts[doc.source] = counts.get(doc.source, 0) + 1
+            report.duplicates.extend(source for source, n in counts.items() if n > 1)
         with self._recorded_run(report, started):
             known = self.collection.known_documents(sources=[d.source for d in docs])
             self._write_all(self._changed(docs, known, report), report)
@@ -144,22 +154,24 @@ class Ingestor:
 
     @contextmanager
     def _recorded_run(self, report: IngestReport, started: float) -> Iterator[None]:
-        """Hold the write lock and record the run (counts, errors, seconds), even when it fails."""
-        run_id = self.collection.start_run()
-        status = "failed"
-        try:
-            with self.collection.writer():
+        """Hold the write lock and record the run (counts, errors, seconds), even when it fails.
+
+        The run starts once the lock is held, so a run left `running` is one whose process died;
+        the next writer marks it interrupted."""
+        with self.collection.writer():
+            run_id = self.collection.start_run()
+            status = "failed"
+            try:
                 yield
-            status = "completed" if not report.errors else "completed_with_errors"
-        finally:
-            report.seconds = time.perf_counter() - started
-            self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
+                status = "completed" if not report.errors else "completed_with_errors"
+            finally:
+                report.seconds = time.perf_counter() - started
+                self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
 
     def ingest_upload(self, name: str, data: bytes, source: str) -> IngestReport:
         """Parse an uploaded file from its bytes alone; `source` names it in the collection."""
-        if len(data) > self.max_file_bytes:
-            raise InvalidInput(f"{name}: {len(data) / 1e6:.1f} MB is over the {self.max_file_bytes / 1e6:.0f} MB limit")
-        docs = load_bytes(data, name)
+        parsed = parse(data, name, self.limits)
+        docs = parsed.documents
         renamed = [
             Document(
                 source=source + doc.source[len(name):],
@@ -170,24 +182,29 @@ class Ingestor:
             )
             for doc in docs
         ]
-        return self.ingest_documents(renamed)
+        report = self.ingest_documents(renamed)
+        problem = parsed.problem(name)
+        if problem:
+            report.errors.append({"source": source, "error": problem})
+        return report
 
     # -- stages ------------------------------------------------------------------------------
     def _from_files(
-        self, files: list[Path], known: dict[str, tuple[int, str]], seen: set[str], report: IngestReport
+        self,
+        files: list[Path],
+        known: dict[str, tuple[int, str]],
+        seen: set[str],
+        report: IngestReport,
+        folders: list[Path] = [],  # noqa: B006 (read only)
     ) -> Iterator[tuple[Document, str]]:
         bar = progress_bar(total=len(files), unit="file", desc="files", enabled=self.show_progress)
         for path in files:
             bar.update(1)
             source = str(path)
             single = suffix_of(path.name) in _SINGLE_DOCUMENT
+            label = ingest_label(path, folders)
             try:
-                size = path.stat().st_size
-                if size > self.max_file_bytes:
-                    raise LoadError(
-                        f"{path}: {size / 1e6:.1f} MB is over the {self.max_file_bytes / 1e6:.0f} MB limit "
-                        "(RAG_MAX_FILE_MB); split it or raise the limit"
-                    )
+                self.limits.check_size(path.stat().st_size, source)
                 data = path.read_bytes()
                 if single:
                     digest = "file:" + hashlib.sha256(data).hexdigest()
@@ -196,11 +213,12 @@ class Ingestor:
                         report.files_unchanged += 1
                         report.documents_unchanged += 1
                         continue
-                docs = load_bytes(data, source)
+                parsed = parse(data, source, self.limits)
+                docs = parsed.documents
             except (LoadError, OSError) as exc:
                 message = str(exc) if isinstance(exc, LoadError) else f"{path}: {exc.strerror or exc}"
                 report.errors.append({"source": source, "error": message})
-                log.warning("%s", message)
+                log.info("%s", message)  # reported once, by the caller, from report.errors
                 # A file that cannot be read now keeps what was stored from it before.
                 seen.update(s for s in known if s == source or s.startswith(source + "#"))
                 continue
@@ -208,13 +226,18 @@ class Ingestor:
                 report.errors.append({"source": source, "error": str(exc)})
                 seen.update(s for s in known if s == source or s.startswith(source + "#"))
                 continue
+            problem = parsed.problem(source)
+            if problem:
+                # Skipped records are reported; what the file stored before is kept, not pruned.
+                report.errors.append({"source": source, "error": problem})
+                seen.update(s for s in known if s.startswith(source + "#"))
             if single:
-                yield docs[0], digest
+                yield labelled(docs[0], source, label), digest
                 continue
             unchanged_before = report.documents_unchanged
             for doc, digest in self._changed(_last_wins(docs), known, report):
                 seen.add(doc.source)
-                yield doc, digest
+                yield labelled(doc, source, label), digest
             seen.update(d.source for d in docs)
             if report.documents_unchanged - unchanged_before == len(docs):
                 report.files_unchanged += 1
@@ -262,6 +285,7 @@ class Ingestor:
         report.documents_added += result["added"]
         report.documents_replaced += result["replaced"]
         report.chunks_added += result["chunks"]
+        report.duplicates.extend(s for s in result.get("duplicates", []) if s not in report.duplicates)
 
     @staticmethod
     def _stale(
@@ -286,6 +310,7 @@ def _last_wins(docs: list[Document]) -> list[Document]:
     """A file that repeats an id keeps its last record, as a re-ingest would."""
     by_source: dict[str, Document] = {}
     for doc in docs:
+        by_source.pop(doc.source, None)
         by_source[doc.source] = doc
     return list(by_source.values())
 

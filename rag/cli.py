@@ -1,6 +1,9 @@
 """The `rag` command line. Library errors become one-line messages and a non-zero exit code.
 
-Imports of torch, transformers and FAISS happen inside commands, so `rag --help` is instant.
+Exit codes: 0 success; 1 an error (nothing done, or every input of `ingest` failed); 2 a usage
+error (a bad flag or value, one line on stderr); 3 `ingest` stored some inputs and reported others
+as failed; 130 interrupted. Imports of torch, transformers and FAISS happen inside commands, so
+`rag --help` is instant.
 """
 
 from __future__ import annotations
@@ -73,6 +76,32 @@ def _runtime(**overrides: Any) -> Runtime:
     return Runtime(load_settings(**{**_State.overrides, **overrides}))
 
 
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+
+def text_argument(value: str) -> str:
+    """A query as typed: bytes that are not UTF-8 (Python keeps them as lone surrogates) are a
+    usage error here, not a traceback deep in the tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise typer.BadParameter("not valid UTF-8 text; check the terminal's encoding (LANG, LC_ALL)") from None
+    return value
+
+
+def k_between(low: int, high: int) -> Any:
+    """An option callback refusing a passage count outside [low, high] as a usage error."""
+
+    def check(value: Optional[int]) -> Optional[int]:
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"k must be between {low} and {high}, not {value}")
+        return value
+
+    return check
+
+
 def _print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
@@ -82,14 +111,17 @@ def ingest(
     paths: list[str] = typer.Argument(..., help="files, folders (recursive) or globs"),
     collection: Optional[str] = CollectionOpt,
     model: Optional[str] = typer.Option(None, "--model", help="embedding model for a new collection [env RAG_EMBEDDING_MODEL]"),
-    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="tokens per chunk for a new collection"),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="overlap in tokens for a new collection"),
+    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", min=8, max=8192, help="tokens per chunk for a new collection"),
+    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", min=0, help="overlap in tokens for a new collection"),
     index: Optional[str] = typer.Option(None, "--index", help="FAISS factory string for a new collection"),
     quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize", help="int8 encoder (CPU)"),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="delete documents whose files vanished from a re-ingested folder"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Ingest files into a collection: unchanged files are skipped, changed ones replaced."""
+    """Ingest files into a collection: unchanged files are skipped, changed ones replaced.
+
+    Exit code 0 when every input was stored (or was unchanged), 3 when some failed and the others
+    were stored, 1 when none could be stored."""
     rt = _runtime(
         embedding_model=model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, index_factory=index, quantize=quantize
     )
@@ -107,21 +139,29 @@ def ingest(
         )
         for error in report.errors:
             typer.echo(f"error: {error['error']}", err=True)
-    if report.errors and not (report.documents_added or report.documents_replaced or report.documents_unchanged):
-        raise typer.Exit(1)
+    raise typer.Exit(ingest_exit_code(report.errors, report.documents_added + report.documents_replaced + report.documents_unchanged))
+
+
+def ingest_exit_code(errors: list[dict[str, str]], documents_ok: int) -> int:
+    """0 all inputs stored, 3 some failed and some stored, 1 none stored."""
+    if not errors:
+        return 0
+    return EXIT_PARTIAL if documents_ok else EXIT_ERROR
 
 
 @app.command()
 def search(
-    query: str = typer.Argument(..., help="the question or keywords"),
+    query: str = typer.Argument(..., callback=text_argument, help="the question or keywords"),
     collection: Optional[str] = CollectionOpt,
     k: int = typer.Option(10, "-k", "--top-k", help="passages to return"),
     retriever: Optional[str] = RetrieverOpt,
     fusion: Optional[str] = FusionOpt,
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else ~sqrt(nlist)]"),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", min=1, help="HNSW candidate list [default: the collection's, else 64]"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the passages most similar to QUERY."""
-    rt = _runtime(retriever=retriever, fusion=fusion)
+    rt = _runtime(retriever=retriever, fusion=fusion, nprobe=nprobe, ef_search=ef_search)
     passages = rt.retriever(collection).retrieve(query, k)
     if as_json:
         _print_json([p.to_dict() for p in passages])
@@ -134,19 +174,41 @@ def search(
         typer.echo(textwrap.indent(textwrap.shorten(p.text, 300, placeholder=" …"), "    "))
 
 
-@app.command()
-def collections(as_json: bool = JsonOpt) -> None:
-    """List collections."""
+collections_app = typer.Typer(help="List collections, or delete one whole.", invoke_without_command=True)
+app.add_typer(collections_app, name="collections")
+
+
+@collections_app.callback()
+def collections(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """List collections; one whose stored config no longer loads is listed as unusable."""
+    if ctx.invoked_subcommand is not None:
+        return
     rt = _runtime()
     names = rt.store.collection_names()
+    broken = rt.store.broken()
     if as_json:
-        _print_json([rt.store.collection(n).stats() for n in names])
+        _print_json(
+            [rt.store.collection(n).stats() for n in names]
+            + [{"collection": n, "unusable": reason} for n, reason in broken.items()]
+        )
         return
-    if not names:
+    if not names and not broken:
         typer.echo("no collections yet: rag ingest PATH")
     for name in names:
         s = rt.store.collection(name).stats()
         typer.echo(f"{name}: {s['documents']} documents, {s['chunks']} chunks, {s['encoder']['model']}")
+    for name, reason in broken.items():
+        typer.echo(f"{name}: unusable ({reason}); remove it with: rag collections delete {name}")
+
+
+@collections_app.command("delete")
+def collections_delete(name: str = typer.Argument(..., help="collection to delete whole"), as_json: bool = JsonOpt) -> None:
+    """Delete a collection whole: documents, chunks, runs and index files."""
+    _runtime().store.drop_collection(name)
+    if as_json:
+        _print_json({"collection": name, "deleted": True})
+    else:
+        typer.echo(f"{name}: deleted")
 
 
 @app.command()
@@ -156,24 +218,30 @@ def stats(collection: Optional[str] = CollectionOpt, as_json: bool = JsonOpt) ->
     if as_json:
         _print_json(info)
         return
-    for key in ("collection", "documents", "chunks", "vectors", "index_factory", "dim", "index_bytes"):
+    for key in ("collection", "documents", "chunks", "vectors", "index_factory", "dim", "index_bytes", "generation"):
         typer.echo(f"{key:>14}: {info[key]}")
+    typer.echo(f"{'segments':>14}: {len(info['segments'])} ({', '.join(info['segment_factories']) or 'none'})")
     typer.echo(f"{'encoder':>14}: {info['encoder']['model']} ({info['encoder']['pooling']} pooling, normalize={info['encoder']['normalize']})")
 
 
 @app.command()
 def delete(
-    refs: list[str] = typer.Argument(..., help="document ids, external ids or source paths"),
+    sources: list[str] = typer.Argument(None, help="source paths (or record sources such as file.jsonl#id)"),
+    ids: list[int] = typer.Option([], "--id", help="internal document id (repeatable)"),
+    external_ids: list[str] = typer.Option([], "--external-id", help="external id from the input, e.g. a BEIR _id (repeatable)"),
     collection: Optional[str] = CollectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Remove documents from SQL and FAISS together."""
+    """Remove documents from SQL and the indexes together; each reference says what it is."""
     target = _runtime().collection(collection)
-    ids = sorted({i for ref in refs for i in target.find_documents(ref)})
+    refs = [(s, "source") for s in sources or []] + [(i, "id") for i in ids] + [(e, "external_id") for e in external_ids]
+    if not refs:
+        raise RagError("name documents to delete: SOURCE..., --id N or --external-id X")
     with target.writer():
-        result = target.delete(ids)
+        found = sorted({i for ref, kind in refs for i in target.find_documents(ref, by=kind)})  # type: ignore[arg-type]
+        result = target.delete(found)
     if as_json:
-        _print_json({"collection": target.name, "deleted": result["deleted"], "document_ids": ids})
+        _print_json({"collection": target.name, "deleted": result["deleted"], "document_ids": found})
     else:
         typer.echo(f"{target.name}: deleted {result['deleted']} documents")
 
@@ -181,7 +249,7 @@ def delete(
 @app.command()
 def doctor(
     collection: Optional[str] = CollectionOpt,
-    repair: bool = typer.Option(True, "--repair/--check-only", help="fix drift (re-embed missing vectors, drop orphans)"),
+    repair: bool = typer.Option(True, "--repair/--check-only", help="fix drift (re-embed missing vectors); --check-only reads and changes nothing"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check that SQL and FAISS agree; exit 0 only when they do."""
@@ -198,10 +266,12 @@ def doctor(
     else:
         b = before.to_dict()
         typer.echo(
-            f"{target.name}: {b['sql_chunks']} chunks in SQL, {b['faiss_vectors']} vectors in FAISS, "
-            f"{b['missing_in_faiss']} missing, {b['orphans_in_faiss']} orphans, "
-            f"{b['pending_documents']} pending, {b['deleting_documents']} deleting"
+            f"{target.name}: generation {b['generation']}, {b['sql_chunks']} chunks in SQL, {b['faiss_vectors']} vectors "
+            f"and {b['keyword_chunks']} keyword entries for them, {b['tombstones']} tombstones, "
+            f"{b['unpublished_documents']} unpublished documents"
         )
+        for problem in before.problems():
+            typer.echo(f"problem: {problem}")
         if after is not before:
             typer.echo("repaired: consistent" if after.consistent else f"still inconsistent: {after.to_dict()}")
         elif before.consistent:
@@ -291,14 +361,41 @@ _register_command_modules()
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    try:  # typer >= 0.22 carries its own copy of click
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:
+        from click.exceptions import NoArgsIsHelpError, UsageError
+
     try:
-        app()
+        code = typer.main.get_command(app).main(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "rag"
+        typer.echo(f"error: {exc.format_message()} (see: {command} --help)", err=True)
+        sys.exit(EXIT_USAGE)
+    except ValidationError as exc:  # a setting from a flag, RAG_* or rag.toml out of its range
+        typer.echo(f"error: {settings_message(exc)}", err=True)
+        sys.exit(EXIT_USAGE)
     except RagError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
+        sys.exit(EXIT_ERROR)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted; what was fully written is kept", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def settings_message(exc: Any) -> str:
+    """A pydantic ValidationError of `Settings` on one line: which setting, what is wrong."""
+    parts = []
+    for err in exc.errors()[:3]:
+        name = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+        parts.append(f"{name} (RAG_{name.upper()}) = {err.get('input')!r}: {err.get('msg', 'invalid')}")
+    return "invalid setting " + "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -79,15 +79,17 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    from rag.cli import CollectionOpt, JsonOpt, ReportOpt, _print_json
+    from rag.cli import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
 
     @app.command()
     def ask(
-        question: str = typer.Argument(..., help="the question"),
+        question: str = typer.Argument(..., callback=text_argument, help="the question"),
         collection: Optional[str] = CollectionOpt,
-        mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative [env RAG_ANSWER_MODE]"),
-        k: Optional[int] = typer.Option(None, "-k", "--top-k", help="passages to read [env RAG_ANSWER_K, default 5]"),
-        retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid [env RAG_RETRIEVER]"),
+        mode: Optional[str] = typer.Option(
+            None, "--mode", "-m", callback=_one_of("extractive", "generative"), help="extractive | generative [env RAG_ANSWER_MODE]"
+        ),
+        k: Optional[int] = typer.Option(None, "-k", "--top-k", callback=k_between(1, 50), help="passages to read [env RAG_ANSWER_K, default 5]"),
+        retriever: Optional[str] = RetrieverOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Answer QUESTION from a collection, with citations to the passages it came from."""

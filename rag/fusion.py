@@ -42,18 +42,34 @@ def reciprocal_rank_fusion(
     return _ranked(scored, passages, k)
 
 
-def normalize_scores(scores: np.ndarray, method: Normalization = "minmax") -> np.ndarray:
+def normalize_scores(scores: np.ndarray, method: Normalization = "zscore") -> np.ndarray:
     """Scores of one list mapped to a common scale: [0, 1] (min-max) or mean 0, sd 1 (z-score)."""
+    return _normalized(scores, method)[0]
+
+
+def _normalized(scores: np.ndarray, method: Normalization) -> tuple[np.ndarray, float]:
+    """(normalised scores, the score of a passage the list did not return).
+
+    A missing passage counts as the list's lowest candidate. When the list cannot be spread out
+    (one hit, or all tied) its hits are one unit above a missing passage (1 vs 0 for min-max,
+    0 vs -1 for z-score): a lone keyword hit still beats documents the keyword side never found.
+    """
     scores = np.asarray(scores, dtype=np.float64)
+    if method not in ("minmax", "zscore"):
+        raise InvalidInput(f"unknown normalization {method!r}; use 'minmax' or 'zscore'")
     if len(scores) == 0:
-        return scores
+        return scores, 0.0
     if method == "minmax":
         span = scores.max() - scores.min()
-        return (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
-    if method == "zscore":
-        sd = scores.std()
-        return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
-    raise InvalidInput(f"unknown normalization {method!r}; use 'minmax' or 'zscore'")
+        if span > 0:
+            normalized = (scores - scores.min()) / span
+            return normalized, float(normalized.min())
+        return np.ones_like(scores), 0.0
+    sd = scores.std()
+    if sd > 0:
+        normalized = (scores - scores.mean()) / sd
+        return normalized, float(normalized.min())
+    return np.zeros_like(scores), -1.0
 
 
 def convex_combination(
@@ -61,7 +77,7 @@ def convex_combination(
     sparse: Sequence[Passage],
     k: int,
     weight: float = 0.5,
-    normalization: Normalization = "minmax",
+    normalization: Normalization = "zscore",
 ) -> list[Passage]:
     """score(d) = weight * dense'(d) + (1 - weight) * sparse'(d) over normalised scores.
 
@@ -74,9 +90,9 @@ def convex_combination(
     sides: list[dict[int, float]] = []
     floors: list[float] = []
     for ranking in (dense, sparse):
-        normalized = normalize_scores(np.asarray([p.score for p in ranking]), normalization)
+        normalized, floor = _normalized(np.asarray([p.score for p in ranking]), normalization)
         sides.append({p.chunk_id: float(s) for p, s in zip(ranking, normalized)})
-        floors.append(float(normalized.min()) if len(normalized) else 0.0)
+        floors.append(floor)
         for p in ranking:
             passages.setdefault(p.chunk_id, p)
     scored = {

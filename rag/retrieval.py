@@ -1,7 +1,9 @@
 """Question in, ranked passages out: dense (FAISS), bm25 (keyword) or hybrid (both, fused).
 
 Every retriever has the same two methods (`Retriever`); reranking and MMR wrap any of them.
-All hits come back through SQL (`Collection.passage_rows`), so only ready documents are returned.
+All hits come back through SQL from one published snapshot of the collection, so a search sees
+a write batch entirely or not at all. `SearchParams` (nprobe, efSearch) override the collection's
+own for the queries of one retriever.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from indexes.config import SearchParams
 from indexes.encoder import Encoder
 from indexes.errors import InvalidInput
 from indexes.store import Collection
@@ -86,18 +89,26 @@ class _Base:
 class DenseRetriever(_Base):
     """Embeds queries with the collection's own encoder and searches its FAISS index."""
 
-    def __init__(self, collection: Collection, encoder: Encoder, max_query_chars: int = 2000, max_k: int = 1000) -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder,
+        max_query_chars: int = 2000,
+        max_k: int = 1000,
+        search_params: SearchParams | None = None,
+    ) -> None:
         collection.require_encoder(encoder.spec)
         self.collection = collection
         self.encoder = encoder
         self.max_query_chars = max_query_chars
         self.max_k = max_k
+        self.search_params = search_params
 
     def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
         cleaned = self._checked(queries, k)
         vectors = self.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
-            return self.collection.search(vectors, k)
+            return self.collection.search(vectors, k, self.search_params)
 
 
 class BM25Retriever(_Base):
@@ -119,10 +130,10 @@ class HybridRetriever(_Base):
         self,
         dense: DenseRetriever,
         sparse: BM25Retriever,
-        fusion: Literal["rrf", "convex"] = "rrf",
+        fusion: Literal["rrf", "convex"] = "convex",
         rrf_k: float = 60.0,
         weight: float = 0.5,
-        normalization: Normalization = "minmax",
+        normalization: Normalization = "zscore",
         depth: int = 100,
     ) -> None:
         if fusion not in ("rrf", "convex"):
@@ -144,7 +155,7 @@ class HybridRetriever(_Base):
         depth = max(self.depth, k)
         vectors = self.dense.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
-            dense, sparse = self.dense.collection.hybrid_search(vectors, cleaned, depth)
+            dense, sparse = self.dense.collection.hybrid_search(vectors, cleaned, depth, self.dense.search_params)
         fused = []
         for d, s in zip(dense, sparse):
             if self.fusion == "rrf":
@@ -189,10 +200,10 @@ class MMRRetriever(_Base):
         """Stored vectors reconstructed from FAISS; re-embedded where the index cannot (IVF, PQ)."""
         if not passages:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
-        index = self.collection.vectors().index
         try:
-            return np.vstack([index.reconstruct(int(p.chunk_id)) for p in passages])
-        except (RuntimeError, AttributeError):
+            stored = self.collection.stored_vectors([p.chunk_id for p in passages])
+            return np.vstack([stored[p.chunk_id] for p in passages])
+        except (RuntimeError, KeyError):
             texts = [self.collection.embedding_text(p.title, p.text) for p in passages]
             return self.encoder.encode(texts, kind="passage")
 
@@ -218,19 +229,20 @@ def build_retriever(
     if kind not in RETRIEVER_KINDS:
         raise InvalidInput(f"unknown retriever {kind!r}; use one of {', '.join(RETRIEVER_KINDS)}")
     limits = {"max_query_chars": settings.max_query_chars, "max_k": settings.max_k}
+    params = SearchParams(nprobe=settings.nprobe, ef_search=settings.ef_search)
     if kind != "bm25" or settings.mmr_lambda is not None:
         if encoder is None:
             raise InvalidInput(f"the {kind} retriever needs the collection's encoder")
     retriever: _Base
     if kind == "dense":
         assert encoder is not None
-        retriever = DenseRetriever(collection, encoder, **limits)
+        retriever = DenseRetriever(collection, encoder, search_params=params, **limits)
     elif kind == "bm25":
         retriever = BM25Retriever(collection, **limits)
     else:
         assert encoder is not None
         retriever = HybridRetriever(
-            DenseRetriever(collection, encoder, **limits),
+            DenseRetriever(collection, encoder, search_params=params, **limits),
             BM25Retriever(collection, **limits),
             fusion=settings.fusion,
             rrf_k=settings.rrf_k,

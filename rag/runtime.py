@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from indexes.encoder import Encoder, EncoderSpec, set_threads
 from indexes.errors import CollectionNotFound
-from indexes.store import Collection, CollectionConfig, Store
+from indexes.store import Collection, CollectionConfig, SearchParams, Store
 from ingest.chunking import SentenceWindowChunker
 from ingest.pipeline import Ingestor
 from rag.retrieval import Retriever, build_retriever
@@ -85,8 +85,9 @@ class Runtime:
                 chunk_tokens=min(self.settings.chunk_tokens, encoder.max_tokens - 2),
                 chunk_overlap=self.settings.chunk_overlap,
                 title_in_embedding=self.settings.title_in_embedding,
+                search=SearchParams(nprobe=self.settings.nprobe, ef_search=self.settings.ef_search),
             )
-            return self.store.create_collection(name, config)
+            return self.store.create_collection(name, config)  # validates the config first
         self.encoder_for(found)
         return found
 
@@ -99,7 +100,7 @@ class Runtime:
             collection,
             encoder,
             chunker,
-            max_file_bytes=self.settings.max_file_bytes,
+            limits=self.settings.input_limits,
             batch_chunks=self.settings.batch_chunks,
             show_progress=show_progress,
         )

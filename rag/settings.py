@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from indexes.encoder import DEFAULT_EMBEDDER
+from ingest.loaders import InputLimits
 from rag.reader import DEFAULT_READER
 
 
@@ -45,7 +46,9 @@ class Settings(BaseSettings):
     title_in_embedding: bool = True
     index_factory: str = Field("Flat", description="FAISS factory string: Flat, HNSW32, IVF1024,PQ48 ...")
     mmap: bool = Field(True, description="memory-map FAISS indexes for search where FAISS allows")
-    batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one FAISS save each)")
+    batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one new index segment each)")
+    nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists searched per query; default: the collection's, else about sqrt(nlist)")
+    ef_search: int | None = Field(None, ge=1, le=65536, description="HNSW candidate list per query; default: the collection's, else 64 (128 from 1M vectors)")
 
     # Retrieval: which retriever answers, how hybrid fuses, and optional reranking and diversity.
     retriever: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="dense (FAISS), bm25 (keyword) or both fused")
@@ -59,7 +62,12 @@ class Settings(BaseSettings):
     mmr_lambda: float | None = Field(None, ge=0, le=1, description="MMR relevance/diversity trade-off; unset: no MMR")
 
     max_query_chars: int = Field(2000, ge=1)
-    max_file_mb: float = Field(50.0, gt=0)
+    max_file_mb: float = Field(50.0, gt=0, description="largest input file, in MiB, as stored or uploaded")
+    # What one input may expand to once parsed (ingest.loaders.InputLimits); checked while streaming.
+    max_expanded_mb: float = Field(256.0, gt=0, description="bytes a compressed file (.gz, .docx) may decompress to, in MiB")
+    max_records: int = Field(1_000_000, ge=1, description="documents (JSONL lines, SQuAD paragraphs) per file")
+    max_document_chars: int = Field(20_000_000, ge=1, description="characters per document")
+    max_json_depth: int = Field(32, ge=1, description="nesting depth of a record's metadata")
     max_k: int = Field(1000, ge=1)
 
     # Answering (`rag ask`, `/v1/ask`): generation and the citation check.
@@ -113,6 +121,16 @@ class Settings(BaseSettings):
     @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * 1024 * 1024)
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(
+            max_file_bytes=self.max_file_bytes,
+            max_expanded_bytes=int(self.max_expanded_mb * 1024 * 1024),
+            max_records=self.max_records,
+            max_document_chars=self.max_document_chars,
+            max_json_depth=self.max_json_depth,
+        )
 
     @classmethod
     def settings_customise_sources(

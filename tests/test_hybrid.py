@@ -66,6 +66,24 @@ def test_convex_counts_a_missing_side_as_that_sides_lowest_score() -> None:
     assert fused == pytest.approx({1: 0.5, 2: 0.0, 3: 0.5})
 
 
+@pytest.mark.parametrize("normalization", ["zscore", "minmax"])
+def test_a_lone_keyword_hit_outranks_passages_the_keyword_side_never_found(normalization: str) -> None:
+    # Reproduced on the old code: z-score mapped a one-hit list to 0, the same as a missing
+    # passage, so the only chunk containing the query's rare term ranked below dense-only hits.
+    dense = _ranking((1, 0.80), (2, 0.79), (3, 0.78), (4, 0.77))
+    sparse = _ranking((5, 7.5))
+    fused = convex_combination(dense, sparse, 3, 0.5, normalization)  # type: ignore[arg-type]
+    assert 5 in [p.chunk_id for p in fused]
+
+
+def test_library_and_cli_default_to_the_same_fusion() -> None:
+    from rag.settings import Settings
+
+    hybrid = HybridRetriever.__init__.__defaults__  # type: ignore[misc]
+    settings = Settings()
+    assert hybrid[0] == settings.fusion and hybrid[3] == settings.normalization
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory, encoder):  # type: ignore[no-untyped-def]
     docs, claims = scifact_sample(20)
@@ -111,7 +129,7 @@ def test_a_deleted_document_never_comes_back_through_hybrid(tmp_path: Path, enco
     hybrid = HybridRetriever(DenseRetriever(reader, encoder), BM25Retriever(reader), depth=50)
     assert hybrid.retrieve(docs[0].title, 1)[0].external_id == docs[0].external_id
     with collection.writer():
-        collection.delete(collection.find_documents(docs[0].external_id or ""))
+        collection.delete(collection.find_documents(docs[0].external_id or "", by="external_id"))
     for fusion in ("rrf", "convex"):
         hybrid.fusion = fusion
         assert all(h.external_id != docs[0].external_id for h in hybrid.retrieve(docs[0].title, 50))

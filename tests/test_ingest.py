@@ -113,7 +113,7 @@ def test_a_file_over_the_size_limit_is_refused_without_being_read(runtime: Runti
         handle.truncate(100 * 1024 * 1024)
     report = _ingest(runtime, corpus)
     assert report.documents_added == 3
-    assert any("huge.txt" in e["error"] and "MB limit" in e["error"] for e in report.errors)
+    assert any("huge.txt" in e["error"] and "MiB limit" in e["error"] for e in report.errors)
 
 
 def test_a_file_that_became_unreadable_keeps_what_was_stored(runtime: Runtime, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ingest.loaders import LoadError, load_bytes
+from ingest.loaders import MIB, InputLimits, LoadError, load_bytes, parse
 from tests.conftest import SQUAD_DEV
 
 
@@ -115,8 +115,17 @@ def test_gzipped_squad_json_is_read() -> None:
         (b"caf\xe9 au lait", "/c/latin1.txt", "not valid UTF-8"),
         (b"%PDF-1.4\n1 0 obj garbage", "/c/broken.pdf", "not a readable PDF"),
         (b"PK\x03\x04 not really a zip", "/c/broken.docx", "not a readable DOCX"),
-        (b'{"id": 1, "text": "ok"}\n{broken', "/c/bad.jsonl", "bad.jsonl:2: invalid JSON"),
-        (b'{"id": 1}', "/c/notext.jsonl", "missing a string field 'text'"),
+        (b'{"id": 1, "text": "ok"}\n{broken', "/c/bad.jsonl", "skipped 1 bad record(s), kept 1: line 2: invalid JSON"),
+        (b'{"id": 1}', "/c/notext.jsonl", "no usable record; line 1: missing a string field 'text'"),
+        (b'{"data": [1]}', "/c/squad.json", "data[0] must be an object"),
+        (b'{"data": [{"title": "T", "paragraphs": [{"qas": []}]}]}', "/c/noctx.json", "data[0].paragraphs[0] has no 'context'"),
+        (b'{"data": [{"title": "T", "paragraphs": [{"context": 3}]}]}', "/c/intctx.json", "'context' must be a string"),
+        (b'{"data": [{"title": "T", "paragraphs": "x"}]}', "/c/strpar.json", "data[0].paragraphs must be a list"),
+        (b'{"data": [{"title": ["T"], "paragraphs": []}]}', "/c/ttl.json", "data[0].title must be a string"),
+        (b"[" * 100_000 + b"]" * 100_000, "/c/deep.json", "nested too deeply"),
+        (b'{"a": 1}', "/c/other.json", "JSON must be SQuAD"),
+        (gzip.compress(b'{"text": "x"}')[:-6], "/c/cut.jsonl.gz", "not a valid gzip file"),
+        (b"not gzip at all", "/c/fake.json.gz", "not a valid gzip file"),
         (b"\x00\x01\x02binary", "/c/bin.txt", "NUL bytes"),
         (b"data", "/c/image.png", "unsupported file type"),
     ],
@@ -126,3 +135,69 @@ def test_bad_files_raise_a_load_error_that_names_the_file(data: bytes, name: str
         load_bytes(data, name)
     assert message in str(caught.value)
     assert name.rsplit("/", 1)[-1] in str(caught.value)
+
+
+def test_a_jsonl_file_keeps_its_good_lines_and_names_the_bad_ones() -> None:
+    data = b"\n".join(
+        [
+            b'{"id": "a", "text": "Radium glows."}',
+            b"{broken",
+            b'{"id": "b", "text": "caf\xe9"}',
+            b"[1, 2]",
+            b'{"id": "c", "text": "Polonium too."}',
+            b'{"id": "d", "title": {"x": 1}, "text": "bad title"}',
+        ]
+    )
+    parsed = parse(data, "/c/mixed.jsonl")
+    assert [d.external_id for d in parsed.documents] == ["a", "c"]
+    assert [s.split(":")[0] for s in parsed.skipped] == ["line 2", "line 3", "line 4", "line 6"]
+    problem = parsed.problem("/c/mixed.jsonl")
+    assert problem is not None and problem.startswith("/c/mixed.jsonl: skipped 4 bad record(s), kept 2: line 2: invalid JSON")
+
+
+def test_a_json_list_keeps_its_good_records() -> None:
+    parsed = parse(json.dumps([{"id": 1, "text": "ok"}, {"id": 2}, 7]).encode(), "/c/list.json")
+    assert [d.external_id for d in parsed.documents] == ["1"]
+    assert parsed.skipped == ["record 2: missing a string field 'text'", "record 3: expected a JSON object, not int"]
+
+
+def _bomb(line: bytes, copies: int) -> bytes:
+    """A gzip stream of `copies` lines, compressed one block at a time so it is never whole in memory."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = line * 4096
+    out = [packer.compress(block) for _ in range(copies // 4096)]
+    return b"".join(out) + packer.flush()
+
+
+def test_a_decompression_bomb_is_refused_while_it_streams() -> None:
+    import resource
+
+    bomb = _bomb(json.dumps({"text": "x" * 1000}).encode() + b"\n", 1_100_000)  # ~1.1 GiB unpacked
+    assert len(bomb) < 5 * MIB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(LoadError, match=r"bomb.jsonl.gz: expands to over the 256 MiB limit when decompressed \(RAG_MAX_EXPANDED_MB\)"):
+        parse(bomb, "/c/bomb.jsonl.gz")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 64, f"peak RSS grew by {grown_mib:.0f} MiB"
+
+
+def test_input_limits_name_their_setting() -> None:
+    limits = InputLimits(max_file_bytes=MIB, max_expanded_bytes=2 * MIB, max_records=3, max_document_chars=100, max_json_depth=3)
+    with pytest.raises(LoadError, match=r"big.txt: 1.5 MiB is over the 1 MiB limit \(RAG_MAX_FILE_MB\)"):
+        parse(b"x" * (3 * MIB // 2), "/c/big.txt", limits)
+    with pytest.raises(LoadError, match=r"more than 3 records \(RAG_MAX_RECORDS\)"):
+        parse(b'{"text": "a"}\n' * 4, "/c/many.jsonl", limits)
+    with pytest.raises(LoadError, match=r"long.txt: 101 characters, over the 100 limit \(RAG_MAX_DOCUMENT_CHARS\)"):
+        parse(b"y" * 101, "/c/long.txt", limits)
+    parsed = parse(b'{"id": "ok", "text": "a"}\n{"id": "deep", "text": "b", "metadata": {"a": {"b": {"c": {"d": 1}}}}}', "/c/d.jsonl", limits)
+    assert [d.external_id for d in parsed.documents] == ["ok"]
+    assert parsed.skipped == ["record deep: metadata nested deeper than 3 levels (RAG_MAX_JSON_DEPTH)"]
+    with pytest.raises(LoadError, match=r"d.docx: expands to over the 2 MiB limit"):
+        parse(make_docx(["z" * (3 * MIB)]), "/c/d.docx", limits)
+
+
+def test_concatenated_gzip_members_all_load() -> None:
+    data = gzip.compress(b'{"id": 1, "text": "one"}\n') + gzip.compress(b'{"id": 2, "text": "two"}\n')
+    assert [d.text for d in load_bytes(data, "/c/two.jsonl.gz")] == ["one", "two"]

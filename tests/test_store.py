@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from indexes.encoder import EncoderSpec
-from indexes.errors import CollectionNotFound, EncoderMismatch, InvalidInput
-from indexes.store import CollectionConfig, NewDocument, Store
+from indexes.errors import CollectionNotFound, DocumentNotFound, EncoderMismatch, InvalidInput
+from indexes.store import CollectionConfig, NewDocument, SearchParams, Store
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
 from ingest.pipeline import document_hash
@@ -53,10 +53,10 @@ def test_written_documents_are_searchable_with_offsets_into_their_source(collect
 def test_replacing_a_document_swaps_its_chunks_and_vectors(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, "curie", TEXTS["curie"])])
-        old_ids = set(collection.vectors().ids().tolist())
+        old_ids = collection.snapshot().visible_chunk_ids()
         result = collection.write([_new(encoder, "curie", "Marie Curie moved to Paris in 1891.")])
     assert result["replaced"] == 1
-    new_ids = set(collection.vectors().ids().tolist())
+    new_ids = collection.snapshot().visible_chunk_ids()
     assert not old_ids & new_ids
     assert collection.stats()["documents"] == 1
     assert collection.check().consistent
@@ -67,7 +67,7 @@ def test_replacing_a_document_swaps_its_chunks_and_vectors(collection, encoder) 
 def test_delete_removes_rows_and_vectors_together(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, name, text) for name, text in TEXTS.items()])
-        target = collection.find_documents("faiss")
+        target = collection.find_documents("faiss", by="source")
         collection.delete(target)
     stats = collection.stats()
     assert stats["documents"] == 2
@@ -80,10 +80,10 @@ def test_delete_removes_rows_and_vectors_together(collection, encoder) -> None: 
 def test_chunk_ids_are_never_reused_after_a_delete(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, "a", TEXTS["curie"])])
-        first = set(collection.vectors().ids().tolist())
-        collection.delete(collection.find_documents("a"))
+        first = collection.snapshot().visible_chunk_ids()
+        collection.delete(collection.find_documents("a", by="source"))
         collection.write([_new(encoder, "b", TEXTS["curie"])])
-        second = set(collection.vectors().ids().tolist())
+        second = collection.snapshot().visible_chunk_ids()
     assert min(second) > max(first)
 
 
@@ -92,27 +92,33 @@ def test_writes_need_the_writer_lock(collection, encoder) -> None:  # type: igno
         collection.write([_new(encoder, "a", TEXTS["curie"])])
 
 
-def test_a_missing_faiss_file_is_reported_and_repaired_by_re_embedding(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_segment_is_reported_and_repaired_by_re_embedding(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     with collection.writer():
         collection.write([_new(encoder, name, text) for name, text in TEXTS.items()])
-    collection.index_path.unlink()
-    report = collection.check()
-    assert not report.consistent and len(report.missing_in_faiss) == report.sql_chunks
+    for path in collection.folder.glob("seg-*.faiss"):
+        path.unlink()
+    report = Store(collection.store.home, str(collection.store.engine.url.render_as_string(hide_password=False))).collection("test").check()
+    assert not report.consistent and report.unreadable_segments and report.problems()
     with collection.writer():
         repaired = collection.repair(lambda texts: encoder.encode(texts))
     assert repaired.consistent
     assert collection.search(encoder.encode(["Where was Lippmann born?"], kind="query"), 1)[0][0].source == "lippmann"
 
 
-def test_orphan_vectors_are_dropped_when_a_writer_opens(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_stray_files_and_dead_runs_are_cleaned_by_the_next_writer(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    from indexes.schema import RunRow
+
     with collection.writer():
         collection.write([_new(encoder, "curie", TEXTS["curie"])])
-    index = collection.vectors()
-    index.add(np.array([999_999], dtype=np.int64), np.ones((1, encoder.dim), dtype=np.float32))
-    index.save(collection.index_path)
-    assert collection.check().orphans_in_faiss == [999_999]
+    stray = collection.folder / "seg-000009.faiss.abc123.tmp"  # an atomic save killed before its rename
+    stray.write_bytes(b"half")
+    with collection.store.sessions.begin() as session:
+        session.add(RunRow(collection_id=collection.id, status="running"))  # its process was killed
     with collection.writer():
         pass
+    assert not stray.exists()
+    with collection.store.sessions() as session:
+        assert [r.status for r in session.query(RunRow)] == ["interrupted"]
     assert collection.check().consistent
 
 
@@ -138,6 +144,150 @@ def test_other_faiss_indexes_support_add_remove_and_id_listing(tmp_path: Path, e
     sentences = [f"Sentence number {i} talks about topic {i % 7} in some detail." for i in range(60)]
     with collection.writer():
         collection.write([_new(encoder, f"doc{i}", s) for i, s in enumerate(sentences)])
-        collection.delete(collection.find_documents("doc3"))
+        collection.delete(collection.find_documents("doc3", by="source"))
     assert collection.check().consistent
     assert collection.stats()["vectors"] == 59
+    assert collection.stats()["documents"] == 59
+
+
+# -- issue 9: references, visibility, duplicates, search parameters, validation ------------------
+
+
+def test_numeric_external_ids_are_never_taken_for_internal_ids(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    def doc(external: str, text: str) -> NewDocument:
+        item = _new(encoder, f"scifact#{external}", text)
+        return NewDocument(Document(item.document.source, text, external, external_id=external), item.content_hash, item.chunks, item.vectors)
+
+    with collection.writer():
+        collection.write([doc("4983", TEXTS["curie"]), doc("1", TEXTS["lippmann"])])
+    first = collection.find_documents("4983", by="external_id")
+    assert collection.find_documents(first[0], by="id") == first
+    # "1" as an external id is the document whose external id is "1", whatever its row id is.
+    by_external = collection.find_documents("1", by="external_id")
+    assert collection.documents()[[d["id"] for d in collection.documents()].index(by_external[0])]["external_id"] == "1"
+    with pytest.raises(DocumentNotFound):
+        collection.find_documents("4983", by="id")
+
+
+def test_a_reader_sees_every_document_old_or_new_never_neither_while_a_writer_replaces_them(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    names = list(TEXTS)
+    with collection.writer():
+        collection.write([_new(encoder, n, TEXTS[n]) for n in names])
+    versions = {n: [_new(encoder, n, TEXTS[n]), _new(encoder, n, TEXTS[n] + " Revised edition.")] for n in names}
+    queries = encoder.encode([TEXTS[n] for n in names], kind="query")
+    reader = Store(collection.store.home, collection.store.engine.url.render_as_string(hide_password=False)).collection("test")
+    stop = threading.Event()
+    failures: list[str] = []
+    searches = 0
+
+    def read() -> None:
+        nonlocal searches
+        while not stop.is_set():
+            dense, sparse = reader.hybrid_search(queries, [TEXTS[n] for n in names], 10)
+            for hits in (dense, sparse):
+                for name, found in zip(names, hits):
+                    if sum(h.source == name for h in found) == 0:
+                        failures.append(f"{name} invisible")
+                    if len({h.doc_id for h in found if h.source == name}) > 1:
+                        failures.append(f"{name} visible twice")
+            searches += 1
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        with collection.writer():
+            for round_ in range(12):
+                collection.write([versions[n][round_ % 2] for n in names])
+    finally:
+        stop.set()
+        thread.join()
+    assert searches > 5
+    assert not failures, failures[:5]
+    assert collection.stats()["documents"] == len(names)
+    assert collection.check().consistent
+
+
+def test_duplicate_sources_in_one_batch_last_wins_and_are_reported(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import IntegrityError
+
+    from indexes.schema import DocumentRow
+
+    with collection.writer():
+        result = collection.write([_new(encoder, "same", TEXTS["curie"]), _new(encoder, "same", TEXTS["lippmann"])])
+    assert result["duplicates"] == ["same"] and result["added"] == 1
+    assert [d["source"] for d in collection.documents()] == ["same"]
+    assert collection.document_text(collection.find_documents("same", by="source")[0]) == TEXTS["lippmann"]
+    # SQL itself refuses a second live document with the same source.
+    with pytest.raises(IntegrityError):
+        with collection.store.sessions.begin() as session:
+            session.add(
+                DocumentRow(collection_id=collection.id, source="same", text="x", content_hash="h", added_gen=1, title="", doc_metadata={})
+            )
+
+
+def test_ivf_starts_exact_trains_once_enough_vectors_exist_and_takes_nprobe(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "home")
+    config = CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory="IVF4,Flat", chunk_tokens=16, chunk_overlap=4)
+    collection = store.create_collection("ivf", config)
+    with collection.writer():
+        collection.write([_new(encoder, "first", TEXTS["curie"])])  # one vector: far too few to train IVF4
+    assert collection.stats()["segment_factories"] == ["IDMap2,Flat"]
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(400, encoder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    from indexes.types import Chunk
+
+    batch = [
+        NewDocument(Document(f"v{i}", f"vector {i}"), f"h{i}", [Chunk(f"vector {i}", 0, len(f"vector {i}"), 0)], vectors[i : i + 1])
+        for i in range(400)
+    ]
+    with collection.writer():  # the first document goes in the same batch: exact answers are the v*
+        collection.write(batch, delete_ids=collection.find_documents("first", by="source"))
+    assert "IVF4,Flat" in collection.stats()["segment_factories"]
+    snap = collection.snapshot()
+    ivf = next(s for s in snap.segments if s.info.factory == "IVF4,Flat")
+    assert ivf.vectors.effective_params(SearchParams()) == {"nprobe": 4}  # default sqrt-based, capped at nlist
+    assert ivf.vectors.effective_params(SearchParams(nprobe=1)) == {"nprobe": 1}
+    queries = rng.normal(size=(100, encoder.dim)).astype(np.float32)
+    exact = vectors @ queries.T
+    full = [h[0].source for h in collection.search(queries, 1)]
+    one = [h[0].source for h in collection.search(queries, 1, SearchParams(nprobe=1))]
+    assert full == [f"v{i}" for i in np.argmax(exact, axis=0)]  # nprobe = nlist: exact
+    assert one != full  # nprobe 1 misses some: the parameter reaches FAISS
+    assert collection.check().consistent
+    store.close()
+
+
+def test_a_bad_config_is_refused_before_anything_is_stored(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "home")
+    with pytest.raises(InvalidInput, match="Bogus"):
+        store.create_collection("x", CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory="Bogus,XX"))
+    with pytest.raises(InvalidInput, match="overlap"):
+        store.create_collection("y", CollectionConfig(encoder=encoder.spec, dim=encoder.dim, chunk_tokens=16, chunk_overlap=500))
+    assert store.collection_names() == [] and store.broken() == {}
+
+
+def test_a_collection_whose_config_no_longer_loads_is_skipped_and_can_be_deleted(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from indexes.schema import CollectionRow
+    from indexes.store import CollectionUnusable
+
+    store = Store(tmp_path / "home")
+    good = store.create_collection("good", _config(encoder))
+    store.create_collection("bad", _config(encoder))
+    with store.sessions.begin() as session:  # e.g. written by an older version without validation
+        session.execute(update(CollectionRow).where(CollectionRow.name == "bad").values(config={**_config(encoder).to_dict(), "index_factory": "Bogus,XX"}))
+    fresh = Store(tmp_path / "home")
+    assert fresh.collection_names() == ["good"]
+    assert "Bogus" in fresh.broken()["bad"]
+    with pytest.raises(CollectionUnusable, match="rag collections delete bad"):
+        fresh.collection("bad")
+    with good.writer():
+        good.write([_new(encoder, "curie", TEXTS["curie"])])
+    fresh.drop_collection("bad")
+    assert fresh.broken() == {} and fresh.collection_names() == ["good"]
+    fresh.drop_collection("good")
+    assert fresh.collection_names() == [] and not (tmp_path / "home" / "collections" / "good").exists()

@@ -142,7 +142,7 @@ def delete_document(
     target: Collection = writer_collection(state.runtime, name)
     with target.writer():
         try:
-            found = [i for i in target.find_documents(str(doc_id)) if i == doc_id]
+            found = target.find_documents(doc_id, by="id")
         except DocumentNotFound:
             found = []
         if not found:

@@ -1,0 +1,189 @@
+"""Immutable index segments: one FAISS file and one BM25 term file over the same chunk ids.
+
+A write batch adds one segment; it never rewrites the others, so ingest I/O per batch does not
+grow with the collection. Segments are merged by a log-structured policy (`MERGE_FACTOR` segments
+of one size tier become one), which bounds their number at O(log n) and rewrites each vector
+O(log n) times in all; a merge also drops the vectors of removed documents (tombstones) and is the
+point where an index that needs training (IVF, PQ) is built once enough vectors exist: smaller
+segments are exact (`Flat`). Which segments a generation searches is recorded in SQL (the
+collection's manifest), never inferred from the folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexes.config import SearchParams
+from indexes.errors import RagError
+from indexes.keyword import Analyzer, KeywordSpec, TermSegment
+from indexes.vector import VectorIndex, training_size
+
+MERGE_FACTOR = 8
+COMPACT_DEAD_FRACTION = 0.3  # a segment with more tombstones than this is rewritten
+
+
+class SegmentMissing(RagError):
+    """A segment named by the published manifest cannot be read from the data home."""
+
+    code = "store_inconsistent"
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One manifest entry: what a reader needs to find a segment and a writer to plan merges."""
+
+    name: str
+    count: int
+    dead: int = 0
+    factory: str = "IDMap2,Flat"
+
+    @property
+    def live(self) -> int:
+        return self.count - self.dead
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count, "dead": self.dead, "factory": self.factory}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentInfo:
+        return cls(str(data["name"]), int(data["count"]), int(data.get("dead", 0)), str(data.get("factory", "IDMap2,Flat")))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The index files of one published generation, as the collection row records them."""
+
+    home: str
+    segments: tuple[SegmentInfo, ...] = ()
+    next_segment: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"home": self.home, "next_segment": self.next_segment, "segments": [s.to_dict() for s in self.segments]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, home: str) -> Manifest:
+        if not data:
+            return cls(home=home)
+        return cls(
+            home=str(data.get("home", home)),
+            segments=tuple(SegmentInfo.from_dict(s) for s in data.get("segments", [])),
+            next_segment=int(data.get("next_segment", 1)),
+        )
+
+    def files(self) -> set[str]:
+        return {name for s in self.segments for name in segment_files(s.name)}
+
+
+def segment_files(name: str) -> tuple[str, str]:
+    return f"{name}.faiss", f"{name}.bm25.npz"
+
+
+class Segment:
+    """A loaded segment: its FAISS index, its term frequencies and the chunk ids both hold."""
+
+    def __init__(self, info: SegmentInfo, vectors: VectorIndex, terms: TermSegment) -> None:
+        self.info = info
+        self.vectors = vectors
+        self.terms = terms
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.terms.ids
+
+    @classmethod
+    def build(
+        cls,
+        folder: Path,
+        name: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        texts: Sequence[str],
+        dim: int,
+        factory: str,
+        spec: KeywordSpec,
+    ) -> Segment:
+        """Write both files atomically; the configured index once there are enough vectors to train it."""
+        ids = np.asarray(ids, dtype=np.int64)
+        chosen = factory if len(ids) >= training_size(dim, factory) else "Flat"
+        index = VectorIndex(dim, chosen)
+        index.add(ids, vectors)
+        terms = TermSegment.build(ids, texts, Analyzer(spec))
+        faiss_file, bm25_file = segment_files(name)
+        terms.save(folder / bm25_file, spec)
+        index.save(folder / faiss_file)
+        return cls(SegmentInfo(name, len(ids), 0, index.factory), index, terms)
+
+    @classmethod
+    def load(cls, folder: Path, info: SegmentInfo, mmap: bool) -> Segment:
+        faiss_file, bm25_file = segment_files(info.name)
+        try:
+            vectors = VectorIndex.load(folder / faiss_file, info.factory, mmap=mmap)
+            terms, _ = TermSegment.load(folder / bm25_file)
+        except (FileNotFoundError, RuntimeError, OSError, ValueError) as exc:
+            raise SegmentMissing(f"segment {info.name} in {folder} cannot be read: {exc}") from None
+        return cls(info, vectors, terms)
+
+    def with_dead(self, dead: int) -> Segment:
+        return Segment(replace(self.info, dead=dead), self.vectors, self.terms)
+
+    def search(self, queries: np.ndarray, k: int, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        # Tombstones are filtered by SQL afterwards: fetch that many more.
+        return self.vectors.search(queries, k + self.info.dead, params)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of `ids` (all in this segment), reconstructed from FAISS."""
+        index = self.vectors.index
+        return np.vstack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.vectors.dim), np.float32)
+
+
+def tier(live: int) -> int:
+    return int(math.log(max(live, 1), MERGE_FACTOR))
+
+
+def plan_merges(segments: Sequence[SegmentInfo]) -> list[list[int]]:
+    """Groups of positions to merge: the trailing MERGE_FACTOR segments when they share a tier
+    (repeated, as a carry propagates), and any segment whose tombstones exceed the threshold."""
+    groups: list[list[int]] = []
+    sizes = [(i, s.live) for i, s in enumerate(segments)]
+    while len(sizes) >= MERGE_FACTOR and len({tier(live) for _, live in sizes[-MERGE_FACTOR:]}) == 1:
+        group = [i for i, _ in sizes[-MERGE_FACTOR:]]
+        groups.append(group)
+        merged_live = sum(live for _, live in sizes[-MERGE_FACTOR:])
+        sizes = sizes[:-MERGE_FACTOR] + [(-len(groups), merged_live)]
+    flat: list[list[int]] = []
+    for group in groups:  # a later group may contain an earlier merge's placeholder
+        members: list[int] = []
+        for i in group:
+            members.extend(flat[-i - 1] if i < 0 else [i])
+        flat.append(members)
+    final = [flat[-1]] if flat else []
+    merged = {i for g in final for i in g}
+    for i, s in enumerate(segments):
+        if i not in merged and s.count and s.dead > COMPACT_DEAD_FRACTION * s.count:
+            final.append([i])
+    return final
+
+
+def merge(
+    folder: Path, name: str, parts: Sequence[Segment], keep: Sequence[np.ndarray], dim: int, factory: str, spec: KeywordSpec
+) -> Segment:
+    """One new segment with the kept chunks of `parts`; text is not re-analysed, vectors are
+    read back from FAISS (exact for Flat and HNSW, decoded codes for PQ/SQ)."""
+    from indexes.keyword import merge_term_segments
+    from indexes.vector import stored_vectors
+
+    terms = merge_term_segments([p.terms for p in parts], keep)
+    vectors = np.vstack([stored_vectors(p.vectors, p.ids[mask]) for p, mask in zip(parts, keep)]) if parts else np.zeros((0, dim), np.float32)
+    chosen = factory if len(terms.ids) >= training_size(dim, factory) else "Flat"
+    index = VectorIndex(dim, chosen)
+    index.add(terms.ids, vectors)
+    faiss_file, bm25_file = segment_files(name)
+    terms.save(folder / bm25_file, spec)
+    index.save(folder / faiss_file)
+    return Segment(SegmentInfo(name, terms.count(), 0, index.factory), index, terms)
