@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse
 from api import errors, openapi
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import ask, collections, documents, health, jobs, search
+from api.routes import ask, collections, documents, health, jobs, openai_compat, reports, search
 from api.state import ApiState, refuse_open_without_auth
 from rag.settings import Settings
 
@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     openapi.install(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mb * 1024 * 1024))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for module in (health, search, ask, collections, documents, jobs):
+    for module in (health, search, ask, collections, documents, jobs, openai_compat, reports):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -26,6 +26,7 @@ from typing import Any
 
 from indexes.errors import MissingDependency, RagError
 from indexes.types import Document
+from ingest import pdf
 
 
 class LoadError(RagError):
@@ -313,7 +314,7 @@ LOADERS: dict[str, Callable[[bytes, str], Iterator[Document | BadRecord]]] = {
     ".markdown": load_text,
     ".html": load_html,
     ".htm": load_html,
-    ".pdf": load_pdf,
+    ".pdf": pdf.load_pdf,  # structure-keeping parser (pypdfium2): see ingest/pdf.py and bench/pdf.py
     ".docx": load_docx,
     ".jsonl": load_jsonl,
     ".jsonl.gz": load_jsonl,

@@ -33,6 +33,9 @@ app.add_typer(eval_app, name="eval")
 
 CollectionOpt = typer.Option(None, "--collection", "-c", help="collection name [default: RAG_COLLECTION or 'default']")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
+ReportOpt = typer.Option(
+    None, "--report", help="also write a self-contained HTML report (plots, per-question table); a copy goes to RAG_HOME/reports"
+)
 def _one_of(*choices: str) -> Any:
     def check(value: Optional[str]) -> Optional[str]:
         if value is not None and value not in choices:
@@ -284,11 +287,19 @@ def eval_retrieval(
     collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: beir-FOLDERNAME"),
     retriever: Optional[str] = RetrieverOpt,
     fusion: Optional[str] = FusionOpt,
+    report_file: Optional[Path] = ReportOpt,
+    compare: Optional[str] = typer.Option(
+        None, "--compare", help="with --report: more retrievers to draw, comma-separated (e.g. dense,bm25)"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """nDCG@10, Recall@100, MRR@10 and latency; ingests the corpus first if needed."""
-    from rag.evaluation.retrieval import evaluate_retrieval, read_beir
+    from rag.evaluation.retrieval import read_beir, run_queries, score_run
 
+    kinds = [k.strip() for k in (compare or "").split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in ("dense", "bm25", "hybrid"):
+            raise typer.BadParameter(f"{kind!r} is not one of dense, bm25, hybrid", param_hint="--compare")
     data = read_beir(beir, split)
     name = collection or f"beir-{beir.resolve().name}"
     rt = _runtime(retriever=retriever, fusion=fusion)
@@ -301,8 +312,13 @@ def eval_retrieval(
         "split": split,
         "retriever": rt.settings.retriever,
         **({"fusion": rt.settings.fusion} if rt.settings.retriever == "hybrid" else {}),
-        **evaluate_retrieval(rt.retriever(name), data),
     }
+    main_run = run_queries(rt.retriever(name), data)
+    result.update(score_run(data, main_run))
+    if report_file is not None:
+        kept = _retrieval_report(rt, name, data, result, main_run, kinds, report_file)
+        if not as_json:
+            typer.echo(f"report: {report_file} (served as /v1/reports/{kept.name})", err=True)
     if as_json:
         _print_json(result)
     else:
@@ -313,9 +329,25 @@ def eval_retrieval(
         )
 
 
+def _retrieval_report(
+    rt: Runtime, name: str, data: Any, result: dict[str, Any], main_run: Any, kinds: list[str], path: Path
+) -> Path:
+    from rag.evaluation.report import retrieval_report, write_report
+    from rag.evaluation.retrieval import report_result, run_queries
+
+    label = result["retriever"] + (f" ({result['fusion']})" if "fusion" in result else "")
+    results = [report_result(label, data, main_run)]
+    for kind in kinds:
+        if kind != result["retriever"]:
+            results.append(report_result(kind, data, run_queries(rt.retriever(name, kind), data)))
+    summary = {k: v for k, v in result.items() if k not in ("retriever", "fusion")}
+    page = retrieval_report(results, summary, f"Retrieval: {name} ({result['split']})")
+    return write_report(page, path, rt.settings.home)
+
+
 # Commands that live in their own modules: each module defines `register(app, eval_app)` and
 # imports nothing heavy at module level. Add a module by appending its name here.
-COMMAND_MODULES: list[str] = ["rag.cli_serve", "rag.cli_answers", "rag.cli_reader", "rag.cli_models"]
+COMMAND_MODULES: list[str] = ["rag.cli_serve", "rag.cli_answers", "rag.cli_reader", "rag.cli_models", "rag.cli_mcp"]
 
 
 def _register_command_modules() -> None:

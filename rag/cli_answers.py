@@ -79,7 +79,7 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    from rag.cli import CollectionOpt, JsonOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
+    from rag.cli import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
 
     @app.command()
     def ask(
@@ -125,6 +125,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: squad-FILESTEM"),
         retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
         out: Optional[Path] = typer.Option(None, "--out", help="write every question's record as JSON lines"),
+        report_file: Optional[Path] = ReportOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Ingest a SQuAD file's paragraphs, ask its questions: top-k accuracy, EM/F1, citations, latency."""
@@ -160,6 +161,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             with out.open("w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+        if report_file is not None:
+            from rag.evaluation.report import answer_report, qa_answer_records, write_report
+
+            page = answer_report(qa_answer_records(records), result, f"Question answering: {name} ({chosen})")
+            kept = write_report(page, report_file, rt.settings.home)
+            if not as_json:
+                typer.echo(f"report: {report_file} (served as /v1/reports/{kept.name})", err=True)
         if as_json:
             _print_json(result)
             return

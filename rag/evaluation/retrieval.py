@@ -17,6 +17,7 @@ import numpy as np
 
 from indexes.errors import InvalidInput
 from indexes.types import Passage
+from rag.evaluation.report import CUTOFFS, PassageRef, QueryRecord, RetrieverResult
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,21 @@ def trec_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
     return {"ndcg@10": sum(ndcg) / n, "recall@100": sum(recall) / n, "mrr@10": sum(mrr) / n}
 
 
-def reciprocal_rank(relevant: dict[str, int], scores: dict[str, float], cutoff: int) -> float:
-    # trec_eval order: score descending, then document id descending.
-    ranked = sorted(scores.items(), key=lambda item: (-item[1], tuple(-ord(c) for c in item[0])))
-    for rank, (doc, _) in enumerate(ranked[:cutoff], start=1):
+def _trec_order(scores: dict[str, float]) -> list[str]:
+    """trec_eval's order: score descending, then document id descending."""
+    return [doc for doc, _ in sorted(scores.items(), key=lambda item: (-item[1], tuple(-ord(c) for c in item[0])))]
+
+
+def first_relevant_rank(relevant: dict[str, int], scores: dict[str, float], cutoff: int | None = None) -> int | None:
+    for rank, doc in enumerate(_trec_order(scores)[:cutoff], start=1):
         if relevant.get(doc, 0) > 0:
-            return 1.0 / rank
-    return 0.0
+            return rank
+    return None
+
+
+def reciprocal_rank(relevant: dict[str, int], scores: dict[str, float], cutoff: int) -> float:
+    rank = first_relevant_rank(relevant, scores, cutoff)
+    return 0.0 if rank is None else 1.0 / rank
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -92,16 +101,80 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
     return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p95_ms": float(np.percentile(ms, 95))}
 
 
-def evaluate_retrieval(retriever: Any, data: BeirData, depth: int = 100) -> dict[str, Any]:
-    """Run every query one at a time (as a user would), timing each, and score the run."""
-    run: dict[str, dict[str, float]] = {}
-    latencies: list[float] = []
+@dataclass
+class RetrievalRun:
+    """Every query's ranked documents, its latency, and its top passages (for reports)."""
+
+    run: dict[str, dict[str, float]]
+    latencies: list[float]
+    top_passages: dict[str, list[Passage]]
+
+
+def run_queries(retriever: Any, data: BeirData, depth: int = 100, keep_passages: int = 3) -> RetrievalRun:
+    """Run every query one at a time (as a user would), timing each."""
+    result = RetrievalRun(run={}, latencies=[], top_passages={})
     for qid, text in data.queries.items():
         started = time.perf_counter()
         # Over-fetch passages so that `depth` distinct documents survive MaxP.
         passages = retriever.retrieve(text, k=depth * 2)
-        latencies.append(time.perf_counter() - started)
+        result.latencies.append(time.perf_counter() - started)
         ranked = documents_from_passages(passages)
-        run[qid] = dict(sorted(ranked.items(), key=lambda item: -item[1])[:depth])
-    metrics = trec_metrics(data.qrels, run)
-    return {**metrics, "queries": len(data.queries), **latency_summary(latencies)}
+        result.run[qid] = dict(sorted(ranked.items(), key=lambda item: -item[1])[:depth])
+        result.top_passages[qid] = list(passages[:keep_passages])
+    return result
+
+
+def evaluate_retrieval(retriever: Any, data: BeirData, depth: int = 100) -> dict[str, Any]:
+    """Run every query one at a time (as a user would), timing each, and score the run."""
+    return score_run(data, run_queries(retriever, data, depth))
+
+
+def score_run(data: BeirData, result: RetrievalRun) -> dict[str, Any]:
+    metrics = trec_metrics(data.qrels, result.run)
+    return {**metrics, "queries": len(data.queries), **latency_summary(result.latencies)}
+
+
+def metrics_at_k(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], cutoffs: tuple[int, ...]
+) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """Mean nDCG@k and Recall@k for each cutoff (trec_eval), and each query's nDCG@10."""
+    import pytrec_eval
+
+    ks = ",".join(str(k) for k in cutoffs)
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{ks}", f"recall.{ks}"})
+    per_query = evaluator.evaluate({q: run.get(q, {}) for q in qrels})
+    n = max(len(per_query), 1)
+    means = {
+        name: {k: sum(v[f"{measure}_{k}"] for v in per_query.values()) / n for k in cutoffs}
+        for name, measure in (("ndcg", "ndcg_cut"), ("recall", "recall"))
+    }
+    ndcg10 = {q: v.get("ndcg_cut_10", 0.0) for q, v in per_query.items()}
+    return means, ndcg10
+
+
+def report_result(name: str, data: BeirData, result: RetrievalRun) -> RetrieverResult:
+    """One retriever's run in the shape the HTML report draws."""
+    means, ndcg10 = metrics_at_k(data.qrels, result.run, CUTOFFS)
+    queries = []
+    for qid, text in data.queries.items():
+        relevant = data.qrels.get(qid, {})
+        queries.append(
+            QueryRecord(
+                id=qid,
+                query=text,
+                ndcg10=ndcg10.get(qid, 0.0),
+                first_relevant=first_relevant_rank(relevant, result.run.get(qid, {})),
+                relevant_ids=sorted(doc for doc, grade in relevant.items() if grade > 0),
+                passages=[
+                    PassageRef.from_mapping(p.to_dict(), relevant=relevant.get(p.external_id or str(p.doc_id), 0) > 0)
+                    for p in result.top_passages.get(qid, [])
+                ],
+            )
+        )
+    return RetrieverResult(
+        name=name,
+        ndcg=means["ndcg"],
+        recall=means["recall"],
+        latencies_ms=[s * 1000 for s in result.latencies],
+        queries=queries,
+    )

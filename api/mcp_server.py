@@ -1,0 +1,159 @@
+"""The Model Context Protocol server behind `rag mcp`: `search`, `ask` and `list_collections` tools.
+
+Agents and IDE assistants start it as a subprocess and speak JSON-RPC over its stdin/stdout
+(`mcp` package, `MCPServer`). Tools take typed, bounded arguments (their JSON schemas come from the
+signatures) and return typed results; a library error becomes a tool error with the same one-line
+message the CLI prints. Models load on the first call that needs them, so the handshake is fast.
+The process is local and trusted like the CLI: there are no keys, it sees every collection.
+"""
+
+# No `from __future__ import annotations`: the tools' signatures are read at run time for their
+# JSON schemas, and their bounds come from the settings in scope.
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from indexes.errors import RagError
+from rag.chat import answer_text
+from rag.retrieval import validate_query
+from rag.runtime import Runtime
+
+Retriever = Literal["dense", "bm25", "hybrid"]
+Mode = Literal["extractive", "generative"]
+CollectionName = Annotated[
+    str | None,
+    Field(description="collection name; default RAG_COLLECTION", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+]
+
+
+class PassageHit(BaseModel):
+    rank: int
+    score: float
+    source: str = Field(description="file path, or path#id for records inside JSONL/SQuAD files")
+    title: str
+    start: int = Field(description="character offset of the passage in its document")
+    end: int
+    text: str
+
+
+class SearchResult(BaseModel):
+    collection: str
+    passages: list[PassageHit]
+
+
+class CitationOut(BaseModel):
+    n: int = Field(description="the [n] marker in the answer; passage n of `passages`")
+    source: str
+    start: int
+    end: int
+    text: str = Field(description="the cited span (extractive) or the supporting sentence (generative)")
+    verified: bool
+
+
+class AskResult(BaseModel):
+    answer: str = Field(description="the checked answer with [n] citation markers")
+    found: bool = Field(description="false when the sources do not contain the answer")
+    mode: Mode
+    score: float | None
+    citations: list[CitationOut]
+    passages: list[PassageHit]
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    documents: int
+    chunks: int
+    embedding_model: str
+
+
+def _hits(passages: list[Any]) -> list[PassageHit]:
+    return [
+        PassageHit(rank=p.rank, score=p.score, source=p.source, title=p.title, start=p.start, end=p.end, text=p.text)
+        for p in passages
+    ]
+
+
+@contextmanager
+def _as_tool_errors() -> Iterator[None]:
+    """A library error reaches the agent as the CLI's one-line message (the SDK hides others)."""
+    try:
+        yield
+    except RagError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def build_server(runtime: Runtime) -> MCPServer:
+    """An `MCPServer` whose tools answer from `runtime`'s store and models."""
+    settings = runtime.settings
+    pipeline = runtime.ask_pipeline()
+    server = MCPServer(
+        "rag",
+        instructions=(
+            "Search and question a local document collection. `ask` returns an answer whose [n] markers "
+            "cite `passages[n-1]`; found=false means the documents do not contain the answer."
+        ),
+    )
+
+    @server.tool()
+    def list_collections() -> list[CollectionInfo]:
+        """The collections that can be searched, with their sizes."""
+        store = runtime.store
+        infos: list[CollectionInfo] = []
+        for name in store.collection_names():
+            found = store.collection(name)
+            stats = found.stats()
+            infos.append(
+                CollectionInfo(
+                    name=name,
+                    documents=int(stats["documents"]),
+                    chunks=int(stats["chunks"]),
+                    embedding_model=str(found.config.encoder.model),
+                )
+            )
+        return infos
+
+    @server.tool()
+    def search(
+        query: Annotated[str, Field(min_length=1, max_length=settings.max_query_chars, description="what to look for")],
+        collection: CollectionName = None,
+        k: Annotated[int, Field(ge=1, le=50, description="passages to return")] = 5,
+        retriever: Annotated[Retriever | None, Field(description="default RAG_RETRIEVER")] = None,
+    ) -> SearchResult:
+        """Ranked passages of a collection for a query (hybrid dense + BM25 retrieval by default)."""
+        name = collection or settings.collection
+        with _as_tool_errors():
+            text = validate_query(query, settings.max_query_chars)
+            return SearchResult(collection=name, passages=_hits(runtime.retriever(name, retriever).retrieve(text, k)))
+
+    @server.tool()
+    def ask(
+        question: Annotated[str, Field(min_length=1, max_length=settings.max_query_chars)],
+        collection: CollectionName = None,
+        mode: Annotated[Mode | None, Field(description="extractive (a span of a passage) or generative; default RAG_ANSWER_MODE")] = None,
+        k: Annotated[int | None, Field(ge=1, le=50, description="passages read; default RAG_ANSWER_K")] = None,
+    ) -> AskResult:
+        """Answer a question from a collection; every [n] in the answer cites a passage and was checked."""
+        name = collection or settings.collection
+        with _as_tool_errors():
+            answer = pipeline.ask(validate_query(question, settings.max_query_chars), name, mode, k)
+        return AskResult(
+            answer=answer_text(answer),
+            found=answer.found,
+            mode=answer.mode,
+            score=answer.score,
+            citations=[
+                CitationOut(n=c.n, source=c.source, start=c.start, end=c.end, text=c.text, verified=c.verified)
+                for c in answer.citations
+            ],
+            passages=_hits(answer.passages),
+        )
+
+    return server
+
+
+def serve_stdio(runtime: Runtime) -> None:
+    build_server(runtime).run("stdio")

@@ -1,0 +1,188 @@
+"""OpenAI-compatible chat completions and models, so OpenAI SDKs and chat front-ends can ask.
+
+`model` names a collection (`NAME` or `rag:NAME`); `GET /v1/models` lists the collections the key
+may see. The reply's content is the checked answer (`rag.qa.AskPipeline`) with `[n]` markers; the
+sources travel in two extra top-level fields that OpenAI clients ignore: `citations`
+(`Citation.to_dict()` list, `n` matching the markers) and `rag` (found, mode, score, collection,
+passages, timings). With `stream: true` the answer is checked first and then sent as
+`chat.completion.chunk` frames ending in `data: [DONE]`: no unchecked text ever reaches the client.
+Extra request fields `mode`, `k` and `retriever` choose as in `/v1/ask`; other OpenAI sampling
+parameters are accepted and ignored (the answer comes from the configured reader or generator).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import check_collection, require
+from api.errors import ApiError
+from api.keys import Principal
+from api.routes.search import get_retriever
+from api.schemas import ErrorOut
+from api.state import ApiState, api_state
+from rag.answer import Answer
+from rag.chat import ChatQuestion, ContextRetriever, Turn, answer_text, chat_question, collection_of, pieces
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI request; unknown OpenAI parameters are ignored, not refused."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"model": "docs", "messages": [{"role": "user", "content": "Where was Marie Curie born?"}]}]},
+    )
+
+    model: str = Field(min_length=1, max_length=100, description="a collection: NAME or rag:NAME")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
+    stream: bool = False
+    mode: Literal["extractive", "generative"] | None = Field(None, description="rag extension; default RAG_ANSWER_MODE")
+    k: int | None = Field(None, ge=1, le=50, description="rag extension: passages read (default RAG_ANSWER_K)")
+    retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="rag extension")
+
+
+def _collection(state: ApiState, principal: Principal, model: str) -> str:
+    name = collection_of(model)
+    check_collection(principal, name)
+    state.runtime.collection(name)  # 404 for an unknown collection
+    return name
+
+
+def _ask(state: ApiState, collection: str, asked: ChatQuestion, body: ChatRequest) -> Answer:
+    base = state.pipeline
+    if base is None:
+        raise ApiError(501, "not_implemented", "this server has no answer pipeline")
+    from rag.qa import AskPipeline
+
+    pipeline = AskPipeline(
+        lambda name, kind: ContextRetriever(get_retriever(state, name or collection, kind), asked.retrieval_query),
+        reader=lambda: base.reader,
+        generator=lambda: base.generator,
+        default_mode=base.default_mode,
+        default_k=base.default_k,
+        max_k=base.max_k,
+        support_threshold=base.support_threshold,
+        max_tokens=base.max_tokens,
+    )
+    return pipeline.ask(asked.question, collection, body.mode, body.k, body.retriever)
+
+
+def _extras(answer: Answer, collection: str) -> dict[str, Any]:
+    return {
+        "citations": [c.to_dict() for c in answer.citations],
+        "rag": {
+            "collection": collection,
+            "found": answer.found,
+            "mode": answer.mode,
+            "score": answer.score,
+            "passages": [p.to_dict() for p in answer.passages],
+            "timings": answer.timings,
+            "details": answer.details,
+        },
+    }
+
+
+def _frame(payload: Any) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n".encode("utf-8")
+
+
+def _chunks(answer: Answer, collection: str, model: str, completion_id: str, created: int) -> Iterator[bytes]:
+    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    yield _frame({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    for piece in pieces(answer_text(answer)):
+        yield _frame({**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+    yield _frame({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **_extras(answer, collection)})
+    yield b"data: [DONE]\n\n"
+
+
+@router.post(
+    "/chat/completions",
+    summary="OpenAI-compatible chat completion: the checked answer from a collection",
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        403: {"model": ErrorOut},
+        404: {"model": ErrorOut},
+        422: {"model": ErrorOut},
+        429: {"model": ErrorOut},
+        504: {"model": ErrorOut},
+    },
+)
+async def chat_completions(body: ChatRequest, request: Request, principal: Principal = Depends(require("read"))) -> Any:
+    state = api_state(request)
+    collection = await run_in_threadpool(_collection, state, principal, body.model)
+    asked = chat_question([Turn(m.role, m.text()) for m in body.messages], state.settings.max_query_chars)
+    timeout = state.settings.generation_timeout_s
+    try:
+        with anyio.fail_after(timeout):
+            answer = await anyio.to_thread.run_sync(lambda: _ask(state, collection, asked, body), abandon_on_cancel=True)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"no answer within {timeout:g} s (RAG_GENERATION_TIMEOUT_S)") from None
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        return StreamingResponse(
+            _chunks(answer, collection, body.model, completion_id, created),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": answer_text(answer)}, "finish_reason": "stop"}
+            ],
+            **_extras(answer, collection),
+        }
+    )
+
+
+def _model(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "rag"}
+
+
+@router.get("/models", summary="OpenAI-compatible list of models: the collections this key may see")
+def list_models(request: Request, principal: Principal = Depends(require("read"))) -> dict[str, Any]:
+    store = api_state(request).runtime.store
+    created = int(time.time())
+    return {"object": "list", "data": [_model(n, created) for n in store.collection_names() if principal.sees(n)]}
+
+
+@router.get("/models/{model}", summary="One collection as an OpenAI model", responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+def get_model(
+    request: Request,
+    model: str = Path(max_length=100, description="NAME or rag:NAME"),
+    principal: Principal = Depends(require("read")),
+) -> dict[str, Any]:
+    _collection(api_state(request), principal, model)
+    return _model(model, int(time.time()))

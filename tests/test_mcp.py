@@ -1,0 +1,97 @@
+"""`rag mcp` spoken to by the `mcp` package's own client over stdio, against a real collection."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+mcp = pytest.importorskip("mcp", reason="the mcp package is in the dev extra (scripts/bootstrap installs it)")
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "examples" / "corpus"
+READER_NA = REPO.parent / "shared" / "models" / "reader-minilm-l6-squad-na"
+
+
+async def _conversation(home: Path) -> dict[str, Any]:
+    from mcp import Client, StdioServerParameters
+
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    env = {
+        "RAG_HOME": str(home),
+        "RAG_COLLECTION": "docs",
+        "RAG_READER_MODEL": str(READER_NA),
+        "RAG_ANSWER_MODE": "extractive",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
+    }
+    params = StdioServerParameters(command=rag, args=["mcp"], env=env)
+    out: dict[str, Any] = {}
+    async with Client(params, read_timeout_seconds=120) as client:
+        out["tools"] = {t.name: t for t in (await client.list_tools()).tools}
+        out["collections"] = await client.call_tool("list_collections", {})
+        out["search"] = await client.call_tool("search", {"query": "What is the Curie temperature?", "k": 3})
+        out["ask"] = await client.call_tool("ask", {"question": "Where was Marie Curie born?", "collection": "docs"})
+        out["missing"] = await client.call_tool("search", {"query": "anything", "collection": "nope"})
+        out["bad_k"] = await client.call_tool("search", {"query": "anything", "k": 500})
+    return out
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    home = tmp_path_factory.mktemp("mcp-home")
+    runtime = Runtime(Settings(home=home))
+    report = runtime.ingestor(runtime.writable_collection("docs")).ingest_paths([str(CORPUS)])
+    assert not report.errors and report.documents_added == 6
+    runtime.store.close()
+    return anyio.run(_conversation, home)
+
+
+def test_the_three_tools_have_typed_inputs(talk: dict[str, Any]) -> None:
+    tools = talk["tools"]
+    assert set(tools) == {"search", "ask", "list_collections"}
+    search = tools["search"].input_schema
+    assert search["required"] == ["query"]
+    assert search["properties"]["k"]["type"] == "integer" and search["properties"]["k"]["maximum"] == 50
+    ask = tools["ask"].input_schema
+    assert ask["required"] == ["question"]
+    modes = ask["properties"]["mode"]["anyOf"][0]["enum"]
+    assert modes == ["extractive", "generative"]
+
+
+def test_list_collections_and_search_answer_from_the_collection(talk: dict[str, Any]) -> None:
+    collections = talk["collections"]
+    assert not collections.is_error
+    listed = collections.structured_content["result"]
+    assert [(c["name"], c["documents"]) for c in listed] == [("docs", 6)]
+    search = talk["search"]
+    assert not search.is_error
+    passages = search.structured_content["passages"]
+    assert len(passages) == 3 and passages[0]["source"].endswith("pierre-curie.txt")
+    assert "Curie temperature" in passages[0]["text"]
+
+
+def test_ask_returns_the_checked_answer_with_its_citation(talk: dict[str, Any]) -> None:
+    result = talk["ask"].structured_content
+    assert result["found"] is True and result["mode"] == "extractive"
+    assert "Warsaw" in result["answer"]
+    citation = result["citations"][0]
+    assert f"[{citation['n']}]" in result["answer"]
+    assert result["passages"][citation["n"] - 1]["source"].endswith("marie-curie.md")
+    assert "Warsaw" in citation["text"]
+
+
+def test_errors_are_tool_errors_with_a_clear_message(talk: dict[str, Any]) -> None:
+    assert talk["missing"].is_error
+    assert "nope" in talk["missing"].content[0].text
+    assert talk["bad_k"].is_error
+    assert "less than or equal to 50" in talk["bad_k"].content[0].text
