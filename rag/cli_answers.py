@@ -171,3 +171,77 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 f"  citation precision {precision:.3f}" if precision is not None else "  citation precision n/a"
             ) + f"  verified answers {result['verified_answer_rate']:.3f}"
         typer.echo(line + f"  p50 {result['latency_p50_ms']:.0f} ms  p95 {result['latency_p95_ms']:.0f} ms")
+
+    @eval_app.command("grounding")
+    def eval_grounding(
+        squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs, minus a removed sample, become the corpus"),
+        mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
+        k: int = typer.Option(5, "-k", "--top-k", help="passages retrieved and read per question"),
+        remove: int = typer.Option(100, "--remove", help="gold paragraphs removed from the corpus (their questions become unanswerable)"),
+        seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
+        articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="answerable and unanswerable questions asked, each (evenly spread)"),
+        collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
+        retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Abstention on unanswerable questions, EM/F1 on answerable ones, CRAG score, verified-citation precision."""
+        import re
+
+        from indexes.errors import RagError
+        from rag.evaluation.grounding import build_grounding_set, evaluate_grounding, threshold_curve, write_corpus
+
+        rt = _runtime(answer_mode=mode)
+        data = build_grounding_set(squad, remove, seed, articles)
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", squad.name.removesuffix(".gz").removesuffix(".json").removeprefix("squad-"))
+        name = collection or f"grounding-{stem}-{articles or 'all'}-{seed}-{remove}"
+        corpus = write_corpus(data, rt.settings.home / "grounding", name)
+        target = rt.writable_collection(name)
+        report = rt.ingestor(target, show_progress=not as_json).ingest_paths([str(corpus)], prune=True)
+        if report.errors:
+            raise RagError(f"could not ingest {corpus}: {report.errors[0]['error']}")
+        pipeline = rt.ask_pipeline()
+        chosen = mode or pipeline.default_mode
+        from ingest.progress import progress_bar
+
+        asked = min(limit or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
+        bar = progress_bar(asked, "question", "asking", enabled=not as_json)
+        try:
+            result, records = evaluate_grounding(
+                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, limit, limit, progress=bar.update
+            )
+        finally:
+            bar.close()
+        rows = [r.to_dict() for r in records]
+        settings = rt.settings
+        summary: dict[str, Any] = {
+            "collection": name,
+            "mode": chosen,
+            "k": k,
+            "removed_paragraphs": data.removed_paragraphs,
+            "dropped_questions": data.dropped_questions,
+            **result,
+        }
+        if chosen == "extractive":
+            summary["reader"] = settings.reader_model
+            summary["abstention"] = settings.reader_abstention
+            summary["threshold"] = settings.reader_null_threshold if settings.reader_abstention == "null" else settings.reader_span_threshold
+            summary["curve"] = threshold_curve(rows, [round(t * 0.5, 1) for t in range(-20, 21)])
+        else:
+            summary["verifier"] = settings.verifier
+        if as_json:
+            _print_json({**summary, "records": rows})
+            return
+        typer.echo(f"{name} ({chosen}, k={k}): {result['answerable']} answerable, {result['unanswerable']} unanswerable questions")
+        for key in (
+            "abstention_unanswerable", "answered_answerable", "em_answerable", "f1_answerable", "em_answered",
+            "crag_score", "verified_citations", "verified_citation_precision", "unanswerable_with_verified_sentence",
+        ):
+            typer.echo(f"  {key:<38} {summary[key]}")
+        if "curve" in summary:
+            typer.echo("  threshold  abstain(unans)  answered(ans)  EM(ans)  EM(answered)  CRAG")
+            for row in summary["curve"]:
+                typer.echo(
+                    f"  {row['threshold']:>9}  {row['abstention_unanswerable']!s:>14}  {row['answered_answerable']!s:>13}"
+                    f"  {row['em_answerable']!s:>7}  {row['em_answered']!s:>12}  {row['crag_score']!s:>5}"
+                )

@@ -9,6 +9,7 @@ import pytest
 
 from indexes.errors import ModelLoadError
 from indexes.types import Passage
+from rag.answer import NOT_IN_SOURCES
 from rag.evaluation.squad import read_squad
 from rag.reader import ExtractiveReader
 from tests.conftest import DATA, READER_MODEL, SQUAD_DEV
@@ -104,7 +105,7 @@ def test_reading_passages_together_keeps_each_passages_best_span(reader: Extract
 
 def test_no_passages_means_no_answer(reader: ExtractiveReader) -> None:
     answer = reader.answer("Where do I live?", [])
-    assert not answer.found and answer.answer == "" and answer.citations == []
+    assert not answer.found and answer.answer == NOT_IN_SOURCES and answer.citations == []
 
 
 def test_an_empty_passage_has_no_answer_and_does_not_win(reader: ExtractiveReader) -> None:
@@ -128,16 +129,16 @@ def random_squad2_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder)
 
 
-def test_null_threshold_decides_between_a_span_and_no_answer(random_squad2_model: str) -> None:
+def test_null_threshold_decides_in_logit_space_between_a_span_and_no_answer(random_squad2_model: str) -> None:
     case = SEED[1]
     passages = [_passage(case["context"], 0, 1)]
     never_null = ExtractiveReader(random_squad2_model, null_threshold=None).answer(case["question"], passages)
-    always_null = ExtractiveReader(random_squad2_model, null_threshold=-1.0).answer(case["question"], passages)
+    always_null = ExtractiveReader(random_squad2_model, null_threshold=1e9).answer(case["question"], passages)
     assert never_null.found and never_null.citations
-    assert not always_null.found and always_null.answer == "" and always_null.citations == []
+    assert not always_null.found and always_null.answer == NOT_IN_SOURCES and always_null.citations == []
     (span,) = ExtractiveReader(random_squad2_model, null_threshold=0.0).read(case["question"], [case["context"]])
     assert 0.0 <= span.null_score <= 1.0
-    assert span.found == (span.null_score <= span.score)
+    assert span.found == (span.span_logit - span.null_logit > 0.0)
 
 
 def test_unloadable_model_raises_an_actionable_error(tmp_path: Path) -> None:
