@@ -161,12 +161,16 @@ def check_answer(
     flagged = set(suspicious_passages(passages))
     declined = is_not_found(cleaned)
     spans = [] if declined else sentence_spans(cleaned)
+    asked = content_words(question)
     pieces = []
     for i, (start, end) in enumerate(spans):
         text = cleaned[start:end]
         plain = " ".join(_CITATION.sub(" ", text).split())
-        if content_words(plain):
-            pieces.append((start, end, text, plain, is_fragment(text, last=i == len(spans) - 1)))
+        words = content_words(plain)
+        if words:
+            # a fragment, a sentence cut by the token limit, or the question restated asserts nothing checkable
+            empty = is_fragment(text, last=i == len(spans) - 1) or not (words - asked)
+            pieces.append((start, end, text, plain, empty))
     judged = verifier.verify(question, [p[3] for p in pieces if not p[4]], passages) if pieces else []
     verdicts = iter(judged)
     checks: list[SentenceCheck] = []

@@ -41,11 +41,22 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
     from rag.citations import annotate_attributed
 
     lines: list[str] = []
+    if answer.details.get("note"):
+        lines.append(f"note: {answer.details['note']}")
     shown = annotate_attributed(answer)  # `[n*]`: a citation the check attached, not the model
     if streamed is None:
         lines.append(shown)
-    elif shown.strip() != streamed.strip():
-        lines.append(f"checked answer: {shown}")
+    else:
+        # the streamed text was a draft: only what the check kept is the answer
+        if not answer.found:
+            lines.append("✗ draft withdrawn: the sources do not support it")
+        lines.append(f"answer: {shown}")
+    flagged = answer.details.get("suspicious_passages")
+    if flagged:
+        lines.append(
+            f"⚠ suspicious: {', '.join(f'[{n}]' for n in flagged)} contain instruction-like text (possible prompt injection); "
+            "never used as the sole support of an answer"
+        )
     removed = answer.details.get("removed_citations")
     if removed:
         lines.append(f"removed citations to sources that do not exist: {', '.join(f'[{n}]' for n in removed)}")
@@ -100,11 +111,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
         streamed: list[str] = []
         final: Answer | None = None
-        generative = (mode or pipeline.default_mode) == "generative"
+        generative = pipeline.mode_for(mode)[0] == "generative"
         for item in pipeline.stream(question, collection, mode, k, retriever):
             if isinstance(item, Answer):
                 final = item
             elif generative:
+                if not streamed:
+                    typer.echo("draft (not yet checked): ", nl=False)
                 streamed.append(item)
                 typer.echo(item, nl=False)
                 sys.stdout.flush()
@@ -245,3 +258,44 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                     f"  {row['threshold']:>9}  {row['abstention_unanswerable']!s:>14}  {row['answered_answerable']!s:>13}"
                     f"  {row['em_answerable']!s:>7}  {row['em_answered']!s:>12}  {row['crag_score']!s:>5}"
                 )
+
+    @eval_app.command("verifiers")
+    def eval_verifiers(
+        cases: Path = typer.Option(Path("examples/verifier-cases.jsonl"), "--cases", help="labelled (question, answer, passage) cases, JSON lines"),
+        verifier: Optional[list[str]] = typer.Option(None, "--verifier", help="lexical | reader | nli | nli-unguarded (repeatable; default: all that load)"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Accuracy of each support verifier on labelled cases, with the cases it gets wrong."""
+        from rag.evaluation.verifiers import evaluate_verifier, read_cases
+        from rag.verifiers import LexicalVerifier
+
+        rt = _runtime()
+        s = rt.settings
+        labelled = read_cases(cases)
+        chosen = verifier or ["lexical", "reader", "nli", "nli-unguarded"]
+        results = []
+        for name in chosen:
+            if name == "lexical":
+                v: Any = LexicalVerifier(s.support_threshold)
+            elif name == "reader":
+                from rag.verifiers.reader import ReaderVerifier
+
+                v = ReaderVerifier(rt.reader())
+            elif name in ("nli", "nli-unguarded"):
+                from rag.verifiers.nli import NLIVerifier
+
+                if not s.verifier_model:
+                    typer.echo(f"{name}: skipped (set RAG_VERIFIER_MODEL)", err=True)
+                    continue
+                v = NLIVerifier(s.verifier_model, threshold=s.verifier_threshold, guards=name == "nli", device=s.device)
+            else:
+                raise typer.BadParameter(f"unknown verifier {name!r}")
+            results.append(evaluate_verifier(v, labelled))
+        if as_json:
+            _print_json({"cases": str(cases), "results": results})
+            return
+        for r in results:
+            typer.echo(
+                f"{r['verifier']:<14} accuracy {r['accuracy']:.3f} ({r['cases']} cases)  "
+                f"false positives: {', '.join(r['false_positives']) or '-'}  false negatives: {', '.join(r['false_negatives']) or '-'}"
+            )

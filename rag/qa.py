@@ -97,6 +97,17 @@ class AskPipeline:
             raise InvalidInput(f"mode must be extractive or generative, not {chosen!r}")
         return chosen  # type: ignore[return-value]
 
+    def mode_for(self, mode: str | None) -> tuple[Mode, str | None]:
+        """The mode that will answer, and a note when it is not the one asked for: with no mode
+        given and the default extractive, a reader that cannot load means a generative answer."""
+        chosen = self._mode(mode)
+        if chosen == "extractive" and mode is None and self.fallback_to_generative:
+            try:
+                self.reader
+            except (ModelLoadError, MissingDependency) as exc:
+                return "generative", f"no extractive reader could be loaded, so this answer is generative ({str(exc).split(' (')[0]})"
+        return chosen, None
+
     def retrieve(self, question: str, collection: str | None, k: int | None, retriever: str | None) -> tuple[list[Passage], float]:
         k = k or self.default_k
         if not 1 <= k <= self.max_k:
@@ -133,14 +144,7 @@ class AskPipeline:
     ) -> Iterator[str | Answer]:
         """Text pieces as they are generated (generative mode), then the checked `Answer`."""
         started = time.perf_counter()
-        chosen = self._mode(mode)
-        note = None
-        if chosen == "extractive" and mode is None and self.fallback_to_generative:
-            try:
-                self.reader
-            except (ModelLoadError, MissingDependency) as exc:
-                chosen = "generative"
-                note = f"no extractive reader could be loaded, so this answer is generative ({str(exc).split('. ')[0]})"
+        chosen, note = self.mode_for(mode)
         passages, retrieve_ms = self.retrieve(question, collection, k, retriever)
         timings = {"retrieve_ms": retrieve_ms}
         if not passages:

@@ -66,7 +66,8 @@ class NLIVerifier:
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]:
         sources = [Source.of(p) for p in passages]
         parsed = [Claim(c, question) for c in claims]
-        pairs = [(c.as_statement(), s.clean_text()) for c in parsed for s in sources]
+        # the title leads the passage: "She was born in Warsaw" is about the Marie Curie it names
+        pairs = [(c.as_statement(), f"{s.passage.title}. {s.clean_text()}" if s.passage.title else s.clean_text()) for c in parsed for s in sources]
         probs = iter(self.probabilities(pairs)) if pairs else iter(())
         out = []
         for claim in parsed:
