@@ -201,7 +201,7 @@ def test_rag_ask_text_marks_attributed_citations_with_a_star_and_a_legend() -> N
 
     text = "Marie Curie was born in Warsaw. She moved to Paris in 1891 [2]."
     lines = render(check_answer(QUESTION, text, SOURCES), tty=False, streamed=text)
-    assert lines[0] == "checked answer: Marie Curie was born in Warsaw [2*]. She moved to Paris in 1891 [2]."
+    assert lines[0] == "answer: Marie Curie was born in Warsaw [2*]. She moved to Paris in 1891 [2]."
     assert any(line.startswith("[2] Marie Curie") and "✓ verified" in line for line in lines)
     assert any(line.startswith("[2*] Marie Curie") and "✓ verified" in line for line in lines)
     assert any(line.startswith("[n*] attributed: the model did not cite") for line in lines)

@@ -13,6 +13,7 @@ side is passive); a name the question does not give must be in the evidence sent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,13 +24,14 @@ from rag.verifiers.text import (
     RELATIONS,
     content_words,
     is_instruction,
-    name_sequence,
     name_words,
     raw_words,
     sentence_spans,
 )
 
 FRAGMENT_WORDS = 3
+# a sentence that ends: a full stop (closing quotes or brackets may follow) or a citation marker
+_COMPLETE = re.compile(r"([.!?][\"'”’)]*|\])\s*$")
 
 
 @dataclass(frozen=True)
@@ -117,19 +119,39 @@ def conflicts(claim: str, evidence: str, question: str = "") -> str | None:
     relations = {w for w in claim_words if w in RELATIONS} - set(raw_words(question))
     if not relations <= set(evidence_words):
         return "qualifier"
-    first = _single_names(claim)
-    second = _single_names(evidence)
-    shared = [n for n in first if n in second]
-    if len(shared) >= 2 and ("by" in claim_words) == ("by" in evidence_words):
-        if [n for n in second if n in shared] != shared:
+    claim_sides, evidence_sides = _sides(claim), _sides(evidence)
+    if ("by" in claim_words) == ("by" in evidence_words):
+        (c_subject, c_object), (e_subject, e_object) = claim_sides, evidence_sides
+        if (c_subject & e_object) and (c_object & e_subject):
             return "name order"
     return None
 
 
-def _single_names(text: str) -> list[str]:
-    """Names that occur once in the text, in order (a family name shared by two people is no cue)."""
-    seq = name_sequence(text)
-    return [n for n in seq if seq.count(n) == 1 and not n.isdigit()]
+def _sides(text: str) -> tuple[set[str], set[str]]:
+    """Names before and after the first lower-case content word that follows a name (the verb,
+    roughly): "Pierre Curie taught Marie Curie" -> ({pierre}, {marie}). Names that occur twice
+    (a family name shared by two people) are no cue."""
+    from rag.verifiers.text import _BOILERPLATE, _STOP, _WORD, _stemmer
+
+    seq: list[tuple[str, bool]] = []  # (stem, is_name)
+    for w in _WORD.findall(text):
+        low = w.lower().rstrip(".")
+        if low.endswith("'s"):
+            low = low[:-2]
+        if low in _STOP or low in _BOILERPLATE or len(low) < 2 or low[:1].isdigit():
+            continue
+        seq.append((_stemmer().stemWord(low), w[:1].isupper()))
+    names = [stem for stem, is_name in seq if is_name]
+    single = {n for n in names if names.count(n) == 1}
+    subject: set[str] = set()
+    obj: set[str] = set()
+    split = False
+    for stem, is_name in seq:
+        if not is_name and subject:
+            split = True
+        elif is_name and stem in single:
+            (obj if split else subject).add(stem)
+    return subject, obj
 
 
 def missing_names(claim: Claim, source: Source, window: int) -> set[str]:
@@ -159,7 +181,6 @@ def is_fragment(text: str, last: bool) -> bool:
     if not words:
         return True
 
-    plain = text.rstrip()
     if words[-1] in _STOP and words[-1] not in NEGATIONS:
         return True
-    return last and not plain.endswith((".", "!", "?", "]", '"', "”", ")"))
+    return last and not _COMPLETE.search(text)

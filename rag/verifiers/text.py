@@ -163,7 +163,7 @@ def name_sequence(text: str) -> list[str]:
         low = w.lower().rstrip(".")
         if low.endswith("'s"):
             low = low[:-2]
-        if low in _STOP or low in _BOILERPLATE:
+        if low in _STOP or low in _BOILERPLATE or len(low) < 2:
             continue
         out.append(low.replace(",", "") if low[:1].isdigit() else _stemmer().stemWord(low))
     return out
