@@ -202,7 +202,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         import re
 
         from indexes.errors import RagError
-        from rag.evaluation.grounding import build_grounding_set, evaluate_grounding, threshold_curve, write_corpus
+        from rag.evaluation.grounding import (
+            build_grounding_set,
+            choose_threshold,
+            evaluate_grounding,
+            threshold_curve,
+            write_corpus,
+        )
 
         rt = _runtime(answer_mode=mode)
         data = build_grounding_set(squad, remove, seed, articles)
@@ -239,7 +245,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             summary["reader"] = settings.reader_model
             summary["abstention"] = settings.reader_abstention
             summary["threshold"] = settings.reader_null_threshold if settings.reader_abstention == "null" else settings.reader_span_threshold
-            summary["curve"] = threshold_curve(rows, [round(t * 0.5, 1) for t in range(-20, 21)])
+            if settings.reader_abstention == "span":
+                summary["curve"] = threshold_curve(rows, [float(t) for t in range(-4, 21)], key="span_logit")
+            else:
+                summary["curve"] = threshold_curve(rows, [round(t * 0.5, 1) for t in range(-20, 21)])
+            summary["calibrated"] = choose_threshold(summary["curve"])
         else:
             summary["verifier"] = settings.verifier
         if as_json:
@@ -258,6 +268,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                     f"  {row['threshold']:>9}  {row['abstention_unanswerable']!s:>14}  {row['answered_answerable']!s:>13}"
                     f"  {row['em_answerable']!s:>7}  {row['em_answered']!s:>12}  {row['crag_score']!s:>5}"
                 )
+            typer.echo(f"  calibration rule (lowest threshold abstaining on >= 90% of unanswerable): {summary['calibrated']['threshold']}")
 
     @eval_app.command("verifiers")
     def eval_verifiers(

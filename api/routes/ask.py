@@ -59,6 +59,8 @@ def _pipeline(state: ApiState, body: AskRequest) -> Any:
         max_k=base.max_k,
         support_threshold=base.support_threshold,
         max_tokens=base.max_tokens,
+        verifier=lambda: base.verifier,
+        fallback_to_generative=base.fallback_to_generative,
     )
 
 

@@ -187,9 +187,10 @@ def score_grounding(records: Sequence[GroundingRecord]) -> dict[str, Any]:
     }
 
 
-def threshold_curve(records: Sequence[dict[str, Any]], thresholds: Sequence[float]) -> list[dict[str, Any]]:
+def threshold_curve(records: Sequence[dict[str, Any]], thresholds: Sequence[float], key: str = "margin") -> list[dict[str, Any]]:
     """Replay extractive records at other thresholds: the answer is the best-scored candidate whose
-    margin beats the threshold (suspicious passages excluded), as the reader decides it."""
+    `key` ("margin" for abstention=null, "span_logit" for abstention=span) beats the threshold
+    (suspicious passages excluded), as the reader decides it."""
     rows = []
     for t in thresholds:
         answered_a = correct_a = em_a = n_a = 0
@@ -197,7 +198,7 @@ def threshold_curve(records: Sequence[dict[str, Any]], thresholds: Sequence[floa
         crag = 0
         for r in records:
             eligible = [
-                c for c in r.get("candidates", []) if c["margin"] is not None and c["margin"] > t and not c["suspicious"] and c["text"]
+                c for c in r.get("candidates", []) if c[key] is not None and c[key] > t and not c["suspicious"] and c["text"]
             ]
             best = max(eligible, key=lambda c: c["score"], default=None)
             if r["answerable"]:
@@ -255,3 +256,12 @@ def write_corpus(data: GroundingSet, folder: Path, name: str) -> Path:
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
     return path
+
+
+def choose_threshold(curve: Sequence[dict[str, Any]], min_abstention: float = 0.9) -> dict[str, Any]:
+    """The calibration rule for `reader_null_threshold`: the lowest threshold (most answers) that
+    abstains on at least `min_abstention` of unanswerable questions; if none does, the best CRAG score."""
+    meeting = [r for r in curve if (r["abstention_unanswerable"] or 0.0) >= min_abstention]
+    if meeting:
+        return min(meeting, key=lambda r: r["threshold"])
+    return max(curve, key=lambda r: r["crag_score"] or -1.0)
