@@ -153,6 +153,8 @@ class GroundingRecord:
             record["candidates"] = details["candidates"]
         if "generated" in details:
             record["generated"] = details["generated"]
+            # the passages the generator read: enough to re-check the same generation with another verifier
+            record["passages"] = [{"title": p.title, "text": p.text} for p in self.answer.passages]
         return record
 
 
