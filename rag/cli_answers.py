@@ -194,6 +194,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
         articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),
         limit: Optional[int] = typer.Option(None, "--limit", help="answerable and unanswerable questions asked, each (evenly spread)"),
+        calibrate_articles: Optional[int] = typer.Option(
+            None, "--calibrate-articles", help="extractive: choose the threshold on the first N articles' questions, score the rest at it"
+        ),
         collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
         retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
         as_json: bool = JsonOpt,
@@ -204,7 +207,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from indexes.errors import RagError
         from rag.evaluation.grounding import (
             build_grounding_set,
-            choose_threshold,
+            calibrate_on_articles,
             evaluate_grounding,
             threshold_curve,
             write_corpus,
@@ -245,11 +248,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             summary["reader"] = settings.reader_model
             summary["abstention"] = settings.reader_abstention
             summary["threshold"] = settings.reader_null_threshold if settings.reader_abstention == "null" else settings.reader_span_threshold
-            if settings.reader_abstention == "span":
-                summary["curve"] = threshold_curve(rows, [float(t) for t in range(-4, 21)], key="span_logit")
-            else:
-                summary["curve"] = threshold_curve(rows, [round(t * 0.5, 1) for t in range(-20, 21)])
-            summary["calibrated"] = choose_threshold(summary["curve"])
+            key = "span_logit" if settings.reader_abstention == "span" else "margin"
+            grid = [round(t * 0.5, 1) for t in range(-20, 51)]
+            summary["curve"] = threshold_curve(rows, grid, key)
+            if calibrate_articles:
+                summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, grid, key)
         else:
             summary["verifier"] = settings.verifier
         if as_json:
@@ -268,7 +271,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                     f"  {row['threshold']:>9}  {row['abstention_unanswerable']!s:>14}  {row['answered_answerable']!s:>13}"
                     f"  {row['em_answerable']!s:>7}  {row['em_answered']!s:>12}  {row['crag_score']!s:>5}"
                 )
-            typer.echo(f"  calibration rule (lowest threshold abstaining on >= 90% of unanswerable): {summary['calibrated']['threshold']}")
+            if "calibration" in summary:
+                c = summary["calibration"]
+                typer.echo(
+                    f"  calibrated on articles < {calibrate_articles} ({c['calibration_questions']} questions; lowest threshold "
+                    f"abstaining on >= 90% of unanswerable, else best CRAG): {c['chosen']['threshold']}; held out "
+                    f"({c['held_out_questions']} questions): {c['held_out']}"
+                )
 
     @eval_app.command("verifiers")
     def eval_verifiers(

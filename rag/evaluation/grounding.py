@@ -135,6 +135,7 @@ class GroundingRecord:
         details = self.answer.details
         record: dict[str, Any] = {
             "id": self.question.id,
+            "article": self.question.article,
             "question": self.question.question,
             "answerable": self.answerable,
             "gold": list(self.question.answers),
@@ -148,6 +149,7 @@ class GroundingRecord:
             "verified_citations": [{"n": n, "correct": ok} for n, ok in self.verified_citations()],
             "verified_sentences": sum(1 for s in details.get("sentences", []) if s.get("supported")),
             "reason": details.get("reason"),
+            "gold_sentence": gold_sentence(self.question),
         }
         if "candidates" in details:
             record["candidates"] = details["candidates"]
@@ -267,3 +269,64 @@ def choose_threshold(curve: Sequence[dict[str, Any]], min_abstention: float = 0.
     if meeting:
         return min(meeting, key=lambda r: r["threshold"])
     return max(curve, key=lambda r: r["crag_score"] or -1.0)
+
+
+def recheck_generations(rows: Sequence[dict[str, Any]], verifier: Any) -> dict[str, Any]:
+    """The grounding scores of recorded generations re-checked by another verifier: the same
+    generated text and passages, so verifiers compare on equal terms without generating again."""
+    from indexes.types import Passage
+    from rag.citations import check_answer
+
+    answered_a = correct_a = n_a = abstained_u = n_u = verified_u = 0
+    crag = 0
+    verified: list[bool] = []
+    for r in rows:
+        passages = [
+            Passage(chunk_id=i, doc_id=i, text=p["text"], start=0, end=len(p["text"]), ordinal=0, source=f"p{i}",
+                    title=p["title"], external_id=None, score=1.0, rank=i)
+            for i, p in enumerate(r["passages"], start=1)
+        ]
+        answer = check_answer(r["question"], r["generated"], passages, verifier=verifier)
+        sentence = normalize_answer(r["gold_sentence"])
+        cites = [
+            bool(r["answerable"]) and (contains_answer(passages[c.n - 1].text, r["gold"]) or sentence in normalize_answer(passages[c.n - 1].text))
+            for c in answer.citations if c.verified
+        ]
+        verified.extend(cites)
+        right = answer.found and contains_answer(prediction_text(answer), r["gold"])
+        if r["answerable"]:
+            n_a += 1
+            answered_a += answer.found
+            correct_a += right
+            crag += (1 if right else -1) if answer.found else 0
+        else:
+            n_u += 1
+            abstained_u += not answer.found
+            verified_u += bool(cites)
+            crag -= 1 if answer.found else 0
+    return {
+        "verifier": verifier.name,
+        "abstention_unanswerable": round(abstained_u / n_u, 4) if n_u else None,
+        "answered_answerable": round(answered_a / n_a, 4) if n_a else None,
+        "accuracy_answered": round(correct_a / answered_a, 4) if answered_a else None,
+        "crag_score": round(crag / (n_a + n_u), 4) if n_a + n_u else None,
+        "verified_citations": len(verified),
+        "verified_citation_precision": round(sum(verified) / len(verified), 4) if verified else None,
+        "unanswerable_with_verified_sentence": round(verified_u / n_u, 4) if n_u else None,
+    }
+
+
+def calibrate_on_articles(rows: Sequence[dict[str, Any]], articles: int, grid: Sequence[float], key: str = "margin") -> dict[str, Any]:
+    """Choose the threshold on the questions of the first `articles` articles (`choose_threshold`)
+    and score the other articles' questions at it: calibration and evaluation never share questions."""
+    calibration = [r for r in rows if r["article"] < articles]
+    held_out = [r for r in rows if r["article"] >= articles]
+    chosen = choose_threshold(threshold_curve(calibration, grid, key))
+    return {
+        "calibration_articles": articles,
+        "calibration_questions": len(calibration),
+        "chosen": chosen,
+        "held_out_questions": len(held_out),
+        "held_out": threshold_curve(held_out, [chosen["threshold"]], key)[0],
+        "held_out_curve": threshold_curve(held_out, grid, key),
+    }
