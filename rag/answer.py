@@ -12,6 +12,9 @@ from indexes.types import Passage
 
 Mode = Literal["extractive", "generative"]
 
+# What every abstaining answer says, in both modes (the CLI, the API and the JSON alike).
+NOT_IN_SOURCES = "Not in the sources."
+
 
 @dataclass(frozen=True)
 class Citation:

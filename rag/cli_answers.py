@@ -41,11 +41,22 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
     from rag.citations import annotate_attributed
 
     lines: list[str] = []
+    if answer.details.get("note"):
+        lines.append(f"note: {answer.details['note']}")
     shown = annotate_attributed(answer)  # `[n*]`: a citation the check attached, not the model
     if streamed is None:
         lines.append(shown)
-    elif shown.strip() != streamed.strip():
-        lines.append(f"checked answer: {shown}")
+    else:
+        # the streamed text was a draft: only what the check kept is the answer
+        if not answer.found:
+            lines.append("✗ draft withdrawn: the sources do not support it")
+        lines.append(f"answer: {shown}")
+    flagged = answer.details.get("suspicious_passages")
+    if flagged:
+        lines.append(
+            f"⚠ suspicious: {', '.join(f'[{n}]' for n in flagged)} contain instruction-like text (possible prompt injection); "
+            "never used as the sole support of an answer"
+        )
     removed = answer.details.get("removed_citations")
     if removed:
         lines.append(f"removed citations to sources that do not exist: {', '.join(f'[{n}]' for n in removed)}")
@@ -102,11 +113,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
         streamed: list[str] = []
         final: Answer | None = None
-        generative = (mode or pipeline.default_mode) == "generative"
+        generative = pipeline.mode_for(mode)[0] == "generative"
         for item in pipeline.stream(question, collection, mode, k, retriever):
             if isinstance(item, Answer):
                 final = item
             elif generative:
+                if not streamed:
+                    typer.echo("draft (not yet checked): ", nl=False)
                 streamed.append(item)
                 typer.echo(item, nl=False)
                 sys.stdout.flush()
@@ -181,3 +194,138 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 f"  citation precision {precision:.3f}" if precision is not None else "  citation precision n/a"
             ) + f"  verified answers {result['verified_answer_rate']:.3f}"
         typer.echo(line + f"  p50 {result['latency_p50_ms']:.0f} ms  p95 {result['latency_p95_ms']:.0f} ms")
+
+    @eval_app.command("grounding")
+    def eval_grounding(
+        squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs, minus a removed sample, become the corpus"),
+        mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
+        k: int = typer.Option(5, "-k", "--top-k", help="passages retrieved and read per question"),
+        remove: int = typer.Option(100, "--remove", help="gold paragraphs removed from the corpus (their questions become unanswerable)"),
+        seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
+        articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="answerable and unanswerable questions asked, each (evenly spread)"),
+        calibrate_articles: Optional[int] = typer.Option(
+            None, "--calibrate-articles", help="extractive: choose the threshold on the first N articles' questions, score the rest at it"
+        ),
+        collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
+        retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Abstention on unanswerable questions, EM/F1 on answerable ones, CRAG score, verified-citation precision."""
+        import re
+
+        from indexes.errors import RagError
+        from rag.evaluation.grounding import (
+            build_grounding_set,
+            calibrate_on_articles,
+            evaluate_grounding,
+            threshold_curve,
+            write_corpus,
+        )
+
+        rt = _runtime(answer_mode=mode)
+        data = build_grounding_set(squad, remove, seed, articles)
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", squad.name.removesuffix(".gz").removesuffix(".json").removeprefix("squad-"))
+        name = collection or f"grounding-{stem}-{articles or 'all'}-{seed}-{remove}"
+        corpus = write_corpus(data, rt.settings.home / "grounding", name)
+        target = rt.writable_collection(name)
+        report = rt.ingestor(target, show_progress=not as_json).ingest_paths([str(corpus)], prune=True)
+        if report.errors:
+            raise RagError(f"could not ingest {corpus}: {report.errors[0]['error']}")
+        pipeline = rt.ask_pipeline()
+        chosen = mode or pipeline.default_mode
+        from ingest.progress import progress_bar
+
+        asked = min(limit or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
+        bar = progress_bar(asked, "question", "asking", enabled=not as_json)
+        try:
+            result, records = evaluate_grounding(
+                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, limit, limit, progress=bar.update
+            )
+        finally:
+            bar.close()
+        rows = [r.to_dict() for r in records]
+        settings = rt.settings
+        summary: dict[str, Any] = {
+            "collection": name,
+            "mode": chosen,
+            "k": k,
+            "removed_paragraphs": data.removed_paragraphs,
+            "dropped_questions": data.dropped_questions,
+            **result,
+        }
+        if chosen == "extractive":
+            summary["reader"] = settings.reader_model
+            summary["abstention"] = settings.reader_abstention
+            summary["threshold"] = settings.reader_null_threshold if settings.reader_abstention == "null" else settings.reader_span_threshold
+            key = "span_logit" if settings.reader_abstention == "span" else "margin"
+            grid = [round(t * 0.5, 1) for t in range(-20, 51)]
+            summary["curve"] = threshold_curve(rows, grid, key)
+            if calibrate_articles:
+                summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, grid, key)
+        else:
+            summary["verifier"] = settings.verifier
+        if as_json:
+            _print_json({**summary, "records": rows})
+            return
+        typer.echo(f"{name} ({chosen}, k={k}): {result['answerable']} answerable, {result['unanswerable']} unanswerable questions")
+        for key in (
+            "abstention_unanswerable", "answered_answerable", "em_answerable", "f1_answerable", "em_answered",
+            "crag_score", "verified_citations", "verified_citation_precision", "unanswerable_with_verified_sentence",
+        ):
+            typer.echo(f"  {key:<38} {summary[key]}")
+        if "curve" in summary:
+            typer.echo("  threshold  abstain(unans)  answered(ans)  EM(ans)  EM(answered)  CRAG")
+            for row in summary["curve"]:
+                typer.echo(
+                    f"  {row['threshold']:>9}  {row['abstention_unanswerable']!s:>14}  {row['answered_answerable']!s:>13}"
+                    f"  {row['em_answerable']!s:>7}  {row['em_answered']!s:>12}  {row['crag_score']!s:>5}"
+                )
+            if "calibration" in summary:
+                c = summary["calibration"]
+                typer.echo(
+                    f"  calibrated on articles < {calibrate_articles} ({c['calibration_questions']} questions; lowest threshold "
+                    f"abstaining on >= 90% of unanswerable, else best CRAG): {c['chosen']['threshold']}; held out "
+                    f"({c['held_out_questions']} questions): {c['held_out']}"
+                )
+
+    @eval_app.command("verifiers")
+    def eval_verifiers(
+        cases: Path = typer.Option(Path("examples/verifier-cases.jsonl"), "--cases", help="labelled (question, answer, passage) cases, JSON lines"),
+        verifier: Optional[list[str]] = typer.Option(None, "--verifier", help="lexical | reader | nli | nli-unguarded (repeatable; default: all that load)"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Accuracy of each support verifier on labelled cases, with the cases it gets wrong."""
+        from rag.evaluation.verifiers import evaluate_verifier, read_cases
+        from rag.verifiers import LexicalVerifier
+
+        rt = _runtime()
+        s = rt.settings
+        labelled = read_cases(cases)
+        chosen = verifier or ["lexical", "reader", "nli", "nli-unguarded"]
+        results = []
+        for name in chosen:
+            if name == "lexical":
+                v: Any = LexicalVerifier(s.support_threshold)
+            elif name == "reader":
+                from rag.verifiers.reader import ReaderVerifier
+
+                v = ReaderVerifier(rt.reader())
+            elif name in ("nli", "nli-unguarded"):
+                from rag.verifiers.nli import NLIVerifier
+
+                if not s.verifier_model:
+                    typer.echo(f"{name}: skipped (set RAG_VERIFIER_MODEL)", err=True)
+                    continue
+                v = NLIVerifier(s.verifier_model, threshold=s.verifier_threshold, guards=name == "nli", device=s.device)
+            else:
+                raise typer.BadParameter(f"unknown verifier {name!r}")
+            results.append(evaluate_verifier(v, labelled))
+        if as_json:
+            _print_json({"cases": str(cases), "results": results})
+            return
+        for r in results:
+            typer.echo(
+                f"{r['verifier']:<14} accuracy {r['accuracy']:.3f} ({r['cases']} cases)  "
+                f"false positives: {', '.join(r['false_positives']) or '-'}  false negatives: {', '.join(r['false_negatives']) or '-'}"
+            )

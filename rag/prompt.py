@@ -11,6 +11,7 @@ the question is repeated after the sources, next to where the answer starts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,17 +39,29 @@ EXAMPLE_SOURCES = (
 EXAMPLE_ANSWER = "The observatory stands on Mount Ardel, north of Lenby [2]."
 
 
+_DELIMITER = re.compile(r"<\s*(/?)\s*sources\s*>", re.IGNORECASE)
+_NUMBERED_LINE = re.compile(r"^(\s*)\[(\d{1,3})\]", re.MULTILINE)
+
+
+def escape(text: str) -> str:
+    """Untrusted text made inert inside the sources block: it cannot close the block
+    (`</sources>` in any spelling) nor start a source of its own (a line opening with `[n]`)."""
+    text = _DELIMITER.sub(lambda m: f"({m.group(1)}sources)", text)
+    return _NUMBERED_LINE.sub(r"\1(\2)", text)
+
+
 def source_label(passage: Passage) -> str:
-    return passage.title or Path(passage.source).name or passage.source
+    """The title (or file name) on one line, escaped like passage text: titles are untrusted too."""
+    label = passage.title or Path(passage.source).name or passage.source
+    return escape(" ".join(label.split()))
 
 
 def format_sources(passages: Sequence[Passage], max_chars: int = 2000) -> str:
     """`[n] title` then the passage text, for n = 1..k, inside the delimited block."""
     blocks = []
     for n, passage in enumerate(passages, start=1):
-        # The delimiters are ours alone: a passage cannot close the block early.
-        text = passage.text[:max_chars].replace("<sources>", "(sources)").replace("</sources>", "(/sources)")
-        blocks.append(f"[{n}] {source_label(passage)}\n{text.strip()}")
+        # The delimiters are ours alone: neither a title nor a passage can close the block early.
+        blocks.append(f"[{n}] {source_label(passage)}\n{escape(passage.text[:max_chars]).strip()}")
     return "<sources>\n" + "\n\n".join(blocks) + "\n</sources>"
 
 

@@ -11,19 +11,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from indexes.errors import InvalidInput, MissingDependency
+from indexes.errors import InvalidInput, MissingDependency, ModelLoadError
 from indexes.types import Passage
-from rag.answer import Answer, Mode
-from rag.citations import DEFAULT_THRESHOLD, check_answer
+from rag.answer import NOT_IN_SOURCES, Answer, Mode
+from rag.citations import DEFAULT_THRESHOLD, check_answer, suspicious_passages
 from rag.generation.base import Generator
-from rag.prompt import NOT_FOUND, build_messages
+from rag.prompt import build_messages
+from rag.verifiers import LexicalVerifier, Verifier
 from rag.retrieval import Retriever
 
 MODES: tuple[Mode, ...] = ("extractive", "generative")
 
 
 class Reader(Protocol):
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer: ...
+    def answer(self, question: str, passages: Sequence[Passage], suspicious: Sequence[int] = ()) -> Answer: ...
 
 
 RetrieverFactory = Callable[[str | None, str | None], Retriever]  # (collection, kind) -> retriever
@@ -47,7 +48,12 @@ class AskPipeline:
         max_k: int = 50,
         support_threshold: float = DEFAULT_THRESHOLD,
         max_tokens: int | None = None,
+        verifier: Callable[[], Verifier] | None = None,
+        fallback_to_generative: bool = False,
     ) -> None:
+        """`fallback_to_generative`: when no mode is asked for, the default is extractive and no
+        reader can be loaded, answer generatively (with a note in `details`) instead of failing.
+        `verifier` builds the citation check's support verifier (default: lexical)."""
         self._retriever = retriever
         self._reader_factory = reader
         self._generator_factory = generator
@@ -58,6 +64,16 @@ class AskPipeline:
         self.max_k = max_k
         self.support_threshold = support_threshold
         self.max_tokens = max_tokens
+        self._verifier_factory = verifier
+        self._verifier: Verifier | None = None
+        self.fallback_to_generative = fallback_to_generative
+
+    @property
+    def verifier(self) -> Verifier:
+        if self._verifier is None:
+            factory = self._verifier_factory
+            self._verifier = factory() if factory is not None else LexicalVerifier(self.support_threshold)
+        return self._verifier
 
     @property
     def reader(self) -> Reader:
@@ -80,6 +96,17 @@ class AskPipeline:
         if chosen not in MODES:
             raise InvalidInput(f"mode must be extractive or generative, not {chosen!r}")
         return chosen  # type: ignore[return-value]
+
+    def mode_for(self, mode: str | None) -> tuple[Mode, str | None]:
+        """The mode that will answer, and a note when it is not the one asked for: with no mode
+        given and the default extractive, a reader that cannot load means a generative answer."""
+        chosen = self._mode(mode)
+        if chosen == "extractive" and mode is None and self.fallback_to_generative:
+            try:
+                self.reader
+            except (ModelLoadError, MissingDependency) as exc:
+                return "generative", f"no extractive reader could be loaded, so this answer is generative ({str(exc).split(' (')[0]})"
+        return chosen, None
 
     def retrieve(self, question: str, collection: str | None, k: int | None, retriever: str | None) -> tuple[list[Passage], float]:
         k = k or self.default_k
@@ -117,16 +144,16 @@ class AskPipeline:
     ) -> Iterator[str | Answer]:
         """Text pieces as they are generated (generative mode), then the checked `Answer`."""
         started = time.perf_counter()
-        chosen = self._mode(mode)
+        chosen, note = self.mode_for(mode)
         passages, retrieve_ms = self.retrieve(question, collection, k, retriever)
         timings = {"retrieve_ms": retrieve_ms}
         if not passages:
-            answer = Answer(NOT_FOUND, chosen, found=False, details={"reason": "no passages retrieved"})
+            answer = Answer(NOT_IN_SOURCES, chosen, found=False, details={"reason": "no passages retrieved"})
         elif chosen == "extractive":
             read_started = time.perf_counter()
-            answer = self.reader.answer(question, passages)
+            answer = self.reader.answer(question, passages, suspicious_passages(passages))
             timings["read_ms"] = _ms(read_started)
-            if answer.answer:
+            if answer.found:
                 yield answer.answer
         else:
             generator = self.generator
@@ -142,8 +169,10 @@ class AskPipeline:
                 text = generator.generate(messages, self.max_tokens)
             timings["generate_ms"] = _ms(generate_started)
             check_started = time.perf_counter()
-            answer = check_answer(question, text, passages, self.support_threshold)
+            answer = check_answer(question, text, passages, verifier=self.verifier)
             timings["check_ms"] = _ms(check_started)
             answer = replace(answer, details={**answer.details, "generator": generator.name})
+        if note:
+            answer = replace(answer, details={**answer.details, "note": note})
         timings["total_ms"] = _ms(started)
         yield replace(answer, timings={**answer.timings, **timings})

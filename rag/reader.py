@@ -8,17 +8,18 @@ so that they compare across windows and passages.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from indexes.encoder import resolve_model_path
 from indexes.errors import InvalidInput, MissingDependency, ModelLoadError
 from indexes.types import Passage
-from rag.answer import Answer, Citation
+from rag.answer import NOT_IN_SOURCES, Answer, Citation
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,13 @@ class Span:
     as the same text, as the 4.57 pipeline sums them. So scores compare across windows and
     passages of a question, and a context that fits one window gets exactly the pipeline's score;
     a per-window softmax would let a window without the answer hold a span of probability near 1.
-    `null_score` is the lowest CLS start x end probability over the context's windows;
-    `found` is False when it beat `score` by more than the reader's null threshold, or when the
-    context had no room for an answer.
+    `null_score` is the lowest CLS start x end probability over the context's windows (kept for
+    display). Abstention is decided in logit space, per context, as SQuAD 2.0 readers are scored:
+    `span_logit` is start + end logit of the chosen span, `null_logit` the lowest CLS start + end
+    logit over the context's windows, and `margin = span_logit - null_logit`. Unlike a difference
+    of probabilities under the shared softmax, the margin of a passage does not change with how
+    many other passages were read. `found` is False when the reader's abstention rule rejects the
+    span (see `ExtractiveReader`), or when the context had no room for an answer.
     """
 
     context: int
@@ -47,6 +52,14 @@ class Span:
     null_score: float
     found: bool = True
     window: int = 0
+    span_logit: float = float("-inf")
+    null_logit: float = float("inf")
+    proposal: str = ""  # the best span's text even when abstention rejected it (for calibration)
+
+    @property
+    def margin(self) -> float:
+        """Best span logit minus no-answer logit: > 0 means the reader prefers the span."""
+        return self.span_logit - self.null_logit
 
 
 @dataclass
@@ -58,6 +71,13 @@ class _Window:
     features: dict[str, list[int]]
 
 
+Abstention = Literal["null", "span", "off"]
+
+# Chosen on SQuAD v1.1 *train* (not the evaluation data): `rag eval calibrate-reader`, see README.
+DEFAULT_NULL_THRESHOLD = 0.0
+DEFAULT_SPAN_THRESHOLD = 0.0
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n")
+
 _PRE_TOP_K = 12  # candidates per window before same-text spans are merged (the pipeline's top_k * 2 + 10)
 _MASKED = -10000.0  # the pipeline's logit for positions outside the context (CLS stays unmasked)
 
@@ -67,8 +87,14 @@ class ExtractiveReader:
 
     Defaults follow the 4.57 pipeline (windows of min(model limit, 384) tokens with a 128-token
     stride, answers of at most 15 tokens, spans widened to whole words), so a question read
-    against one short context gets the pipeline's answer. `null_threshold=None` never answers
-    "no answer" (SQuAD 1.1 models have an untrained CLS); SQuAD 2.0 models want about 0.0.
+    against one short context gets the pipeline's answer.
+
+    Abstention (`abstention`): "null" (readers trained with no-answer examples, SQuAD 2.0 style)
+    keeps a passage's span only when its margin over the no-answer logit exceeds
+    `null_threshold`; "span" (readers without a no-answer head, whose CLS is untrained) keeps it
+    when the span's own start + end logit reaches `span_threshold`; "off" always answers. Both
+    thresholds are logits, chosen on data by `rag eval calibrate-reader`. `null_threshold=None`
+    is the same as "off" (kept for the parity tests of SQuAD 1.1 readers).
     """
 
     def __init__(
@@ -78,6 +104,8 @@ class ExtractiveReader:
         device: str = "cpu",
         max_answer_tokens: int = 15,
         null_threshold: float | None = None,
+        abstention: Abstention = "null",
+        span_threshold: float = DEFAULT_SPAN_THRESHOLD,
         batch_tokens: int = 16384,
         max_seq_len: int | None = None,
         doc_stride: int | None = None,
@@ -116,6 +144,8 @@ class ExtractiveReader:
         self.device = device
         self.max_answer_tokens = max_answer_tokens
         self.null_threshold = null_threshold
+        self.abstention: Abstention = "off" if null_threshold is None and abstention == "null" else abstention
+        self.span_threshold = span_threshold
         self.batch_tokens = batch_tokens
         limit = min(int(self.tokenizer.model_max_length), int(getattr(self.model.config, "max_position_embeddings", 512)))
         self.max_seq_len = max_seq_len or min(limit, 384)
@@ -131,22 +161,54 @@ class ExtractiveReader:
         self._inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.tokenizer.model_input_names]
 
     # -- public ------------------------------------------------------------------------------
-    def answer(self, question: str, passages: Sequence[Passage]) -> Answer:
-        """The best span over all passages, cited as [n] = its 1-based position (the rank) in `passages`."""
+    def answer(self, question: str, passages: Sequence[Passage], suspicious: Sequence[int] = ()) -> Answer:
+        """The best span over all passages, cited as [n] = its 1-based position (the rank) in `passages`.
+
+        No passage's span passing the abstention rule gives `found=False`, the text "Not in the
+        sources." and the passages. A passage numbered in `suspicious` (text that addresses the
+        model) is read but never the source of the answer: text that orders an answer cannot vouch for it.
+        """
         started = time.perf_counter()
         passages = list(passages)
         spans = self.read(question, [p.text for p in passages]) if passages else []
         timings = {"read_ms": (time.perf_counter() - started) * 1000}
         prior = passage_prior([p.score for p in passages], self.retrieval_weight)
-        best_index = max(
-            (i for i, s in enumerate(spans) if s.found), key=lambda i: spans[i].score * prior[i], default=None
-        )
+        flagged = set(suspicious)
+        eligible = [i for i, s in enumerate(spans) if s.found and i + 1 not in flagged]
+        best_index = max(eligible, key=lambda i: spans[i].score * prior[i], default=None)
         best = spans[best_index] if best_index is not None else None
-        details: dict[str, Any] = {"reader": self.model_name, "retrieval_weight": self.retrieval_weight}
+        details: dict[str, Any] = {
+            "reader": self.model_name,
+            "retrieval_weight": self.retrieval_weight,
+            "abstention": self.abstention,
+            "threshold": self.threshold,
+            # every passage's best span and its margin: enough to replay the decision at any threshold
+            "candidates": [
+                {
+                    "n": i + 1,
+                    "text": s.proposal,
+                    "score": round(float(s.score * prior[i]), 6),
+                    "margin": _finite(s.margin),
+                    "span_logit": _finite(s.span_logit),
+                    "suspicious": i + 1 in flagged,
+                }
+                for i, s in enumerate(spans)
+            ],
+        }
+        if flagged:
+            details["suspicious_passages"] = sorted(flagged)
         if spans:
             details["null_score"] = min(s.null_score for s in spans)
         if best is None:
-            return Answer(answer="", mode="extractive", passages=passages, found=False, timings=timings, details=details)
+            details["reason"] = (
+                "no passages retrieved"
+                if not passages
+                else "the reader found no answer in the passages"
+                + (" (suspicious passages are never the source of an answer)" if flagged else "")
+            )
+            return Answer(
+                answer=NOT_IN_SOURCES, mode="extractive", passages=passages, found=False, timings=timings, details=details
+            )
         p = passages[best.context]
         citation = Citation(
             n=best.context + 1,
@@ -159,9 +221,10 @@ class ExtractiveReader:
             chunk_start=best.start,
             chunk_end=best.end,
             text=best.text,
-            verified=True,  # the span is a slice of the passage itself
+            verified=True,  # the span is a slice of the passage itself, and it passed the abstention rule
             score=best.score,
         )
+        details["margin"] = _finite(best.margin)
         return Answer(
             answer=best.text,
             mode="extractive",
@@ -171,6 +234,23 @@ class ExtractiveReader:
             timings=timings,
             details=details,
         )
+
+    @property
+    def threshold(self) -> float | None:
+        """The logit threshold the abstention rule uses (None when it never abstains)."""
+        if self.abstention == "null":
+            return self.null_threshold
+        if self.abstention == "span":
+            return self.span_threshold
+        return None
+
+    def keeps(self, span_logit: float, null_logit: float) -> bool:
+        """The abstention rule: is a span with these logits an answer?"""
+        if self.abstention == "null" and self.null_threshold is not None:
+            return span_logit - null_logit > self.null_threshold
+        if self.abstention == "span":
+            return span_logit >= self.span_threshold
+        return True
 
     def read(self, question: str, contexts: Sequence[str]) -> list[Span]:
         """The best span of each context for one question, in the order of `contexts`."""
@@ -275,30 +355,45 @@ class ExtractiveReader:
 
         answers: list[list[dict[str, Any]]] = [[] for _ in contexts]
         null = [float("inf")] * len(contexts)
-        for window, p_start, p_end in zip(windows, probs_start, probs_end):
+        null_logit = [float("inf")] * len(contexts)
+        for window, p_start, p_end, masked_start, masked_end in zip(windows, probs_start, probs_end, masked_starts, masked_ends):
             null[window.context] = min(null[window.context], float(p_start[0] * p_end[0]))
+            null_logit[window.context] = min(null_logit[window.context], float(masked_start[0] + masked_end[0]))
             p_start[0] = p_end[0] = 0.0
+            text_of = contexts[window.context]
             for s, e, score in self._top_spans(window, p_start, p_end):
                 start, end = self._chars(window.encoding, s, e)
-                text = contexts[window.context][start:end]
+                # answer hygiene: no span across a paragraph break (a title joined to its body),
+                # no surrounding whitespace
+                raw = text_of[start:end]
+                if _PARAGRAPH_BREAK.search(raw):
+                    continue
+                start += len(raw) - len(raw.lstrip())
+                end -= len(raw) - len(raw.rstrip())
+                if end <= start:
+                    continue
+                text = text_of[start:end]
+                logit = float(masked_start[s] + masked_end[e])
                 merged = next((a for a in answers[window.context] if a["text"].lower() == text.lower()), None)
-                if merged is not None:
-                    merged["score"] += score
-                else:
-                    answers[window.context].append(
-                        {"text": text, "start": start, "end": end, "score": score, "window": window.number}
-                    )
+                if merged is None:
+                    merged = {"text": text, "start": start, "end": end, "window": window.number, "logit": logit, "seen": {}}
+                    answers[window.context].append(merged)
+                merged["logit"] = max(merged["logit"], logit)
+                # Same-text spans add up, as in the pipeline; but the same characters read again
+                # in the overlap of two windows are one occurrence, scored by its better window.
+                by_window = merged["seen"].setdefault((start, end), {})
+                by_window[window.number] = by_window.get(window.number, 0.0) + score
+                merged["score"] = sum(max(w.values()) for w in merged["seen"].values())
 
         spans = []
         for c, found in enumerate(answers):
             if not found:
-                spans.append(Span(c, "", 0, 0, 0.0, null[c] if null[c] != float("inf") else 0.0, found=False))
+                spans.append(
+                    Span(c, "", 0, 0, 0.0, null[c] if null[c] != float("inf") else 0.0, found=False, null_logit=null_logit[c])
+                )
                 continue
             best = sorted(found, key=lambda a: a["score"], reverse=True)[0]
-            # an empty text is the CLS span, which only wins when the context had nothing to offer
-            answerable = bool(best["text"].strip()) and (
-                self.null_threshold is None or null[c] - best["score"] <= self.null_threshold
-            )
+            answerable = bool(best["text"].strip()) and self.keeps(best["logit"], null_logit[c])
             spans.append(
                 Span(
                     context=c,
@@ -309,6 +404,9 @@ class ExtractiveReader:
                     null_score=null[c],
                     found=answerable,
                     window=best["window"],
+                    span_logit=best["logit"],
+                    null_logit=null_logit[c],
+                    proposal=best["text"],
                 )
             )
         return spans
@@ -365,6 +463,10 @@ def passage_prior(scores: Sequence[float], weight: float) -> np.ndarray:
     logits -= logits.max()
     prior = np.exp(logits)
     return prior / prior.sum()
+
+
+def _finite(value: float) -> float | None:
+    return round(float(value), 4) if np.isfinite(value) else None
 
 
 def _shared_softmax(rows: list[np.ndarray]) -> list[np.ndarray]:

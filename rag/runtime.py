@@ -138,6 +138,8 @@ class Runtime:
                 device=s.device,
                 max_answer_tokens=s.reader_max_answer_tokens,
                 null_threshold=s.reader_null_threshold,
+                abstention=s.reader_abstention,
+                span_threshold=s.reader_span_threshold,
                 batch_tokens=s.reader_batch_tokens,
                 retrieval_weight=s.reader_retrieval_weight,
             )
@@ -147,6 +149,7 @@ class Runtime:
         """Retrieval, the reader and the generator behind `rag ask` and `/v1/ask`, each loaded on first use."""
         from rag.generation import build_generator
         from rag.qa import AskPipeline
+        from rag.verifiers import build_verifier
 
         s = self.settings
         return AskPipeline(
@@ -156,4 +159,7 @@ class Runtime:
             default_mode=s.answer_mode,
             default_k=s.answer_k,
             support_threshold=s.support_threshold,
+            verifier=lambda: build_verifier(s, self.reader),
+            # extractive by default only: a mode the user chose is never swapped for another
+            fallback_to_generative="answer_mode" not in s.model_fields_set,
         )

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from indexes.encoder import DEFAULT_EMBEDDER
 from ingest.loaders import InputLimits
-from rag.reader import DEFAULT_READER
+from rag.reader import DEFAULT_NULL_THRESHOLD, DEFAULT_READER, DEFAULT_SPAN_THRESHOLD
 
 
 def _default_home() -> Path:
@@ -84,8 +84,15 @@ class Settings(BaseSettings):
     openai_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible server for generator_backend=openai")
     openai_api_key: str | None = None
     support_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="citation check: support score (content-word recall) that verifies a sentence"
+        0.7, ge=0.0, le=1.0, description="lexical verifier: support score (content-word recall) that verifies a sentence"
     )
+    verifier: Literal["lexical", "reader", "nli"] = Field(
+        "lexical", description="citation check: lexical (no model), reader (the extractive reader) or nli (cross-encoder, RAG_VERIFIER_MODEL)"
+    )
+    verifier_model: str | None = Field(
+        None, description="verifier=nli: HF id or folder of a (claim, passage) -> supported sequence classifier"
+    )
+    verifier_threshold: float = Field(0.5, ge=0.0, le=1.0, description="verifier=nli: probability of 'supported' that verifies")
 
     # API (`rag serve`): where it listens, who may call it, and how much one caller may ask for.
     api_host: str = Field("127.0.0.1", description="interface `rag serve` binds to")
@@ -101,8 +108,17 @@ class Settings(BaseSettings):
     # Extractive reader (`rag ask --mode extractive`, `rag eval reader`): any question-answering model.
     reader_model: str = Field(DEFAULT_READER, description="HF id or local folder of an AutoModelForQuestionAnswering")
     reader_max_answer_tokens: int = Field(15, ge=1, le=512, description="longest answer span, in tokens")
-    reader_null_threshold: float | None = Field(
-        None, description="SQuAD 2.0 readers: no answer when the null (CLS) score beats the best span by more; unset: always answer"
+    reader_abstention: Literal["null", "span", "off"] = Field(
+        "null",
+        description="when the reader says 'not in the sources': null (no-answer head, SQuAD 2.0 readers), "
+        "span (span-logit threshold, readers without one) or off (always answer)",
+    )
+    reader_null_threshold: float = Field(
+        DEFAULT_NULL_THRESHOLD,
+        description="abstention=null: a passage's span is an answer when its start+end logit beats the no-answer (CLS) logit by more",
+    )
+    reader_span_threshold: float = Field(
+        DEFAULT_SPAN_THRESHOLD, description="abstention=span: a span is an answer when its start+end logit reaches this"
     )
     reader_retrieval_weight: float = Field(
         1.0, ge=0, description="weight of the retrieval score in choosing between passages' answers; 0: reader alone"

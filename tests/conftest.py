@@ -19,7 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DATA = SHARED / "data"
-READER_MODEL = SHARED / "models" / "reader-minilm-l6-squad"
+READER_MODEL = SHARED / "models" / "reader-minilm-l6-squad"  # SQuAD 1.1, no no-answer head: the 4.57 parity golden file
+NA_READER_MODEL = SHARED / "models" / "reader-minilm-l6-squad-na"  # stronger, abstains: tests that need a good reader
+SUPPORT_MODEL = SHARED / "models" / "verifier-minilm-l6-support"
 SCIFACT = DATA / "beir" / "scifact"
 SQUAD_DEV = DATA / "squad" / "squad-v1.1-dev-articles-01-24.json"
 

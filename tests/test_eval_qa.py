@@ -50,3 +50,67 @@ def test_a_limited_sample_is_spread_over_the_whole_file() -> None:
     picked = spread(questions, 4)
     assert [q.paragraph for q in picked] == [0, 25, 50, 75]
     assert spread(questions, None) == questions
+
+
+# -- grounding: the unanswerable set, its scores and the threshold curve ------------------------------
+
+def test_the_grounding_set_removes_paragraphs_and_keeps_only_truly_unanswerable_questions() -> None:
+    from rag.evaluation.grounding import build_grounding_set
+    from rag.evaluation.squad import normalize_answer
+    from tests.conftest import SQUAD_DEV
+
+    data = build_grounding_set(SQUAD_DEV, remove=10, seed=3, articles=3)
+    kept = [p["context"] for a in data.corpus["data"] for p in a["paragraphs"]]
+    indexed = " " + " ".join(normalize_answer(c) for c in kept) + " "
+    assert data.removed_paragraphs == 10 and data.unanswerable and data.answerable
+    for q in data.unanswerable:
+        assert q.context not in kept
+        assert not any(f" {normalize_answer(g)} " in indexed for g in q.answers)
+    assert all(q.context in kept for q in data.answerable)
+    # the same seed removes the same paragraphs; another seed, others
+    assert build_grounding_set(SQUAD_DEV, remove=10, seed=3, articles=3).corpus == data.corpus
+    assert build_grounding_set(SQUAD_DEV, remove=10, seed=4, articles=3).corpus != data.corpus
+
+
+def test_grounding_scores_count_abstention_crag_and_verified_citation_precision() -> None:
+    from rag.evaluation.grounding import GroundingRecord, score_grounding
+
+    warsaw = passage("Marie Curie was born in Warsaw.")
+    paris = passage("Pierre Curie was born in Paris.")
+    q_ok = SquadQuestion(id="a", question="Where was Marie Curie born?", context="Marie Curie was born in Warsaw.", answers=("Warsaw",), answer_starts=(24,), title="t", article=0, paragraph=0)
+    q_no = SquadQuestion(id="u", question="Where was Maria born?", context="Maria was born in Lyon.", answers=("Lyon",), answer_starts=(18,), title="t", article=0, paragraph=1)
+    records = [
+        GroundingRecord(q_ok, True, Answer("Warsaw", "extractive", [citation(1, True)], [warsaw])),  # right: +1
+        GroundingRecord(q_ok, True, Answer("Paris", "extractive", [citation(1, True)], [paris])),  # wrong: -1, imprecise citation
+        GroundingRecord(q_ok, True, Answer("Not in the sources.", "extractive", [], [warsaw], found=False)),  # abstained: 0
+        GroundingRecord(q_no, False, Answer("Not in the sources.", "extractive", [], [paris], found=False)),  # abstained: 0
+        GroundingRecord(q_no, False, Answer("Paris", "extractive", [citation(1, True)], [paris])),  # answered: -1
+    ]
+    result = score_grounding(records)
+    assert (result["answerable"], result["unanswerable"]) == (3, 2)
+    assert result["abstention_unanswerable"] == 0.5
+    assert result["answered_answerable"] == round(2 / 3, 4)
+    assert result["em_answerable"] == round(100 / 3, 2) and result["em_answered"] == 50.0
+    assert result["crag_score"] == round((1 - 1 + 0 + 0 - 1) / 5, 4)
+    assert result["verified_citations"] == 3 and result["verified_citation_precision"] == round(1 / 3, 4)
+    assert result["unanswerable_with_verified_sentence"] == 0.5
+    record = records[0].to_dict()
+    assert {"question", "gold", "prediction", "confidence", "found", "correct"} <= set(record) and record["correct"] is True
+
+
+def test_the_threshold_curve_replays_the_readers_decision_at_each_threshold() -> None:
+    from rag.evaluation.grounding import threshold_curve
+
+    def candidate(text: str, margin: float, score: float, suspicious: bool = False) -> dict:
+        return {"n": 1, "text": text, "margin": margin, "score": score, "suspicious": suspicious}
+
+    records = [
+        {"answerable": True, "gold": ["Warsaw"], "candidates": [candidate("Warsaw", 3.0, 0.6), candidate("Paris", 5.0, 0.3)]},
+        {"answerable": False, "gold": ["Lyon"], "candidates": [candidate("Berlin", 1.0, 0.9, suspicious=True), candidate("Paris", -2.0, 0.5)]},
+    ]
+    low, middle, high = threshold_curve(records, [-3.0, 2.0, 4.0])
+    # at -3 both answer: Warsaw (best score among eligible) is right; the unanswerable one says Paris (Berlin is suspicious)
+    assert (low["answered_answerable"], low["em_answerable"], low["abstention_unanswerable"], low["crag_score"]) == (1.0, 100.0, 0.0, 0.0)
+    assert (middle["answered_answerable"], middle["abstention_unanswerable"], middle["crag_score"]) == (1.0, 1.0, 0.5)
+    # at 4 only "Paris" (margin 5) is left for the answerable question: answered, wrong
+    assert (high["em_answerable"], high["crag_score"]) == (0.0, -0.5)

@@ -2,6 +2,9 @@
 
 The pipeline runs in a worker thread under the generation deadline; a stream's events are
 `token` ({"text"}), then `answer` (the `Answer.to_dict()` JSON), or `error` ({"error": {...}}).
+Generated tokens are a *draft*, streamed before the citation check: the `answer` event is the
+answer. When the check rejects the draft, a `retract` event ({"reason", "draft"}) comes first, so
+a client withdraws the text it showed; unverified text is never the answer.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ def _pipeline(state: ApiState, body: AskRequest) -> Any:
         max_k=base.max_k,
         support_threshold=base.support_threshold,
         max_tokens=base.max_tokens,
+        verifier=lambda: base.verifier,
+        fallback_to_generative=base.fallback_to_generative,
     )
 
 
@@ -125,6 +130,7 @@ async def ask(body: AskRequest, request: Request, principal: Principal = Depends
 
 async def _stream(events: Iterator[Any], timeout: float) -> AsyncIterator[bytes]:
     deadline = time.monotonic() + timeout
+    draft: list[str] = []
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -143,8 +149,12 @@ async def _stream(events: Iterator[Any], timeout: float) -> AsyncIterator[bytes]
             if item is _DONE:
                 return
             if isinstance(item, str):
+                draft.append(item)
                 yield _sse("token", {"text": item})
             else:
+                if draft and item.mode == "generative" and not item.found:
+                    reason = item.details.get("reason", "the sources do not support it")
+                    yield _sse("retract", {"reason": reason, "draft": "".join(draft)})
                 yield _sse("answer", public_answer(item.to_dict()))
     finally:
         close = getattr(events, "close", None)

@@ -1,0 +1,332 @@
+"""Does the system say "not in the sources" when that is true, and are its verified citations right?
+
+The labelled set comes from a SQuAD file (`build_grounding_set`): a seeded random sample of
+paragraphs is removed from the corpus; questions of removed paragraphs whose gold answers appear
+nowhere in the indexed text are *unanswerable*; questions of kept paragraphs are *answerable*.
+
+Scores (`score_grounding`):
+- abstention on unanswerable questions, answered rate on answerable ones;
+- EM/F1 on answerable questions (abstaining scores 0) and on those answered;
+- CRAG-style score: +1 right, 0 abstained, -1 wrong, averaged over all questions. "Right" means
+  the prediction contains a gold answer as whole words after SQuAD normalisation (extractive
+  spans and generated sentences alike);
+- citation precision: of the verified citations, the share whose cited passage contains a gold
+  answer or the gold sentence (any verified citation on an unanswerable question is wrong);
+- how often an unanswerable question gets a verified sentence (should be 0).
+
+Every question's record (question, golds, prediction, confidence, found, correct, and for
+extractive answers each passage's candidate span and margin) is kept, so the trade-off between
+answered rate and accuracy can be replayed at any threshold (`threshold_curve`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.answer import Answer
+from rag.evaluation.qa import contains_answer, prediction_text
+from rag.evaluation.squad import SquadQuestion, best_over_golds, load_squad_json, normalize_answer
+
+
+@dataclass(frozen=True)
+class GroundingSet:
+    corpus: dict[str, Any]  # the SQuAD document of kept paragraphs (what gets indexed)
+    answerable: list[SquadQuestion]
+    unanswerable: list[SquadQuestion]
+    removed_paragraphs: int
+    dropped_questions: int  # questions of removed paragraphs whose answer is still somewhere in the corpus
+
+
+def _questions(article: int, paragraph: int, title: str, par: dict[str, Any]) -> list[SquadQuestion]:
+    out = []
+    for qa in par.get("qas", []):
+        answers = qa.get("answers", [])
+        if not answers:
+            continue
+        out.append(
+            SquadQuestion(
+                id=str(qa["id"]),
+                question=qa["question"],
+                context=par["context"],
+                answers=tuple(a["text"] for a in answers),
+                answer_starts=tuple(int(a["answer_start"]) for a in answers),
+                title=title,
+                article=article,
+                paragraph=paragraph,
+            )
+        )
+    return out
+
+
+def build_grounding_set(path: str | Path, remove: int, seed: int = 0, articles: int | None = None) -> GroundingSet:
+    """Remove `remove` random paragraphs (seeded) from the SQuAD file (its first `articles` articles)."""
+    data = load_squad_json(path)["data"][:articles]
+    paragraphs = [(a, p) for a, article in enumerate(data) for p in range(len(article.get("paragraphs", [])))]
+    removed = set(random.Random(seed).sample(paragraphs, min(remove, len(paragraphs))))
+    kept_text = " ".join(
+        normalize_answer(data[a]["paragraphs"][p]["context"]) for a, p in paragraphs if (a, p) not in removed
+    )
+    haystack = f" {kept_text} "
+    corpus: dict[str, Any] = {"version": "grounding", "data": []}
+    answerable: list[SquadQuestion] = []
+    unanswerable: list[SquadQuestion] = []
+    dropped = 0
+    for a, article in enumerate(data):
+        title = article.get("title", "")
+        kept = []
+        for p, par in enumerate(article.get("paragraphs", [])):
+            questions = _questions(a, p, title, par)
+            if (a, p) in removed:
+                for q in questions:
+                    if any(f" {normalize_answer(g)} " in haystack for g in q.answers if normalize_answer(g)):
+                        dropped += 1
+                    else:
+                        unanswerable.append(q)
+            else:
+                kept.append({"context": par["context"], "qas": []})
+                answerable.extend(questions)
+        corpus["data"].append({"title": title, "paragraphs": kept})
+    return GroundingSet(corpus, answerable, unanswerable, len(removed), dropped)
+
+
+def gold_sentence(question: SquadQuestion) -> str:
+    """The sentence of the gold paragraph that holds the first gold answer."""
+    import blingfire
+
+    _, offsets = blingfire.text_to_sentences_and_offsets(question.context)
+    at = question.answer_starts[0] if question.answer_starts else 0
+    for start, end in offsets:
+        if start <= at < end:
+            return question.context[start:end]
+    return question.context
+
+
+@dataclass(frozen=True)
+class GroundingRecord:
+    question: SquadQuestion
+    answerable: bool
+    answer: Answer
+
+    def verified_citations(self) -> list[tuple[int, bool]]:
+        """(n, correct) of each verified citation: its passage holds a gold answer or the gold sentence."""
+        sentence = normalize_answer(gold_sentence(self.question))
+        out = []
+        for c in self.answer.citations:
+            if not c.verified:
+                continue
+            text = self.answer.passages[c.n - 1].text if 0 < c.n <= len(self.answer.passages) else c.text
+            ok = self.answerable and (contains_answer(text, self.question.answers) or (sentence and sentence in normalize_answer(text)))
+            out.append((c.n, bool(ok)))
+        return out
+
+    def correct(self) -> bool:
+        return self.answer.found and contains_answer(prediction_text(self.answer), self.question.answers)
+
+    def to_dict(self) -> dict[str, Any]:
+        prediction = prediction_text(self.answer)
+        em, f1 = best_over_golds(prediction, self.question.answers)
+        details = self.answer.details
+        record: dict[str, Any] = {
+            "id": self.question.id,
+            "article": self.question.article,
+            "question": self.question.question,
+            "answerable": self.answerable,
+            "gold": list(self.question.answers),
+            "prediction": prediction,
+            "found": self.answer.found,
+            "correct": self.correct() if self.answerable else False,
+            "em": em if self.answerable else 0.0,
+            "f1": f1 if self.answerable else 0.0,
+            "confidence": details.get("margin", self.answer.score),
+            "score": self.answer.score,
+            "verified_citations": [{"n": n, "correct": ok} for n, ok in self.verified_citations()],
+            "verified_sentences": sum(1 for s in details.get("sentences", []) if s.get("supported")),
+            "reason": details.get("reason"),
+            "gold_sentence": gold_sentence(self.question),
+        }
+        if "candidates" in details:
+            record["candidates"] = details["candidates"]
+        if "generated" in details:
+            record["generated"] = details["generated"]
+            # the passages the generator read: enough to re-check the same generation with another verifier
+            record["passages"] = [{"title": p.title, "text": p.text} for p in self.answer.passages]
+        return record
+
+
+def score_grounding(records: Sequence[GroundingRecord]) -> dict[str, Any]:
+    answerable = [r for r in records if r.answerable]
+    unanswerable = [r for r in records if not r.answerable]
+    answered = [r for r in answerable if r.answer.found]
+    scores = [best_over_golds(prediction_text(r.answer), r.question.answers) for r in answerable]
+    answered_scores = [best_over_golds(prediction_text(r.answer), r.question.answers) for r in answered]
+    crag = [(1 if r.correct() else -1) if r.answer.found and r.answerable else (-1 if r.answer.found else 0) for r in records]
+    verified = [ok for r in records for _, ok in r.verified_citations()]
+
+    def mean(values: Sequence[float], scale: float = 1.0, digits: int = 4) -> float | None:
+        return round(scale * float(np.mean(values)), digits) if len(values) else None
+
+    return {
+        "answerable": len(answerable),
+        "unanswerable": len(unanswerable),
+        "abstention_unanswerable": mean([not r.answer.found for r in unanswerable]),
+        "answered_answerable": mean([r.answer.found for r in answerable]),
+        "em_answerable": mean([em for em, _ in scores], 100, 2),
+        "f1_answerable": mean([f1 for _, f1 in scores], 100, 2),
+        "em_answered": mean([em for em, _ in answered_scores], 100, 2),
+        "f1_answered": mean([f1 for _, f1 in answered_scores], 100, 2),
+        "accuracy_answered": mean([r.correct() for r in answered]),
+        "crag_score": mean(crag),
+        "verified_citations": len(verified),
+        "verified_citation_precision": mean(verified),
+        "unanswerable_with_verified_sentence": mean(
+            [any(True for _ in r.verified_citations()) for r in unanswerable]
+        ),
+    }
+
+
+def threshold_curve(records: Sequence[dict[str, Any]], thresholds: Sequence[float], key: str = "margin") -> list[dict[str, Any]]:
+    """Replay extractive records at other thresholds: the answer is the best-scored candidate whose
+    `key` ("margin" for abstention=null, "span_logit" for abstention=span) beats the threshold
+    (suspicious passages excluded), as the reader decides it."""
+    rows = []
+    for t in thresholds:
+        answered_a = correct_a = em_a = n_a = 0
+        abstained_u = n_u = 0
+        crag = 0
+        for r in records:
+            eligible = [
+                c for c in r.get("candidates", []) if c[key] is not None and c[key] > t and not c["suspicious"] and c["text"]
+            ]
+            best = max(eligible, key=lambda c: c["score"], default=None)
+            if r["answerable"]:
+                n_a += 1
+                if best is not None:
+                    answered_a += 1
+                    right = contains_answer(best["text"], r["gold"])
+                    correct_a += right
+                    em_a += best_over_golds(best["text"], r["gold"])[0]
+                    crag += 1 if right else -1
+            else:
+                n_u += 1
+                if best is None:
+                    abstained_u += 1
+                else:
+                    crag -= 1
+        rows.append(
+            {
+                "threshold": t,
+                "abstention_unanswerable": round(abstained_u / n_u, 4) if n_u else None,
+                "answered_answerable": round(answered_a / n_a, 4) if n_a else None,
+                "em_answerable": round(100 * em_a / n_a, 2) if n_a else None,
+                "em_answered": round(100 * em_a / answered_a, 2) if answered_a else None,
+                "crag_score": round(crag / (n_a + n_u), 4) if n_a + n_u else None,
+            }
+        )
+    return rows
+
+
+def evaluate_grounding(
+    ask: Callable[[str], Answer],
+    data: GroundingSet,
+    limit_answerable: int | None = None,
+    limit_unanswerable: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Any], list[GroundingRecord]]:
+    from rag.evaluation.qa import spread
+
+    questions = [(q, True) for q in spread(data.answerable, limit_answerable)] + [
+        (q, False) for q in spread(data.unanswerable, limit_unanswerable)
+    ]
+    records = []
+    for q, answerable in questions:
+        records.append(GroundingRecord(q, answerable, ask(q.question)))
+        if progress:
+            progress(1)
+    return score_grounding(records), records
+
+
+def write_corpus(data: GroundingSet, folder: Path, name: str) -> Path:
+    """The kept paragraphs as a SQuAD file; rewritten only when it changes (re-runs skip ingestion)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    text = json.dumps(data.corpus, ensure_ascii=False)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def choose_threshold(curve: Sequence[dict[str, Any]], min_abstention: float = 0.9) -> dict[str, Any]:
+    """The calibration rule for `reader_null_threshold`: the lowest threshold (most answers) that
+    abstains on at least `min_abstention` of unanswerable questions; if none does, the best CRAG score."""
+    meeting = [r for r in curve if (r["abstention_unanswerable"] or 0.0) >= min_abstention]
+    if meeting:
+        return min(meeting, key=lambda r: r["threshold"])
+    return max(curve, key=lambda r: r["crag_score"] or -1.0)
+
+
+def recheck_generations(rows: Sequence[dict[str, Any]], verifier: Any) -> dict[str, Any]:
+    """The grounding scores of recorded generations re-checked by another verifier: the same
+    generated text and passages, so verifiers compare on equal terms without generating again."""
+    from indexes.types import Passage
+    from rag.citations import check_answer
+
+    answered_a = correct_a = n_a = abstained_u = n_u = verified_u = 0
+    crag = 0
+    verified: list[bool] = []
+    for r in rows:
+        passages = [
+            Passage(chunk_id=i, doc_id=i, text=p["text"], start=0, end=len(p["text"]), ordinal=0, source=f"p{i}",
+                    title=p["title"], external_id=None, score=1.0, rank=i)
+            for i, p in enumerate(r["passages"], start=1)
+        ]
+        answer = check_answer(r["question"], r["generated"], passages, verifier=verifier)
+        sentence = normalize_answer(r["gold_sentence"])
+        cites = [
+            bool(r["answerable"]) and (contains_answer(passages[c.n - 1].text, r["gold"]) or sentence in normalize_answer(passages[c.n - 1].text))
+            for c in answer.citations if c.verified
+        ]
+        verified.extend(cites)
+        right = answer.found and contains_answer(prediction_text(answer), r["gold"])
+        if r["answerable"]:
+            n_a += 1
+            answered_a += answer.found
+            correct_a += right
+            crag += (1 if right else -1) if answer.found else 0
+        else:
+            n_u += 1
+            abstained_u += not answer.found
+            verified_u += bool(cites)
+            crag -= 1 if answer.found else 0
+    return {
+        "verifier": verifier.name,
+        "abstention_unanswerable": round(abstained_u / n_u, 4) if n_u else None,
+        "answered_answerable": round(answered_a / n_a, 4) if n_a else None,
+        "accuracy_answered": round(correct_a / answered_a, 4) if answered_a else None,
+        "crag_score": round(crag / (n_a + n_u), 4) if n_a + n_u else None,
+        "verified_citations": len(verified),
+        "verified_citation_precision": round(sum(verified) / len(verified), 4) if verified else None,
+        "unanswerable_with_verified_sentence": round(verified_u / n_u, 4) if n_u else None,
+    }
+
+
+def calibrate_on_articles(rows: Sequence[dict[str, Any]], articles: int, grid: Sequence[float], key: str = "margin") -> dict[str, Any]:
+    """Choose the threshold on the questions of the first `articles` articles (`choose_threshold`)
+    and score the other articles' questions at it: calibration and evaluation never share questions."""
+    calibration = [r for r in rows if r["article"] < articles]
+    held_out = [r for r in rows if r["article"] >= articles]
+    chosen = choose_threshold(threshold_curve(calibration, grid, key))
+    return {
+        "calibration_articles": articles,
+        "calibration_questions": len(calibration),
+        "chosen": chosen,
+        "held_out_questions": len(held_out),
+        "held_out": threshold_curve(held_out, [chosen["threshold"]], key)[0],
+        "held_out_curve": threshold_curve(held_out, grid, key),
+    }

@@ -1,0 +1,37 @@
+"""Support verifiers behind one contract (`base.Verifier`), chosen by `Settings.verifier`.
+
+`lexical` needs no model; `reader` asks the extractive reader; `nli` loads a (claim, passage)
+cross-encoder from `Settings.verifier_model`. Heavy imports happen in the implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from indexes.errors import InvalidInput
+from rag.verifiers.base import Evidence, Verifier
+from rag.verifiers.lexical import DEFAULT_THRESHOLD, LexicalVerifier
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
+
+__all__ = ["DEFAULT_THRESHOLD", "Evidence", "LexicalVerifier", "Verifier", "build_verifier"]
+
+
+def build_verifier(settings: Settings, reader: Callable[[], Any]) -> Verifier:
+    """The verifier `settings.verifier` names; `reader` builds the extractive reader when needed."""
+    kind = settings.verifier
+    if kind == "lexical":
+        return LexicalVerifier(settings.support_threshold)
+    if kind == "reader":
+        from rag.verifiers.reader import ReaderVerifier
+
+        return ReaderVerifier(reader())
+    if kind == "nli":
+        from rag.verifiers.nli import NLIVerifier
+
+        if not settings.verifier_model:
+            raise InvalidInput("verifier=nli needs RAG_VERIFIER_MODEL (a folder such as shared/models/verifier-minilm-l6-support)")
+        return NLIVerifier(settings.verifier_model, threshold=settings.verifier_threshold, device=settings.device)
+    raise InvalidInput(f"unknown verifier {kind!r}: use lexical, reader or nli")

@@ -1,0 +1,214 @@
+"""Text the citation check and the verifiers share: sentences, content words, names, and the
+instruction-like patterns that make a passage suspicious.
+
+Words are lower-cased and Snowball-stemmed, stop words and answer boilerplate ("answer",
+"source", ...) dropped, numbers kept verbatim (number words become digits: "three" is 3).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+_CITATION = re.compile(r"\[(\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*)\]")
+_LEADING_CITATIONS = re.compile(r"(?:\s*\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\][.,;]?)+")
+_PARAGRAPH = re.compile(r"\S(?:.|\n(?![ \t]*\n))*")
+_WORD = re.compile(r"[^\W_]+(?:['’.][^\W_]+)*", re.UNICODE)
+_INJECTION = re.compile(
+    r"\b(ignore|disregard|forget|override|bypass)\b.{0,40}\b(instruction|instructions|prompt|rules?|above|previous|guidelines|context)\b"
+    r"|\byou (must|should|are now|will|have to|need to) (now )?(answer|say|reply|respond|output|ignore|write|state|print|claim|tell)\b"
+    r"|\b(answer|reply|respond|say|output)\s+(with\s+)?[\"'“]?\w+[\"'”]?\s+(to|for)\s+(every|all|any)\b"
+    r"|\b(the|your) answer to (every|all|any|each) questions?\b"
+    r"|\bsystem prompt\b|\bnew (instructions?|rules?|task)\b|\bfrom (now on|the administrator)\b"
+    r"|(^|\n|[.!?]\s)\s*(system|assistant|admin|administrator|developer)\s*:"
+    r"|<\|?(system|im_start|im_end|assistant)\|?>|\[/?INST\]"
+    r"|\b(as an ai|language model),? (you|ignore)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_NOT_FOUND_PATTERNS = re.compile(
+    r"\b(unanswerable|do(es)? not (contain|provide|mention|say|include)|not (found|mentioned|given|stated) in|"
+    r"no information|cannot be answered|can ?not answer|not enough information|don'?t know)\b",
+    re.IGNORECASE,
+)
+
+_STOP = frozenset(
+    """a an the and or but if then else of to in on at by for with from as into onto over under about
+    above below up down out off than so too very can could would should will shall may might must do
+    does did done doing be is are was were been being am have has had having i me my we our you your
+    he him his she her it its they them their this that these those there here who whom whose which
+    what when where why how not no nor only own same such just also any all both each few more most
+    other some s t don o re ve ll d m yes again further once during before after while because until
+    against between through via per et al ie eg one""".split()
+)
+# Words a generator uses to talk about answering rather than to state a fact.
+_BOILERPLATE = frozenset(
+    """answer answers answered source sources passage passages context text document documents
+    according mention mentions mentioned state states stated say says said provide provides provided
+    given question information based""".split()
+)
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> Any:
+    import Stemmer  # PyStemmer (Snowball), a dependency of the keyword index
+
+    return Stemmer.Stemmer("english")
+
+
+def content_words(text: str) -> set[str]:
+    """Stemmed, lower-cased content words; numbers kept as written (without separators)."""
+    words = []
+    for raw in _WORD.findall(text):
+        word = raw.lower().replace("’", "'").rstrip(".")
+        if word.endswith("'s"):
+            word = word[:-2]
+        if not word or word in _STOP or word in _BOILERPLATE:
+            continue
+        if word.replace(".", "").isdigit():
+            words.append(word.replace(".", ""))
+        elif len(word) > 1 or word.isdigit():
+            words.append(word)
+    return set(_stemmer().stemWords([w for w in words if not w.isdigit()])) | {w for w in words if w.isdigit()}
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Sentence offsets from blingfire; a piece that is only citations joins the sentence before it."""
+    import blingfire
+
+    if not text.strip():
+        return []
+    offsets: list[tuple[int, int]] = []
+    # a blank line always ends a sentence (a heading, a list, a pasted source block); blingfire
+    # alone would run "# Marie Curie\n\nMarie Curie was born ..." into one
+    for paragraph in _PARAGRAPH.finditer(text):
+        _, found = blingfire.text_to_sentences_and_offsets(paragraph.group())
+        offsets.extend((paragraph.start() + s, paragraph.start() + e) for s, e in found)
+    spans: list[tuple[int, int]] = []
+    for start, end in offsets:
+        if spans:
+            # "... Warsaw. [1] She ..." : leading markers belong to the sentence before
+            lead = _LEADING_CITATIONS.match(text, start, end)
+            if lead and lead.end() > start:
+                spans[-1] = (spans[-1][0], lead.end())
+                start = lead.end()
+                while start < end and text[start].isspace():
+                    start += 1
+        body = _CITATION.sub("", text[start:end]).strip(" \t\n.,;:")
+        if spans and not body:
+            spans[-1] = (spans[-1][0], end)
+        elif body:
+            spans.append((start, end))
+    return spans
+
+
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> Any:
+    import Stemmer  # PyStemmer (Snowball), a dependency of the keyword index
+
+    return Stemmer.Stemmer("english")
+
+
+NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "thousand": "1000", "million": "1000000"})
+NEGATIONS = frozenset("not no never nor neither none nobody nothing cannot without n't".split())
+# Words that turn a date or a quantity into another claim: "before 1903" is not "in 1903".
+RELATIONS = frozenset(
+    "before after until since prior later earlier than more less fewer over under least most approximately about nearly almost".split()
+)
+
+
+def raw_words(text: str) -> list[str]:
+    """Lower-cased words, with "n't" split off as its own word."""
+    out = []
+    for raw in _WORD.findall(text.replace("’", "'")):
+        word = raw.lower().rstrip(".")
+        if word.endswith("n't"):
+            out.extend([word[:-3], "n't"])
+        else:
+            out.append(word)
+    return out
+
+
+def content_words(text: str) -> set[str]:
+    """Stemmed, lower-cased content words; numbers kept as written (without separators)."""
+    words = []
+    for word in raw_words(text):
+        if word.endswith("'s"):
+            word = word[:-2]
+        word = NUMBER_WORDS.get(word, word)
+        if not word or word in _STOP or word in _BOILERPLATE or word == "n't":
+            continue
+        if word.replace(".", "").replace(",", "").isdigit():
+            words.append(word.replace(".", "").replace(",", ""))
+        elif len(word) > 1 or word.isdigit():
+            words.append(word)
+    return set(_stemmer().stemWords([w for w in words if not w.isdigit()])) | {w for w in words if w.isdigit()}
+
+
+def name_sequence(text: str) -> list[str]:
+    """Stems of capitalised words (not sentence-initial function words) and numbers, in order."""
+    out = []
+    for w in _WORD.findall(text):
+        if not (w[:1].isupper() or w[:1].isdigit()):
+            continue
+        low = w.lower().rstrip(".")
+        if low.endswith("'s"):
+            low = low[:-2]
+        if low in _STOP or low in _BOILERPLATE or len(low) < 2:
+            continue
+        out.append(low.replace(",", "") if low[:1].isdigit() else _stemmer().stemWord(low))
+    return out
+
+
+def name_words(text: str) -> set[str]:
+    """Stems of capitalised words and numbers (number words included): the entities a sentence names."""
+    numbers = {NUMBER_WORDS[w] for w in raw_words(text) if w in NUMBER_WORDS}
+    return set(name_sequence(text)) | numbers
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Sentence offsets from blingfire; a piece that is only citations joins the sentence before it."""
+    import blingfire
+
+    if not text.strip():
+        return []
+    offsets: list[tuple[int, int]] = []
+    # a blank line always ends a sentence (a heading, a list, a pasted source block); blingfire
+    # alone would run "# Marie Curie\n\nMarie Curie was born ..." into one
+    for paragraph in _PARAGRAPH.finditer(text):
+        _, found = blingfire.text_to_sentences_and_offsets(paragraph.group())
+        offsets.extend((paragraph.start() + s, paragraph.start() + e) for s, e in found)
+    spans: list[tuple[int, int]] = []
+    for start, end in offsets:
+        if spans:
+            # "... Warsaw. [1] She ..." : leading markers belong to the sentence before
+            lead = _LEADING_CITATIONS.match(text, start, end)
+            if lead and lead.end() > start:
+                spans[-1] = (spans[-1][0], lead.end())
+                start = lead.end()
+                while start < end and text[start].isspace():
+                    start += 1
+        body = _CITATION.sub("", text[start:end]).strip(" \t\n.,;:")
+        if spans and not body:
+            spans[-1] = (spans[-1][0], end)
+        elif body:
+            spans.append((start, end))
+    return spans
+
+
+def strip_citations(text: str) -> str:
+    return " ".join(_CITATION.sub(" ", text).split())
+
+
+def is_instruction(text: str) -> bool:
+    """Text that addresses the model ("ignore your instructions", "SYSTEM: ...")."""
+    return bool(_INJECTION.search(text))
