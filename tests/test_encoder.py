@@ -160,3 +160,62 @@ def test_runtime_choice_errors_are_clear(encoder: Encoder, onnx_cache: Path) -> 
         load_encoder(encoder.spec, "onnx", device="cuda", cache_dir=onnx_cache)
     with pytest.raises(InvalidInput, match="not openvino"):
         load_encoder(encoder.spec, "openvino", quantize=True, cache_dir=onnx_cache)
+
+
+# -- device and precision (RAG_DEVICE, RAG_PRECISION); this machine has no GPU --------------------
+
+
+def test_auto_device_is_cuda_only_when_torch_sees_one() -> None:
+    from rag.runtime import resolve_device
+
+    assert resolve_device("auto", cuda_available=True) == "cuda"
+    assert resolve_device("auto", cuda_available=False) == "cpu"
+    assert resolve_device("cpu", cuda_available=True) == "cpu"
+    assert resolve_device("cuda:1", cuda_available=True) == "cuda:1"
+    with pytest.raises(InvalidInput, match="sees no CUDA"):
+        resolve_device("cuda", cuda_available=False)
+    with pytest.raises(InvalidInput, match="unknown device"):
+        resolve_device("tpu", cuda_available=True)
+
+
+def test_auto_precision_is_half_on_a_gpu_and_float32_on_the_cpu() -> None:
+    from rag.runtime import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "float32"
+    assert resolve_precision("auto", "cuda", bf16_supported=True) == "bfloat16"
+    assert resolve_precision("auto", "cuda:0", bf16_supported=False) == "float16"
+    assert resolve_precision("float32", "cuda") == "float32"
+    with pytest.raises(InvalidInput, match="for GPUs"):
+        resolve_precision("float16", "cpu")
+
+
+def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder(tmp_path: Path) -> None:
+    import torch
+
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="onnx"))
+    assert runtime.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = runtime.encoder(runtime.requested_spec())
+    assert encoder.runtime == "onnx"
+    assert (tmp_path / "models" / "onnx").is_dir()  # exported under RAG_HOME, not downloaded
+
+
+def test_a_collection_built_with_torch_is_searched_with_onnx(tmp_path: Path) -> None:
+    """The runtime is not part of the encoder identity: vectors agree within cosine 0.99."""
+    from indexes.types import Document
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    docs = [
+        Document(source=f"doc{i}", title="", text=text)
+        for i, text in enumerate(_scifact_texts(12))
+    ]
+    built = Runtime(Settings(home=tmp_path, encoder_runtime="torch", retriever="dense"))
+    built.ingestor(built.writable_collection("c")).ingest_documents(docs)
+    searched = Runtime(Settings(home=tmp_path, encoder_runtime="onnx", quantize=True, retriever="dense"))
+    query = docs[7].text[:200]
+    top = searched.retriever("c").retrieve(query, 3)
+    assert top[0].source == "doc7"
+    assert searched.encoder_for(searched.collection("c")).runtime == "onnx"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -20,13 +19,8 @@ router = APIRouter(prefix="/v1", tags=["search"])
 
 
 def get_retriever(state: ApiState, collection: str, kind: str | None) -> Any:
-    """`Runtime.retriever(name, kind)` where the runtime knows kinds, else the dense one."""
-    runtime = state.runtime
-    if "kind" in inspect.signature(runtime.retriever).parameters:
-        return runtime.retriever(collection, kind) if kind else runtime.retriever(collection)
-    if kind not in (None, "dense"):
-        raise InvalidInput(f"this server has only the dense retriever, not {kind!r}")
-    return runtime.retriever(collection)
+    """The collection's retriever of `kind` (None: RAG_RETRIEVER)."""
+    return state.runtime.retriever(collection, kind)
 
 
 def matches(passage: Passage, filters: Filters) -> bool:
