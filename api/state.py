@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from api.auth import RateLimiter, check_collection
+from api.batching import search_batcher
 from api.jobs import JobManager
 from api.keys import KeyStore, Principal
 from api.metrics import Metrics
@@ -47,6 +48,7 @@ class ApiState:
     metrics: Metrics
     models: dict[str, Any] = field(default_factory=dict)
     pipeline: Any = None  # rag.qa.AskPipeline, shared: its reader and generator load once
+    search_batcher: Any = None  # api.batching.MicroBatcher, None when RAG_SEARCH_BATCH_MAX=0
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> ApiState:
@@ -78,9 +80,16 @@ class ApiState:
             metrics=metrics,
             models=models,
             pipeline=pipeline,
+            search_batcher=(
+                search_batcher(runtime, settings.search_batch_max, settings.search_batch_wait_ms)
+                if settings.search_batch_max
+                else None
+            ),
         )
 
     def close(self) -> None:
+        if self.search_batcher is not None:
+            self.search_batcher.close()
         self.jobs.shutdown()
         self.runtime.store.close()
 

@@ -1,11 +1,18 @@
 """Ingestion throughput and quality on BEIR SciFact: rag vs. the script a user would write.
 
-Baseline: sentence-transformers `encode(batch_size=64)` on "title text" + `faiss.IndexFlatIP`.
-Ours: `rag` ingestion (parse, chunk, embed, SQL + FAISS writes) with fp32 and int8 encoders.
-Each variant runs in its own subprocess so peak RSS is its own; quality is nDCG@10 on the train
-qrels with the same metric code. Prints a table and the throughput ratios against the baseline.
+Baseline: sentence-transformers `encode(batch_size=64)` on "title text" + `faiss.IndexFlatIP`,
+the ten lines a user would write, over the same all-MiniLM-L6-v2 folder.
+Ours: `rag` ingestion (parse, chunk, embed, SQL + FAISS writes) with each encoder runtime:
+`torch` (the reference), `onnx` (ONNX Runtime, fp32), `onnx-int8`, `openvino`, `torch-int8`.
 
-    python bench/ingest.py [--limit N] [--variants baseline,ours,ours-int8]
+Each variant runs in its own subprocess (its own peak RSS, no warm caches shared). The machine
+is noisy, so variants run in rounds, interleaved and in rotating order, and the script prints
+the median documents/s of each, the ratio of medians against the baseline, the median of the
+per-round ratios, and the load average around each run. `--quality` adds nDCG@10 (train qrels,
+same metric code) for each variant, from the first round's collection (needs every judged
+document: use it on the whole corpus or with --limit, which always keeps the judged ones).
+
+    python bench/ingest.py [--limit N] [--rounds 3] [--variants baseline,onnx-int8] [--quality]
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
 sys.path.insert(0, str(REPO))
 
 
-def _corpus(limit: int | None) -> Path:
-    """SciFact's corpus, or its first `limit` documents plus every document the qrels need."""
+def _corpus(limit: int | None, judged: bool = True) -> Path:
+    """SciFact's corpus, or its first `limit` documents (plus every document the qrels need when
+    `judged`, so nDCG stays comparable)."""
     if not limit:
         return SCIFACT / "corpus.jsonl"
     from rag.evaluation.retrieval import read_beir
 
-    needed = {d for docs in read_beir(SCIFACT, "train").qrels.values() for d in docs}
+    needed = {d for docs in read_beir(SCIFACT, "train").qrels.values() for d in docs} if judged else set()
     out = Path(tempfile.mkdtemp()) / "corpus.jsonl"
     with (SCIFACT / "corpus.jsonl").open() as src, out.open("w") as dst:
         for i, line in enumerate(src):
@@ -44,7 +52,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_baseline(corpus: Path) -> dict[str, float]:
+def run_baseline(corpus: Path, quality: bool) -> dict[str, float]:
     import faiss
     import numpy as np
     from sentence_transformers import SentenceTransformer
@@ -59,43 +67,82 @@ def run_baseline(corpus: Path) -> dict[str, float]:
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.asarray(vectors, dtype=np.float32))
     seconds = time.perf_counter() - started
-    data = read_beir(SCIFACT, "train")
-    qids = list(data.queries)
-    scores, ids = index.search(model.encode([data.queries[q] for q in qids], batch_size=64), 100)
-    run = {q: {records[i]["_id"]: float(s) for s, i in zip(scores[n], ids[n])} for n, q in enumerate(qids)}
-    metrics = trec_metrics(data.qrels, run)
-    return {
+    result: dict[str, float] = {
         "documents": len(records),
         "passages": len(records),
         "seconds": seconds,
-        "ndcg@10": metrics["ndcg@10"],
-        "recall@100": metrics["recall@100"],
         "peak_rss_mb": _peak_rss_mb(),
     }
+    if quality:
+        data = read_beir(SCIFACT, "train")
+        qids = list(data.queries)
+        scores, ids = index.search(model.encode([data.queries[q] for q in qids], batch_size=64), 100)
+        run = {q: {records[i]["_id"]: float(s) for s, i in zip(scores[n], ids[n])} for n, q in enumerate(qids)}
+        metrics = trec_metrics(data.qrels, run)
+        result["ndcg@10"] = result["dense_ndcg@10"] = metrics["ndcg@10"]
+        result["dense_recall@100"] = metrics["recall@100"]
+    return result
 
 
-def run_ours(corpus: Path, quantize: bool) -> dict[str, float]:
+# variant -> (encoder runtime, int8)
+RUNTIMES = {
+    "torch": ("torch", False),
+    "torch-int8": ("torch", True),
+    "onnx": ("onnx", False),
+    "onnx-int8": ("onnx", True),
+    "openvino": ("openvino", False),
+}
+
+
+def run_ours(corpus: Path, variant: str, quality: bool, models: Path) -> dict[str, float]:
     from rag.evaluation.retrieval import evaluate_retrieval, read_beir
     from rag.runtime import Runtime
     from rag.settings import Settings
 
+    encoder_runtime, quantize = RUNTIMES[variant]
     home = Path(tempfile.mkdtemp(prefix="rag-bench-"))
-    runtime = Runtime(Settings(home=home, quantize=quantize, retriever="dense"))
+    # The exported ONNX graphs are made once per bench run (a one-off cost, like a download).
+    (home / "models").symlink_to(models, target_is_directory=True)
+    runtime = Runtime(Settings(home=home, quantize=quantize, encoder_runtime=encoder_runtime, retriever="dense"))
     collection = runtime.writable_collection("scifact")
-    ingestor = runtime.ingestor(collection)
+    ingestor = runtime.ingestor(collection)  # loads the encoder: not timed, as for the baseline
     started = time.perf_counter()
     report = ingestor.ingest_paths([str(corpus)])
     seconds = time.perf_counter() - started
-    result = evaluate_retrieval(runtime.retriever("scifact", "dense"), read_beir(SCIFACT, "train"))
-    return {
+    result: dict[str, float] = {
         "documents": report.documents_added,
         "passages": report.chunks_added,
         "seconds": seconds,
         "embed_seconds": report.embed_seconds,
-        "ndcg@10": result["ndcg@10"],
-        "recall@100": result["recall@100"],
         "peak_rss_mb": _peak_rss_mb(),
     }
+    if quality:
+        data = read_beir(SCIFACT, "train")
+        for kind in ("dense", "hybrid"):
+            metrics = evaluate_retrieval(runtime.retriever("scifact", kind), data)
+            result[f"{kind}_ndcg@10"] = metrics["ndcg@10"]
+            result[f"{kind}_recall@100"] = metrics["recall@100"]
+        result["ndcg@10"] = result["dense_ndcg@10"]
+    return result
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def _prepare_models(variants: list[str]) -> Path:
+    """Export the ONNX graphs the variants need, once, before anything is timed."""
+    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
+    from indexes.encoder.export import exported_model
+
+    models = Path(tempfile.mkdtemp(prefix="rag-bench-models-"))
+    spec = EncoderSpec.detect(DEFAULT_EMBEDDER)
+    for variant in variants:
+        if variant in RUNTIMES and RUNTIMES[variant][0] != "torch":
+            exported_model(spec, models, "ort-int8" if RUNTIMES[variant][1] else ("ort" if RUNTIMES[variant][0] == "onnx" else "plain"))
+    return models
 
 
 def run_growth(total: int, step: int, home: Path) -> list[dict[str, float]]:
@@ -149,10 +196,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--growth", type=int, default=0, help="store growth mode: write this many documents (e.g. 50000), print seconds per 1,000 every --step")
     parser.add_argument("--step", type=int, default=5000)
-    parser.add_argument("--limit", type=int, default=0, help="first N documents (+ all judged ones); 0 = all")
-    parser.add_argument("--variants", default="baseline,ours,ours-int8")
+    parser.add_argument("--limit", type=int, default=0, help="first N documents (+ all judged ones with --quality); 0 = all")
+    parser.add_argument("--variants", default="baseline,torch,onnx-int8", help=f"baseline and any of {', '.join(RUNTIMES)}")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are quoted")
+    parser.add_argument("--quality", action="store_true", help="nDCG@10 of each variant (first round)")
+    parser.add_argument("--json", type=Path, help="also write every run to this file")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.growth:
         import tempfile
@@ -169,31 +220,67 @@ def main() -> None:
 
     if args.variant:  # child process: run one variant, print JSON
         corpus = Path(args.corpus)
-        result = run_baseline(corpus) if args.variant == "baseline" else run_ours(corpus, args.variant == "ours-int8")
+        if args.variant == "baseline":
+            result = run_baseline(corpus, args.quality)
+        else:
+            result = run_ours(corpus, args.variant, args.quality, Path(args.models))
         print(json.dumps(result))
         return
 
-    corpus = _corpus(args.limit)
-    results: dict[str, dict[str, float]] = {}
-    for variant in args.variants.split(","):
-        child = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--corpus", str(corpus)],
-            capture_output=True, text=True, check=True,
-        )
-        results[variant] = json.loads(child.stdout.strip().splitlines()[-1])
-        r = results[variant]
-        print(f"{variant:>10}: {r['documents']} docs, {r['passages']} passages in {r['seconds']:.1f}s "
-              f"-> {r['passages'] / r['seconds']:.1f} passages/s, {r['documents'] / r['seconds']:.1f} docs/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB, nDCG@10 {r['ndcg@10']:.4f}, Recall@100 {r['recall@100']:.4f}",
-              flush=True)
-    if "baseline" in results:
-        base = results["baseline"]
-        for variant, r in results.items():
-            if variant != "baseline":
-                print(f"ratio {variant}/baseline: passages/s x{(r['passages'] / r['seconds']) / (base['passages'] / base['seconds']):.2f}, "
-                      f"docs/s x{(r['documents'] / r['seconds']) / (base['documents'] / base['seconds']):.2f}, "
-                      f"nDCG@10 {r['ndcg@10'] - base['ndcg@10']:+.4f}")
-    print(json.dumps(results))
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v != "baseline" and v not in RUNTIMES]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; use baseline or {', '.join(RUNTIMES)}")
+    corpus = _corpus(args.limit, args.quality)
+    models = _prepare_models(variants)
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for round_no in range(args.rounds):
+        order = variants[round_no % len(variants):] + variants[: round_no % len(variants)]
+        for variant in order:
+            quality = args.quality and round_no == 0
+            load_before = os.getloadavg()[0]
+            child = subprocess.run(
+                [sys.executable, __file__, "--variant", variant, "--corpus", str(corpus), "--models", str(models)]
+                + (["--quality"] if quality else []),
+                capture_output=True, text=True,
+            )
+            if child.returncode:
+                raise SystemExit(f"{variant} failed:\n{child.stderr[-3000:]}")
+            r = json.loads(child.stdout.strip().splitlines()[-1])
+            r["round"] = round_no
+            r["load_before"] = load_before
+            r["load_after"] = os.getloadavg()[0]
+            runs[variant].append(r)
+            quality_text = (
+                "".join(f", {k} {v:.4f}" for k, v in r.items() if k.endswith("ndcg@10") and k != "ndcg@10")
+                if quality else ""
+            )
+            print(f"round {round_no + 1} {variant:>10}: {r['documents']} docs, {r['passages']} passages in "
+                  f"{r['seconds']:.1f}s -> {r['documents'] / r['seconds']:.2f} docs/s, "
+                  f"{r['passages'] / r['seconds']:.1f} passages/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}{quality_text}", flush=True)
+
+    def docs_per_s(r: dict[str, float]) -> float:
+        return r["documents"] / r["seconds"]
+
+    print("\nmedians over rounds:")
+    for variant, rs in runs.items():
+        print(f"  {variant:>10}: {_median([docs_per_s(r) for r in rs]):.2f} docs/s, "
+              f"{_median([r['passages'] / r['seconds'] for r in rs]):.1f} passages/s, "
+              f"peak RSS {_median([r['peak_rss_mb'] for r in rs]):.0f} MB")
+    if "baseline" in runs:
+        base = runs["baseline"]
+        for variant, rs in runs.items():
+            if variant == "baseline":
+                continue
+            of_medians = _median([docs_per_s(r) for r in rs]) / _median([docs_per_s(r) for r in base])
+            per_round = _median([docs_per_s(r) / docs_per_s(b) for r, b in zip(sorted(rs, key=lambda x: x["round"]), sorted(base, key=lambda x: x["round"]))])
+            print(f"ratio {variant}/baseline docs/s: x{of_medians:.2f} (ratio of medians), "
+                  f"x{per_round:.2f} (median of per-round ratios)")
+    loads = [r[k] for rs in runs.values() for r in rs for k in ("load_before", "load_after")]
+    print(f"load average (1 min) during the runs: median {_median(loads):.1f}, range {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
 
 
 if __name__ == "__main__":

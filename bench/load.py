@@ -1,12 +1,17 @@
 """Bounded load test of the API on loopback: N concurrent clients for D seconds of /v1/search and
 /v1/ask (extractive), printing throughput, latency percentiles and errors.
 
-    python bench/load.py                      # starts `rag serve --no-auth` on a free loopback port
+    python bench/load.py                      # before/after: search without and with micro-batching
     python bench/load.py --url http://127.0.0.1:8000 --key rag_... --collection scifact
 
-Without --url the server runs in a subprocess (so client and server never share a GIL) on the
-data home given by --home (default: a temporary folder); a missing collection is first ingested
-through the API from --corpus (default: SciFact if present, else the SQuAD dev paragraphs).
+Without --url the script starts two `rag serve --no-auth` servers on the same data home (--home,
+default a temporary folder; a missing collection is first ingested through the API from
+--corpus): "unbatched" (RAG_SEARCH_BATCH_MAX=0: each request encodes and searches alone, the
+baseline) and "batched" (the defaults: concurrent searches share one retrieval call). It loads
+them with /v1/search in interleaved rounds (rotating order), quotes medians and the
+batched/unbatched throughput ratio, the load average around each run, and then measures
+extractive /v1/ask on the batched server. Servers run in subprocesses, so clients and server
+never share a GIL.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def questions(limit: int = 500) -> list[str]:
     return found[:limit]
 
 
-def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(home: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
     env = {
         **os.environ,
@@ -65,6 +70,7 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     }
     if READER.is_dir():
         env.setdefault("RAG_READER_MODEL", str(READER))
+    env.update(extra_env or {})
     return subprocess.Popen(
         [rag, "serve", "--no-auth", "--port", str(port), "--log-level", "warning"],
         env=env,
@@ -159,48 +165,103 @@ def run(url: str, key: str | None, collection: str, clients: int, duration: floa
     return report
 
 
+def _print(label: str, report: dict[str, Any], endpoints: list[str]) -> None:
+    for endpoint in endpoints:
+        r = report[endpoint]
+        print(
+            f"  {label:<10} /v1/{endpoint:<6} {r['throughput_rps']:>7.1f} req/s  p50 {r['p50_ms']:>7.1f} ms  "
+            f"p95 {r['p95_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms  ok {r['ok']}  errors {r['errors']} "
+            f"{r['error_statuses'] or ''}  load {report['load_before']:.1f}->{report['load_after']:.1f}",
+            flush=True,
+        )
+
+
+def _timed_run(url: str, key: str | None, collection: str, args: argparse.Namespace, endpoints: list[str]) -> dict[str, Any]:
+    before = os.getloadavg()[0]
+    report = run(url, key, collection, args.clients, args.duration, args.k, endpoints)
+    report["load_before"], report["load_after"] = before, os.getloadavg()[0]
+    return report
+
+
+def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[str, Any]:
+    """Before/after in one run: the same home served unbatched and batched, interleaved."""
+    home = args.home or Path(tempfile.mkdtemp(prefix="rag-load-"))
+    common = {"RAG_ENCODER_RUNTIME": args.encoder_runtime, "RAG_THREADS": str(args.threads)} if args.threads else {
+        "RAG_ENCODER_RUNTIME": args.encoder_runtime}
+    configs = {"unbatched": {**common, "RAG_SEARCH_BATCH_MAX": "0"}, "batched": dict(common)}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for name, env in configs.items():  # one after the other: the first ingests, both export once
+            port = _free_port()
+            servers[name] = (start_server(home, port, env), f"http://127.0.0.1:{port}")
+            wait_ready(servers[name][1], timeout=900)
+            with httpx.Client(base_url=servers[name][1], timeout=60) as client:
+                ensure_collection(client, collection, corpus)
+        names = list(configs)
+        runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for round_no in range(args.rounds):
+            for name in names[round_no % 2:] + names[: round_no % 2]:
+                report = _timed_run(servers[name][1], None, collection, args, ["search"])
+                runs[name].append(report)
+                _print(f"{name} r{round_no + 1}", report, ["search"])
+        summary: dict[str, Any] = {"clients": args.clients, "duration_s": args.duration, "collection": collection,
+                                   "encoder_runtime": args.encoder_runtime, "runs": runs}
+        print("medians over rounds (/v1/search):")
+        for name, rs in runs.items():
+            med = {m: statistics.median(r["search"][m] for r in rs) for m in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms")}
+            errors = sum(r["search"]["errors"] for r in rs)
+            summary[name] = {**med, "errors": errors}
+            print(f"  {name:<10} {med['throughput_rps']:>7.1f} req/s  p50 {med['p50_ms']:>7.1f} ms  p95 {med['p95_ms']:>7.1f} ms  "
+                  f"p99 {med['p99_ms']:>7.1f} ms (p99/p50 {med['p99_ms'] / max(med['p50_ms'], 1e-9):.2f})  errors {errors}")
+        ratio = summary["batched"]["throughput_rps"] / max(summary["unbatched"]["throughput_rps"], 1e-9)
+        per_round = statistics.median(
+            b["search"]["throughput_rps"] / max(u["search"]["throughput_rps"], 1e-9) for b, u in zip(runs["batched"], runs["unbatched"])
+        )
+        summary["ratio"] = ratio
+        print(f"ratio batched/unbatched search throughput: x{ratio:.2f} (of medians), x{per_round:.2f} (median per round)")
+        if "ask" in args.endpoints.split(","):
+            ask = _timed_run(servers["batched"][1], None, collection, args, ["ask"])
+            summary["ask"] = ask["ask"]
+            _print("batched", ask, ["ask"])
+            print("  (batching serves /v1/ask's retrieval too; the reader dominates its time)")
+        loads = [r[k] for rs in runs.values() for r in rs for k in ("load_before", "load_after")]
+        print(f"load average (1 min) during the runs: median {statistics.median(loads):.1f}, "
+              f"range {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+        return summary
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running server; default: start one")
+    parser.add_argument("--url", help="a running server (measured as it is); default: start two and compare")
     parser.add_argument("--key", default=os.environ.get("RAG_API_KEY"), help="API key (env RAG_API_KEY)")
-    parser.add_argument("--home", type=Path, help="data home of the started server (default: temporary)")
+    parser.add_argument("--home", type=Path, help="data home of the started servers (default: temporary)")
     parser.add_argument("--collection", default=None, help="default: scifact, or squad-dev without SciFact")
     parser.add_argument("--corpus", type=Path, default=None, help="file to ingest when the collection is empty")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of unbatched and batched")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--endpoints", default="search,ask", help="comma-separated: search, ask")
-    parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--encoder-runtime", default="onnx", help="RAG_ENCODER_RUNTIME of both servers")
+    parser.add_argument("--threads", type=int, default=0, help="RAG_THREADS of both servers (0: all cores)")
+    parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     corpus = args.corpus or (SCIFACT / "corpus.jsonl" if (SCIFACT / "corpus.jsonl").exists() else SQUAD_DEV)
     collection = args.collection or ("scifact" if corpus.parent == SCIFACT else "squad-dev")
-    server = None
-    url = args.url
-    home = args.home or Path(tempfile.mkdtemp(prefix="rag-load-"))
-    if url is None:
-        port = _free_port()
-        server = start_server(home, port)
-        url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
-        headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-            ensure_collection(client, collection, corpus)
-        report = run(url, args.key, collection, args.clients, args.duration, args.k, args.endpoints.split(","))
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+    if args.url is None:
+        report = _compare(args, collection, corpus)
+    else:
+        wait_ready(args.url)
+        endpoints = args.endpoints.split(",")
+        report = _timed_run(args.url, args.key, collection, args, endpoints)
+        print(f"{report['clients']} clients, {report['duration_s']} s, collection {report['collection']}, k={report['k']}")
+        _print(args.url, report, endpoints)
     if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"{report['clients']} clients, {report['duration_s']} s, collection {report['collection']}, k={report['k']}")
-    for endpoint in args.endpoints.split(","):
-        r = report[endpoint]
-        print(
-            f"  /v1/{endpoint:<6} {r['throughput_rps']:>7.1f} req/s  p50 {r['p50_ms']:>7.1f} ms  "
-            f"p95 {r['p95_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms  ok {r['ok']}  errors {r['errors']} {r['error_statuses'] or ''}"
-        )
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import logging
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from indexes.encoder import Encoder, EncoderSpec, set_threads
-from indexes.errors import CollectionNotFound
+from indexes.encoder import Encoder, EncoderSpec, load_encoder, set_threads
+from indexes.errors import CollectionNotFound, InvalidInput
 from indexes.store import Collection, CollectionConfig, SearchParams, Store
 from ingest.chunking import SentenceWindowChunker
 from ingest.pipeline import Ingestor
@@ -29,11 +29,66 @@ log = logging.getLogger(__name__)
 _ENCODERS: dict[tuple[object, ...], Encoder] = {}
 
 
+def resolve_device(requested: str, cuda_available: bool) -> str:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; an explicit device must exist."""
+    requested = requested.strip().lower()
+    if requested == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not cuda_available:
+            raise InvalidInput(f"RAG_DEVICE={requested} but torch sees no CUDA device; use auto or cpu")
+        return requested
+    raise InvalidInput(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(requested: str, device: str, bf16_supported: bool = False) -> str:
+    """`auto` is half precision on a GPU (bfloat16 where supported, else float16), float32 on
+    the CPU, where half precision is slower and less exact."""
+    if requested == "auto":
+        if device == "cpu":
+            return "float32"
+        return "bfloat16" if bf16_supported else "float16"
+    if requested != "float32" and device == "cpu":
+        raise InvalidInput(f"RAG_PRECISION={requested} is for GPUs; the CPU runs float32 (or int8: RAG_QUANTIZE)")
+    return requested
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._reranker: CrossEncoderReranker | None = None
         self._reader: ExtractiveReader | None = None
+
+    @cached_property
+    def device(self) -> str:
+        """The torch device every model runs on (RAG_DEVICE, `auto` resolved once)."""
+        requested = self.settings.device.strip().lower()
+        return resolve_device(requested, _cuda_available() if requested != "cpu" else False)
+
+    @cached_property
+    def precision(self) -> str:
+        """The torch dtype of the encoder, reader and reranker on `device`."""
+        bf16 = False
+        if self.device != "cpu" and self.settings.precision == "auto":
+            import torch
+
+            bf16 = bool(torch.cuda.is_bf16_supported())
+        return resolve_precision(self.settings.precision, self.device, bf16)
+
+    def _to_precision(self, model: object) -> None:
+        """Cast a loaded torch model (reader, reranker) to `precision` on a GPU."""
+        if self.precision != "float32":
+            import torch
+
+            model.to(getattr(torch, self.precision))  # type: ignore[attr-defined]
 
     @cached_property
     def store(self) -> Store:
@@ -51,10 +106,19 @@ class Runtime:
         )
 
     def encoder(self, spec: EncoderSpec) -> Encoder:
-        key = spec.identity() + (spec.max_tokens, self.settings.device, self.settings.quantize)
+        s = self.settings
+        runtime = s.encoder_runtime
+        key = spec.identity() + (spec.max_tokens, runtime, self.device, self.precision, s.quantize, s.threads)
         if key not in _ENCODERS:
-            set_threads(self.settings.threads)
-            _ENCODERS[key] = Encoder(spec, device=self.settings.device, quantize=self.settings.quantize)
+            _ENCODERS[key] = load_encoder(
+                spec,
+                runtime,
+                device=self.device,
+                dtype=self.precision,
+                quantize=s.quantize,
+                threads=s.threads,
+                cache_dir=s.home / "models",
+            )
         return _ENCODERS[key]
 
     def collection(self, name: str | None = None) -> Collection:
@@ -123,7 +187,8 @@ class Runtime:
             from rag.rerank import CrossEncoderReranker
 
             set_threads(self.settings.threads)
-            self._reranker = CrossEncoderReranker(model, device=self.settings.device)
+            self._reranker = CrossEncoderReranker(model, device=self.device)
+            self._to_precision(self._reranker.model)
         return self._reranker
 
     def reader(self) -> ExtractiveReader:
@@ -135,7 +200,7 @@ class Runtime:
             set_threads(s.threads)
             self._reader = ExtractiveReader(
                 s.reader_model,
-                device=s.device,
+                device=self.device,
                 max_answer_tokens=s.reader_max_answer_tokens,
                 null_threshold=s.reader_null_threshold,
                 abstention=s.reader_abstention,
@@ -143,6 +208,7 @@ class Runtime:
                 batch_tokens=s.reader_batch_tokens,
                 retrieval_weight=s.reader_retrieval_weight,
             )
+            self._to_precision(self._reader.model)
         return self._reader
 
     def ask_pipeline(self) -> AskPipeline:

@@ -37,9 +37,15 @@ class Settings(BaseSettings):
     max_tokens: int | None = Field(None, ge=8, le=8192)
     query_prefix: str = ""
     passage_prefix: str = ""
-    quantize: bool = Field(False, description="int8 dynamic quantisation of the encoder's linear layers (CPU)")
+    quantize: bool = Field(False, description="int8 weights for the encoder (CPU; torch and onnx runtimes)")
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
-    device: str = "cpu"
+    device: str = Field("auto", description="auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:N")
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="torch dtype of encoder, reader and reranker; auto: float16 on CUDA, float32 on CPU"
+    )
+    encoder_runtime: Literal["torch", "onnx", "openvino"] = Field(
+        "torch", description="what runs the encoder: torch (reference, any device), onnx or openvino (CPU)"
+    )
 
     chunk_tokens: int = Field(200, ge=8, le=8192)
     chunk_overlap: int = Field(32, ge=0)
@@ -104,6 +110,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=0, description="requests per key per minute; 0 disables")
     generation_timeout_s: float = Field(60.0, gt=0, description="longest an answer may take before 504")
     job_workers: int = Field(2, ge=1, description="threads running ingestion jobs")
+    search_batch_max: int = Field(
+        32, ge=0, description="searches arriving together answered by one batched retrieval; 0: each request alone"
+    )
+    search_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest a search waits for others to batch with")
 
     # Extractive reader (`rag ask --mode extractive`, `rag eval reader`): any question-answering model.
     reader_model: str = Field(DEFAULT_READER, description="HF id or local folder of an AutoModelForQuestionAnswering")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexes.encoder import DEFAULT_EMBEDDER, Encoder, EncoderSpec, resolve_model_path
+from indexes.encoder import DEFAULT_EMBEDDER, Encoder, EncoderSpec, load_encoder, resolve_model_path
+from indexes.encoder.torch_runtime import TorchEncoder
+from indexes.errors import InvalidInput
 from tests.conftest import DATA, SCIFACT
 
 
@@ -52,7 +55,7 @@ def test_masked_mean_pooling_equals_the_contriever_reference_on_unpadded_texts()
     import torch
 
     spec = EncoderSpec(model=DEFAULT_EMBEDDER, pooling="mean", normalize=False, max_tokens=512)
-    encoder = Encoder(spec)
+    encoder = TorchEncoder(spec)
     case = json.loads((DATA / "seed_examples.json").read_text())["retrieval"][0]
     texts = [case["query"], *case["docs"]]
     batched = encoder.encode(texts)
@@ -67,7 +70,7 @@ def test_masked_mean_pooling_equals_the_contriever_reference_on_unpadded_texts()
 def test_contriever_checkpoint_reproduces_the_reported_scores_when_available() -> None:
     case = json.loads((DATA / "seed_examples.json").read_text())["retrieval"][0]
     try:
-        encoder = Encoder(EncoderSpec.detect("facebook/contriever"))
+        encoder = TorchEncoder(EncoderSpec.detect("facebook/contriever"))
     except Exception:
         pytest.skip("facebook/contriever is not in the local Hugging Face cache (no hub access here)")
     assert (encoder.spec.pooling, encoder.spec.normalize) == ("mean", False)
@@ -78,8 +81,8 @@ def test_contriever_checkpoint_reproduces_the_reported_scores_when_available() -
 
 def test_query_and_passage_prefixes_are_applied() -> None:
     spec = EncoderSpec(model=DEFAULT_EMBEDDER, query_prefix="query: ", passage_prefix="passage: ")
-    encoder = Encoder(spec)
-    plain = Encoder(EncoderSpec(model=DEFAULT_EMBEDDER))
+    encoder = TorchEncoder(spec)
+    plain = TorchEncoder(EncoderSpec(model=DEFAULT_EMBEDDER))
     assert np.allclose(encoder.encode(["x"], kind="query"), plain.encode(["query: x"]), atol=1e-6)
     assert np.allclose(encoder.encode(["x"], kind="passage"), plain.encode(["passage: x"]), atol=1e-6)
 
@@ -88,11 +91,131 @@ def test_an_unreachable_model_is_a_clear_error() -> None:
     from indexes.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="cannot load embedding model"):
-        Encoder(EncoderSpec(model="/nonexistent/folder/model"))
+        TorchEncoder(EncoderSpec(model="/nonexistent/folder/model"))
 
 
 def test_int8_quantised_encoder_stays_close_to_fp32(encoder: Encoder) -> None:
-    quantised = Encoder(encoder.spec, quantize=True)
+    quantised = TorchEncoder(encoder.spec, quantize=True)
     texts = _scifact_texts(8)
     cosine = np.sum(quantised.encode(texts) * encoder.encode(texts), axis=1)
     assert cosine.min() > 0.95  # per-channel scales; per-tensor int8 drops to ~0.86 here
+
+
+# -- runtimes behind the one contract ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export cache for the session: the graphs are exported (once) from the local weights."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_fp32_runtimes_equal_the_torch_reference(encoder: Encoder, onnx_cache: Path, runtime: str) -> None:
+    other = load_encoder(encoder.spec, runtime, cache_dir=onnx_cache)
+    assert other.runtime == runtime and other.spec == encoder.spec and other.dim == encoder.dim
+    texts = _scifact_texts(24) + ["short", "Marie Curie was born in Warsaw."]
+    assert np.abs(other.encode(texts) - encoder.encode(texts)).max() < 1e-4
+    queries = ["what causes ALS?", "x"]
+    assert np.abs(other.encode(queries, kind="query") - encoder.encode(queries, kind="query")).max() < 1e-4
+
+
+def test_onnx_int8_stays_within_cosine_099_of_torch(encoder: Encoder, onnx_cache: Path) -> None:
+    int8 = load_encoder(encoder.spec, "onnx", quantize=True, cache_dir=onnx_cache)
+    assert int8.quantized
+    texts = _scifact_texts(48)
+    cosine = np.sum(int8.encode(texts) * encoder.encode(texts), axis=1)
+    assert cosine.min() >= 0.99
+    # int8 really changes the vectors: the check above is not comparing fp32 with itself.
+    assert cosine.min() < 0.9999
+
+
+def test_the_onnx_export_is_made_once_and_reused(encoder: Encoder, onnx_cache: Path) -> None:
+    from indexes.encoder.export import export_folder
+
+    load_encoder(encoder.spec, "onnx", cache_dir=onnx_cache)
+    graph = export_folder(encoder.spec, onnx_cache) / "model-ort.onnx"
+    before = graph.stat().st_mtime_ns
+    again = load_encoder(encoder.spec, "onnx", cache_dir=onnx_cache)
+    assert again.describe()["graph"] == str(graph)
+    assert graph.stat().st_mtime_ns == before
+    # A different recipe is a different graph, never the cached one.
+    other = EncoderSpec(model=encoder.spec.model, pooling="cls", normalize=False, max_tokens=256)
+    assert export_folder(other, onnx_cache) != export_folder(encoder.spec, onnx_cache)
+
+
+def test_cls_pooling_is_exported_like_torch_computes_it(onnx_cache: Path) -> None:
+    spec = EncoderSpec(model=DEFAULT_EMBEDDER, pooling="cls", normalize=False, max_tokens=256)
+    texts = _scifact_texts(6) + ["short"]
+    reference = TorchEncoder(spec).encode(texts)
+    assert np.abs(load_encoder(spec, "onnx", cache_dir=onnx_cache).encode(texts) - reference).max() < 1e-4
+
+
+def test_runtime_choice_errors_are_clear(encoder: Encoder, onnx_cache: Path) -> None:
+    with pytest.raises(InvalidInput, match="unknown encoder runtime"):
+        load_encoder(encoder.spec, "tensorrt", cache_dir=onnx_cache)
+    with pytest.raises(InvalidInput, match="cache folder"):
+        load_encoder(encoder.spec, "onnx")
+    with pytest.raises(InvalidInput, match="CPU"):
+        load_encoder(encoder.spec, "onnx", device="cuda", cache_dir=onnx_cache)
+    with pytest.raises(InvalidInput, match="not openvino"):
+        load_encoder(encoder.spec, "openvino", quantize=True, cache_dir=onnx_cache)
+
+
+# -- device and precision (RAG_DEVICE, RAG_PRECISION); this machine has no GPU --------------------
+
+
+def test_auto_device_is_cuda_only_when_torch_sees_one() -> None:
+    from rag.runtime import resolve_device
+
+    assert resolve_device("auto", cuda_available=True) == "cuda"
+    assert resolve_device("auto", cuda_available=False) == "cpu"
+    assert resolve_device("cpu", cuda_available=True) == "cpu"
+    assert resolve_device("cuda:1", cuda_available=True) == "cuda:1"
+    with pytest.raises(InvalidInput, match="sees no CUDA"):
+        resolve_device("cuda", cuda_available=False)
+    with pytest.raises(InvalidInput, match="unknown device"):
+        resolve_device("tpu", cuda_available=True)
+
+
+def test_auto_precision_is_half_on_a_gpu_and_float32_on_the_cpu() -> None:
+    from rag.runtime import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "float32"
+    assert resolve_precision("auto", "cuda", bf16_supported=True) == "bfloat16"
+    assert resolve_precision("auto", "cuda:0", bf16_supported=False) == "float16"
+    assert resolve_precision("float32", "cuda") == "float32"
+    with pytest.raises(InvalidInput, match="for GPUs"):
+        resolve_precision("float16", "cpu")
+
+
+def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder(tmp_path: Path) -> None:
+    import torch
+
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="onnx"))
+    assert runtime.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = runtime.encoder(runtime.requested_spec())
+    assert encoder.runtime == "onnx"
+    assert (tmp_path / "models" / "onnx").is_dir()  # exported under RAG_HOME, not downloaded
+
+
+def test_a_collection_built_with_torch_is_searched_with_onnx(tmp_path: Path) -> None:
+    """The runtime is not part of the encoder identity: vectors agree within cosine 0.99."""
+    from indexes.types import Document
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    docs = [
+        Document(source=f"doc{i}", title="", text=text)
+        for i, text in enumerate(_scifact_texts(12))
+    ]
+    built = Runtime(Settings(home=tmp_path, encoder_runtime="torch", retriever="dense"))
+    built.ingestor(built.writable_collection("c")).ingest_documents(docs)
+    searched = Runtime(Settings(home=tmp_path, encoder_runtime="onnx", quantize=True, retriever="dense"))
+    query = docs[7].text[:200]
+    top = searched.retriever("c").retrieve(query, 3)
+    assert top[0].source == "doc7"
+    assert searched.encoder_for(searched.collection("c")).runtime == "onnx"

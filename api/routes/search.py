@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -21,13 +20,8 @@ router = APIRouter(prefix="/v1", tags=["search"])
 
 
 def get_retriever(state: ApiState, collection: str, kind: str | None) -> Any:
-    """`Runtime.retriever(name, kind)` where the runtime knows kinds, else the dense one."""
-    runtime = state.runtime
-    if "kind" in inspect.signature(runtime.retriever).parameters:
-        return runtime.retriever(collection, kind) if kind else runtime.retriever(collection)
-    if kind not in (None, "dense"):
-        raise InvalidInput(f"this server has only the dense retriever, not {kind!r}")
-    return runtime.retriever(collection)
+    """The collection's retriever of `kind` (None: RAG_RETRIEVER)."""
+    return state.runtime.retriever(collection, kind)
 
 
 def public(passage: Passage) -> dict[str, Any]:
@@ -63,12 +57,18 @@ def matches(passage: Passage, filters: Filters) -> bool:
 
 def filtered_search(state: ApiState, collection: str, query: str, k: int, kind: str | None, filters: Filters | None) -> list[Passage]:
     """Top-k passages passing the filters: over-fetch, filter, renumber ranks."""
-    retriever = get_retriever(state, collection, kind)
     if filters is None:
-        return list(retriever.retrieve(query, k))
+        return _retrieve(state, collection, query, k, kind)
     fetch = min(state.settings.max_k, max(k * 10, 100))
-    kept = [p for p in retriever.retrieve(query, fetch) if matches(p, filters)][:k]
+    kept = [p for p in _retrieve(state, collection, query, fetch, kind) if matches(p, filters)][:k]
     return [_rerank(p, rank) for rank, p in enumerate(kept, start=1)]
+
+
+def _retrieve(state: ApiState, collection: str, query: str, k: int, kind: str | None) -> list[Passage]:
+    """One query's passages, batched with concurrent ones when the server batches (api.batching)."""
+    if state.search_batcher is not None:
+        return state.search_batcher.submit((collection, kind, k), query)  # type: ignore[no-any-return]
+    return list(get_retriever(state, collection, kind).retrieve(query, k))
 
 
 class FilteredRetriever:

@@ -1,0 +1,70 @@
+"""OpenVINO on the CPU: the plain exported graph, compiled with OpenVINO's own fusions (fp32)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexes.encoder.base import Encoder
+from indexes.encoder.export import exported_model
+from indexes.encoder.onnx_runtime import model_shape
+from indexes.encoder.spec import EncoderSpec, available_cores, load_tokenizer, resolve_model_path
+from indexes.errors import InvalidInput, ModelLoadError
+
+
+class OpenVinoEncoder(Encoder):
+    runtime = "openvino"
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        *,
+        cache_dir: Path,
+        quantize: bool = False,
+        threads: int | None = None,
+        device: str = "cpu",
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+    ) -> None:
+        if device != "cpu":
+            raise InvalidInput("the openvino encoder runtime runs on the CPU; use RAG_ENCODER_RUNTIME=torch on a GPU")
+        if quantize:
+            # ONNX Runtime's dynamic int8 graph runs slower than fp32 in OpenVINO (measured);
+            # int8 here would need a calibrated static quantisation.
+            raise InvalidInput("int8 (RAG_QUANTIZE) is offered by the onnx and torch runtimes, not openvino")
+        try:
+            import openvino as ov
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise ModelLoadError(f"RAG_ENCODER_RUNTIME=openvino needs openvino (pip install 'rag[speed]'): {exc}") from exc
+        tokenizer = load_tokenizer(resolve_model_path(spec.model), spec.model)
+        dim, limit = model_shape(spec)
+        self.path = exported_model(spec, cache_dir, "plain")
+        core = ov.Core()
+        self.compiled = core.compile_model(
+            core.read_model(str(self.path)),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": "f32",  # the vectors must match the torch reference
+                "INFERENCE_NUM_THREADS": max(1, int(threads or available_cores())),
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
+        # An infer request is not thread-safe: one per calling thread.
+        self._local = threading.local()
+        super().__init__(
+            spec, tokenizer, dim=dim, model_max_tokens=limit, device="cpu", quantized=False,
+            max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "graph": str(self.path)}
+
+    def _embed(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer({"input_ids": input_ids, "attention_mask": mask})
+        return np.array(result[0], dtype=np.float32)

