@@ -4,7 +4,8 @@ FastAPI documents what the route functions declare. What the shared layers do is
 once for all routes: the key check (401, 403, 429), the body-size limit (413), unreadable bodies
 (400), our error shape on 422 (FastAPI would document its own `HTTPValidationError`), the limits
 this server was started with (query length, k, files and documents per request), the JSON schema
-of the upload operation's JSON form, and `/metrics` as Prometheus text.
+of the upload operation's JSON form, server-sent events as events, and `/metrics` as Prometheus
+text.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ _BODY_ERRORS = {
     "422": "the request is not valid",
 }
 _PARAM_ERRORS = {"422": "a path or query parameter is not valid"}
+
+
+# One server-sent event as clients parse it: `event:` names it, `data:` carries its payload (JSON,
+# or `[DONE]` at the end of an OpenAI-style stream).
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -89,6 +104,10 @@ def _complete_responses(document: dict[str, Any]) -> None:
                 responses.setdefault(status, _error(description))
             if "422" in responses:
                 responses["422"] = _error(wanted.get("422", "the request is not valid"))
+            for response in responses.values():
+                stream = response.get("content", {}).get("text/event-stream")
+                if stream is not None:
+                    stream["schema"] = _SSE_EVENT
             if path == "/metrics":
                 responses["200"] = {
                     "description": "Prometheus text exposition format",

@@ -7,11 +7,21 @@ through here without a second edit.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema means it: `8` and `8.0` are, `"8"` and `true` are not."""
+    if isinstance(value, (str, bool)):
+        raise ValueError("must be an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class _Open(BaseModel):
@@ -48,7 +58,7 @@ class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_prefix: str | None = Field(None, max_length=1000, examples=["upload/"])
-    doc_ids: list[int] | None = Field(None, max_length=1000)
+    doc_ids: list[JsonInt] | None = Field(None, max_length=1000)
     metadata: dict[str, str | int | float | bool] | None = Field(None, description="exact matches on document metadata")
 
 
@@ -60,7 +70,7 @@ class SearchRequest(BaseModel):
 
     query: str = Field(min_length=1, description="at most RAG_MAX_QUERY_CHARS characters once trimmed")
     collection: str | None = Field(None, pattern=_NAME_PATTERN, description="default: the server's RAG_COLLECTION")
-    k: int = Field(10, ge=1, le=1000, description="passages to return (at most RAG_MAX_K)")
+    k: JsonInt = Field(10, ge=1, le=1000, description="passages to return (at most RAG_MAX_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
     filters: Filters | None = None
 
@@ -85,7 +95,9 @@ class AskRequest(BaseModel):
     question: str = Field(min_length=1, description="at most RAG_MAX_QUERY_CHARS characters once trimmed")
     collection: str | None = Field(None, pattern=_NAME_PATTERN)
     mode: Literal["extractive", "generative"] = "extractive"
-    k: int | None = Field(None, ge=1, le=50, description="passages read; default RAG_ANSWER_K")
+    k: Annotated[int, Field(ge=1, le=50), BeforeValidator(_json_integer)] | None = Field(
+        None, description="passages read; default RAG_ANSWER_K"
+    )
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
     filters: Filters | None = None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import invoke, run_cli
+from tests.conftest import invoke
 from tests.serving import served, wait_job
 from tests.test_loaders import make_docx
 
@@ -200,7 +200,7 @@ def test_cli_size_message_uses_the_configured_mib(tmp_path: Path) -> None:
     big = tmp_path / "big.txt"
     with big.open("wb") as handle:
         handle.truncate(int(1.5 * 1024 * 1024))
-    result = run_cli("ingest", str(big), home=tmp_path / "home", env={"RAG_MAX_FILE_MB": "1"})
+    result = invoke("ingest", str(big), home=tmp_path / "home", env={"RAG_MAX_FILE_MB": "1"})
     assert "big.txt: 1.5 MiB is over the 1 MiB limit (RAG_MAX_FILE_MB)" in one_line_error(result, 1)
 
 

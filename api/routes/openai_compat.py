@@ -63,7 +63,7 @@ class ChatRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=100, description="a collection: NAME or rag:NAME")
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
-    stream: bool = False
+    stream: bool = Field(False, strict=True)  # "true" or 1 is not a boolean in the schema
     mode: Literal["extractive", "generative"] | None = Field(None, description="rag extension; default RAG_ANSWER_MODE")
     k: int | None = Field(None, ge=1, le=50, description="rag extension: passages read (default RAG_ANSWER_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="rag extension")
