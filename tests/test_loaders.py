@@ -161,20 +161,15 @@ def test_a_json_list_keeps_its_good_records() -> None:
     assert parsed.skipped == ["record 2: missing a string field 'text'", "record 3: expected a JSON object, not int"]
 
 
-def _bomb(line: bytes, copies: int) -> bytes:
-    """A gzip stream of `copies` lines, compressed one block at a time so it is never whole in memory."""
-    import zlib
-
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    block = line * 4096
-    out = [packer.compress(block) for _ in range(copies // 4096)]
-    return b"".join(out) + packer.flush()
+def _bomb(line: bytes, members: int) -> bytes:
+    """Concatenated gzip members of 16 MiB of `line` each: compressed once, repeated."""
+    return gzip.compress(line * (16 * MIB // len(line)), 9) * members
 
 
 def test_a_decompression_bomb_is_refused_while_it_streams() -> None:
     import resource
 
-    bomb = _bomb(json.dumps({"text": "x" * 1000}).encode() + b"\n", 1_100_000)  # ~1.1 GiB unpacked
+    bomb = _bomb(json.dumps({"text": "x" * 4000}).encode() + b"\n", 70)  # 1.5 MB, 1.1 GiB unpacked
     assert len(bomb) < 5 * MIB
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(LoadError, match=r"bomb.jsonl.gz: expands to over the 256 MiB limit when decompressed \(RAG_MAX_EXPANDED_MB\)"):
