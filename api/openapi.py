@@ -73,6 +73,7 @@ def _apply_limits(document: dict[str, Any], settings: Settings) -> None:
     schemas["SearchRequest"]["properties"]["k"]["maximum"] = settings.max_k
     schemas["DocumentsIn"]["properties"]["documents"]["maxItems"] = settings.max_json_documents
     schemas["DocumentIn"]["properties"]["text"]["pattern"] = r"\S"
+    schemas["DocumentIn"]["properties"]["text"]["maxLength"] = settings.max_document_chars
     upload = document["paths"]["/v1/collections/{name}/documents"]["post"]["requestBody"]["content"]
     files = upload["multipart/form-data"]["schema"]["properties"]["files"]
     files["minItems"] = 1

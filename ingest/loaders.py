@@ -413,7 +413,7 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
             if isinstance(item, BadRecord):
                 parsed.skipped.append(f"{item.where}: {item.reason}")
                 continue
-            problem = _document_problem(item, limits)
+            problem = document_problem(item, limits)
             if problem and single:
                 raise LoadError(f"{name}: {problem}")
             if problem:
@@ -435,7 +435,8 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
     return parsed
 
 
-def _document_problem(doc: Document, limits: InputLimits) -> str | None:
+def document_problem(doc: Document, limits: InputLimits) -> str | None:
+    """Why `doc` is over a per-document limit (characters, metadata nesting), or None."""
     if len(doc.text) > limits.max_document_chars:
         return f"{len(doc.text):,} characters, over the {limits.max_document_chars:,} limit (RAG_MAX_DOCUMENT_CHARS)"
     if _depth(doc.metadata, limits.max_json_depth) > limits.max_json_depth:

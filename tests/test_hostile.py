@@ -298,3 +298,15 @@ def test_api_sources_are_labels_never_server_paths(server) -> None:  # type: ign
     assert str(CORPUS.parent) not in json.dumps([passages, documents, answer])
     assert "corpus/marie-curie.md" in shown
     assert filtered and {p["source"] for p in filtered} == {"corpus/marie-curie.md"}
+
+
+def test_api_json_documents_obey_the_per_document_limits(tmp_path: Path) -> None:
+    with served(tmp_path / "home", max_document_chars=1000, max_json_depth=3, rate_limit_per_minute=0) as srv, srv.client() as client:
+        long = client.post("/v1/collections/j/documents", json={"documents": [{"id": "a", "text": "x" * 1001}]})
+        deep = client.post(
+            "/v1/collections/j/documents", json={"documents": [{"text": "ok"}, {"text": "b", "metadata": {"a": {"b": {"c": {}}}}}]}
+        )
+    assert long.status_code == 413
+    assert long.json()["error"]["message"] == "documents[0]: 1,001 characters, over the 1,000 limit (RAG_MAX_DOCUMENT_CHARS)"
+    assert deep.status_code == 413
+    assert deep.json()["error"]["message"] == "documents[1]: metadata nested deeper than 3 levels (RAG_MAX_JSON_DEPTH)"

@@ -18,7 +18,7 @@ from api.schemas import DeleteResponse, DocumentList, DocumentsIn, ErrorOut, Job
 from api.state import ApiState, api_state
 from indexes.errors import DocumentNotFound
 from indexes.store import Collection
-from ingest.loaders import mib
+from ingest.loaders import document_problem, mib
 from ingest.sources import public_source
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
@@ -101,6 +101,11 @@ async def add_documents(
                 413, "too_many_documents", f"{len(payload.documents)} documents; the limit is {state.settings.max_json_documents} (RAG_MAX_JSON_DOCUMENTS)"
             )
         documents = [api_document(item) for item in payload.documents]
+        limits = state.settings.input_limits
+        for number, document in enumerate(documents):
+            problem = document_problem(document, limits)
+            if problem:
+                raise ApiError(413, "payload_too_large", f"documents[{number}]: {problem}")
         await run_in_threadpool(state.runtime.writable_collection, name)
         job = state.jobs.submit_documents(name, documents, principal)
     else:
