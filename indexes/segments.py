@@ -11,7 +11,6 @@ collection's manifest), never inferred from the folder.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,16 +141,18 @@ class Segment:
         return np.vstack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.vectors.dim), np.float32)
 
 
-def tier(live: int) -> int:
-    return int(math.log(max(live, 1), MERGE_FACTOR))
+def same_tier(lives: Sequence[int]) -> bool:
+    """Sizes within one factor of MERGE_FACTOR of each other: one tier of the log-structured
+    policy (batches vary in size, so tiers are spans, not exact powers)."""
+    return max(lives) < MERGE_FACTOR * max(1, min(lives))
 
 
 def plan_merges(segments: Sequence[SegmentInfo]) -> list[list[int]]:
-    """Groups of positions to merge: the trailing MERGE_FACTOR segments when they share a tier
+    """Groups of positions to merge: the trailing MERGE_FACTOR segments when they are of one tier
     (repeated, as a carry propagates), and any segment whose tombstones exceed the threshold."""
     groups: list[list[int]] = []
     sizes = [(i, s.live) for i, s in enumerate(segments)]
-    while len(sizes) >= MERGE_FACTOR and len({tier(live) for _, live in sizes[-MERGE_FACTOR:]}) == 1:
+    while len(sizes) >= MERGE_FACTOR and same_tier([live for _, live in sizes[-MERGE_FACTOR:]]):
         group = [i for i, _ in sizes[-MERGE_FACTOR:]]
         groups.append(group)
         merged_live = sum(live for _, live in sizes[-MERGE_FACTOR:])

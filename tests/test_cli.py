@@ -194,3 +194,17 @@ def test_ingesting_only_bad_files_fails_and_names_each_file(tmp_path: Path) -> N
 def test_a_missing_path_is_reported(tmp_path: Path) -> None:
     result = invoke("ingest", str(tmp_path / "nope.txt"), home=tmp_path / "home")
     assert result.returncode == 1 and "no such file or folder" in result.stderr
+
+
+def test_a_bad_index_or_chunking_is_refused_before_the_collection_exists(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    doc = str(REPO / "examples" / "corpus" / "faiss.md")
+    assert "Bogus,XX" in _one_line_error(invoke("ingest", doc, "-c", "x", "--index", "Bogus,XX", home=home))
+    assert "overlap" in _one_line_error(invoke("ingest", doc, "-c", "y", "--chunk-tokens", "16", "--chunk-overlap", "500", home=home))
+    assert json.loads(invoke("collections", "--json", home=home).stdout) == []
+    # The same names work afterwards with good settings, and a collection is deleted whole.
+    assert invoke("ingest", doc, "-c", "x", home=home).returncode == 0
+    deleted = invoke("collections", "delete", "x", "--json", home=home)
+    assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"collection": "x", "deleted": True}
+    assert json.loads(invoke("collections", "--json", home=home).stdout) == []
+    assert not (home / "collections" / "x").exists()

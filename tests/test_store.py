@@ -319,3 +319,36 @@ def test_two_data_homes_on_one_postgres_database_keep_to_their_own_collections(t
     assert mine.check().consistent and other.check().consistent
     first.close()
     second.close()
+
+
+def test_segments_are_merged_log_structured_and_compacted_without_losing_a_document(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    from indexes.segments import MERGE_FACTOR, SegmentInfo, plan_merges
+
+    # Eight same-tier segments merge into one; a later lone segment does not.
+    assert plan_merges([SegmentInfo(f"s{i}", 10) for i in range(MERGE_FACTOR)]) == [list(range(MERGE_FACTOR))]
+    assert plan_merges([SegmentInfo("big", 800), SegmentInfo("s", 10)]) == []
+    assert plan_merges([SegmentInfo("big", 800, dead=400), SegmentInfo("s", 10)]) == [[0]]
+
+    sizes = []
+    with collection.writer() as writer:
+        for round_ in range(3 * MERGE_FACTOR):
+            batch = [_new(encoder, f"doc{round_}-{i}", f"{TEXTS['curie']} Copy {round_}.{i}.") for i in range(2)]
+            if round_ % 3 == 2:  # replace an earlier document: its old vectors become tombstones
+                batch.append(_new(encoder, f"doc{round_ - 2}-0", TEXTS["lippmann"] + f" Revised {round_}."))
+            writer.write(batch)
+            sizes.append(len(writer.segments))
+    assert max(sizes) <= 2 * MERGE_FACTOR
+    stats = collection.stats()
+    assert stats["documents"] == 2 * 3 * MERGE_FACTOR
+    report = collection.check()
+    assert report.consistent and report.sql_chunks == stats["vectors"]
+    replaced = {f"doc{r - 2}-0" for r in range(3 * MERGE_FACTOR) if r % 3 == 2}
+    assert {h.source for h in collection.keyword_search(["revised"], 100)[0]} == replaced
+    dense = collection.search(encoder.encode([TEXTS["curie"]], kind="query"), 100)[0]
+    assert dense and not [h.source for h in dense if h.source in replaced and "Copy" in h.text]  # old versions gone
+    # Segment files on disk: the published generation's and the one before (a reader may still be
+    # loading it); merged-away files of older generations are deleted.
+    previous = collection.snapshot().manifest.files()
+    with collection.writer():
+        collection.write([_new(encoder, "last", TEXTS["faiss"])])
+    assert {p.name for p in collection.folder.glob("seg-*")} == collection.snapshot().manifest.files() | previous
