@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from indexes.errors import InvalidInput
 from indexes.types import Passage
-from rag.answer import Answer
-from rag.prompt import NOT_FOUND
+from rag.answer import NOT_IN_SOURCES, Answer
 from rag.retrieval import Retriever
 
 PREFIX = "rag:"
@@ -82,7 +81,7 @@ def answer_text(answer: Answer) -> str:
     carries the markers the citation check kept; no answer is said plainly.
     """
     if not answer.found or not answer.answer.strip():
-        return answer.answer.strip() or NOT_FOUND
+        return answer.answer.strip() or NOT_IN_SOURCES
     if answer.mode == "extractive" and answer.citations:
         marks = "".join(f"[{c.n}]" for c in answer.citations)
         return f"{answer.answer.strip()} {marks}"

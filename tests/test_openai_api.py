@@ -107,7 +107,9 @@ def test_no_passage_means_no_answer_and_rag_options_ride_in_extra_body(served: S
     )
     assert reply.model_extra["rag"]["found"] is False
     assert reply.model_extra["citations"] == []
-    assert "do not contain" in reply.choices[0].message.content
+    from rag.answer import NOT_IN_SOURCES
+
+    assert reply.choices[0].message.content == NOT_IN_SOURCES
 
 
 def test_keys_and_scopes_are_those_of_the_api(served: Served) -> None:
