@@ -80,17 +80,8 @@ def _ask(state: ApiState, collection: str, asked: ChatQuestion, body: ChatReques
     base = state.pipeline
     if base is None:
         raise ApiError(501, "not_implemented", "this server has no answer pipeline")
-    from rag.qa import AskPipeline
-
-    pipeline = AskPipeline(
-        lambda name, kind: ContextRetriever(get_retriever(state, name or collection, kind), asked.retrieval_query),
-        reader=lambda: base.reader,
-        generator=lambda: base.generator,
-        default_mode=base.default_mode,
-        default_k=base.default_k,
-        max_k=base.max_k,
-        support_threshold=base.support_threshold,
-        max_tokens=base.max_tokens,
+    pipeline = base.with_retriever(
+        lambda name, kind: ContextRetriever(get_retriever(state, name or collection, kind), asked.retrieval_query)
     )
     return pipeline.ask(asked.question, collection, body.mode, body.k, body.retriever)
 
