@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.routes import openai_compat
 from api.schemas import DocumentsIn
 from rag.settings import Settings
 
@@ -56,6 +57,7 @@ def _apply_limits(document: dict[str, Any], settings: Settings) -> None:
         prop["maxLength"] = settings.max_query_chars
         prop["pattern"] = r"\S"  # not only whitespace
     schemas["SearchRequest"]["properties"]["k"]["maximum"] = settings.max_k
+    openai_compat.openapi_limits(schemas, settings.max_query_chars)
     schemas["DocumentsIn"]["properties"]["documents"]["maxItems"] = settings.max_json_documents
     schemas["DocumentIn"]["properties"]["text"]["pattern"] = r"\S"
     upload = document["paths"]["/v1/collections/{name}/documents"]["post"]["requestBody"]["content"]
