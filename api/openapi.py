@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.routes import openai_compat
 from api.schemas import DocumentsIn
 from rag.settings import Settings
 
@@ -71,6 +72,7 @@ def _apply_limits(document: dict[str, Any], settings: Settings) -> None:
         prop["maxLength"] = settings.max_query_chars
         prop["pattern"] = r"\S"  # not only whitespace
     schemas["SearchRequest"]["properties"]["k"]["maximum"] = settings.max_k
+    openai_compat.openapi_limits(schemas, settings.max_query_chars)
     schemas["DocumentsIn"]["properties"]["documents"]["maxItems"] = settings.max_json_documents
     schemas["DocumentIn"]["properties"]["text"]["pattern"] = r"\S"
     schemas["DocumentIn"]["properties"]["text"]["maxLength"] = settings.max_document_chars

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from indexes.errors import InvalidInput
 from indexes.types import Passage
-from rag.answer import Answer
-from rag.prompt import NOT_FOUND
+from rag.answer import NOT_IN_SOURCES, Answer
 from rag.retrieval import Retriever
 
 PREFIX = "rag:"
@@ -45,14 +44,16 @@ def collection_of(model: str) -> str:
 
 def chat_question(turns: Sequence[Turn], max_chars: int) -> ChatQuestion:
     """The last user turn is the question; earlier user turns widen the retrieval query."""
-    users = [t.content.strip() for t in turns if t.role == "user" and t.content.strip()]
-    if not users or turns[-1].role != "user":
-        raise InvalidInput("the last message must be a non-empty user message: it is the question")
-    question = users[-1]
-    if len(question) > max_chars:
+    raw = [t.content for t in turns if t.role == "user"]
+    users = [u.strip() for u in raw]
+    if not users or not all(users):
+        raise InvalidInput("the messages need a user turn, and no user turn may be blank: the last one is the question")
+    longest = max(len(u) for u in raw)  # as sent, as the OpenAPI maxLength counts
+    if longest > max_chars:
         raise InvalidInput(
-            f"the question is {len(question):,} characters; the limit is {max_chars:,} (RAG_MAX_QUERY_CHARS)"
+            f"a user turn is {longest:,} characters; the limit is {max_chars:,} (RAG_MAX_QUERY_CHARS)"
         )
+    question = users[-1]
     query = question
     for earlier in reversed(users[:-1]):
         widened = f"{earlier}\n{query}"
@@ -82,7 +83,7 @@ def answer_text(answer: Answer) -> str:
     carries the markers the citation check kept; no answer is said plainly.
     """
     if not answer.found or not answer.answer.strip():
-        return answer.answer.strip() or NOT_FOUND
+        return answer.answer.strip() or NOT_IN_SOURCES
     if answer.mode == "extractive" and answer.citations:
         marks = "".join(f"[{c.n}]" for c in answer.citations)
         return f"{answer.answer.strip()} {marks}"

@@ -209,6 +209,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         ),
         collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
         retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        report_file: Optional[Path] = ReportOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Abstention on unanswerable questions, EM/F1 on answerable ones, CRAG score, verified-citation precision."""
@@ -265,6 +266,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, grid, key)
         else:
             summary["verifier"] = settings.verifier
+        if report_file is not None:
+            from rag.evaluation.report import answer_report, write_report
+
+            kept = write_report(answer_report(rows, summary, f"Grounding: {name} ({chosen})"), report_file, settings.home)
+            if not as_json:
+                typer.echo(f"report: {report_file} (served as /v1/reports/{kept.name})", err=True)
         if as_json:
             _print_json({**summary, "records": rows})
             return

@@ -68,6 +68,22 @@ class AskPipeline:
         self._verifier: Verifier | None = None
         self.fallback_to_generative = fallback_to_generative
 
+    def with_retriever(self, retriever: RetrieverFactory) -> AskPipeline:
+        """The same pipeline (settings, and reader, generator and verifier shared: nothing loads
+        twice) over another retriever, e.g. one that filters or widens the query."""
+        return AskPipeline(
+            retriever,
+            reader=lambda: self.reader,
+            generator=lambda: self.generator,
+            default_mode=self.default_mode,
+            default_k=self.default_k,
+            max_k=self.max_k,
+            support_threshold=self.support_threshold,
+            max_tokens=self.max_tokens,
+            verifier=lambda: self.verifier,
+            fallback_to_generative=self.fallback_to_generative,
+        )
+
     @property
     def verifier(self) -> Verifier:
         if self._verifier is None:

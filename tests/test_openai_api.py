@@ -32,7 +32,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     from rag.runtime import Runtime
 
     home = tmp_path_factory.mktemp("openai-home")
-    settings = api_settings(home, reader_model=str(READER_NA), answer_mode="extractive")
+    # verifier=reader: the generative test checks the endpoint uses the server's own citation check
+    settings = api_settings(
+        home, reader_model=str(READER_NA), answer_mode="extractive", verifier="reader", generator_max_tokens=48
+    )
     runtime = Runtime(settings)
     for name, files in (("docs", sorted(CORPUS.iterdir())), ("other", sorted(CORPUS.iterdir())[:1])):
         report = runtime.ingestor(runtime.writable_collection(name)).ingest_paths([str(p) for p in files])
@@ -107,7 +110,9 @@ def test_no_passage_means_no_answer_and_rag_options_ride_in_extra_body(served: S
     )
     assert reply.model_extra["rag"]["found"] is False
     assert reply.model_extra["citations"] == []
-    assert "do not contain" in reply.choices[0].message.content
+    from rag.answer import NOT_IN_SOURCES
+
+    assert reply.choices[0].message.content == NOT_IN_SOURCES
 
 
 def test_keys_and_scopes_are_those_of_the_api(served: Served) -> None:
@@ -121,3 +126,14 @@ def test_keys_and_scopes_are_those_of_the_api(served: Served) -> None:
         served.client().chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.UnprocessableEntityError):
         served.client().chat.completions.create(model="docs", messages=[{"role": "assistant", "content": "hi"}])
+
+
+def test_generative_answers_are_checked_by_the_servers_verifier(served: Served) -> None:
+    """SmolLM2 (the embedded generator) writes; the server's configured verifier checks."""
+    question = [{"role": "user", "content": "When was Pierre Curie born?"}]
+    reply = served.client().chat.completions.create(model="docs", messages=question, extra_body={"mode": "generative"})
+    details = reply.model_extra["rag"]["details"]
+    assert reply.model_extra["rag"]["mode"] == "generative"
+    assert details["verifier"] == "reader"
+    for n in map(int, re.findall(r"\[(\d+)\]", reply.choices[0].message.content)):
+        assert any(c["n"] == n for c in reply.model_extra["citations"])

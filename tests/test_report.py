@@ -187,3 +187,40 @@ def test_server_lists_serves_and_the_web_page_links_the_newest_report(reports: d
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+
+
+def test_grounding_records_make_the_same_page() -> None:
+    """`rag eval grounding --report` hands its records (GroundingRecord.to_dict) to answer_report."""
+    from indexes.types import Passage
+    from rag.answer import NOT_IN_SOURCES, Answer
+    from rag.evaluation.grounding import GroundingRecord
+    from rag.evaluation.report import AnswerRecord, abstention_curve, answer_report
+    from rag.evaluation.squad import SquadQuestion
+
+    context = "Marie Curie was born in Warsaw. She moved to Paris in 1891."
+    passage = Passage(1, 1, context, 0, len(context), 0, "curie.txt", "Curie", None, 1.0, 1)
+
+    def record(n: int, answerable: bool, text: str, margin: float | None, found: bool = True) -> dict[str, Any]:
+        question = SquadQuestion(f"q{n}", f"Question {n}?", context, ("Warsaw",), (24,), "Curie", 0, 0)
+        answer = Answer(
+            text if found else NOT_IN_SOURCES, "generative", passages=[passage], found=found, score=0.5,
+            details={"margin": margin, "generated": text},
+        )  # fmt: skip
+        return GroundingRecord(question, answerable, answer).to_dict()
+
+    rows = [
+        record(1, True, "Warsaw", 3.0),
+        record(2, False, "Warsaw", 2.0),  # answered an unanswerable question: wrong
+        record(3, True, "Paris", 1.0),
+        record(4, False, "", None, found=False),
+    ]
+    points = abstention_curve([AnswerRecord.from_mapping(r) for r in rows])
+    assert [(p.threshold, p.answered_rate, round(p.accuracy, 3)) for p in points] == [
+        (3.0, 0.25, 1.0),  # thresholds are the records' confidence (the margin), not their score
+        (2.0, 0.5, 0.5),
+        (1.0, 0.75, 0.333),
+    ]
+    page = answer_report(rows, {"crag_score": 0.1, "curve": [{"threshold": 0}]}, "Grounding")
+    table = page.split('id="questions"')[1].split("</table>")[0]
+    assert table.count("<tr") == 5 and len(set(re.findall(r'href="#(p-[^"]+)"', table))) == 1  # one passage text, one anchor
+    assert ">crag_score<" in page and 'data-plot="tradeoff"' in page

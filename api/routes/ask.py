@@ -48,20 +48,7 @@ def _pipeline(state: ApiState, body: AskRequest) -> Any:
     filters = body.filters
     if filters is None or all(v is None for v in filters.model_dump().values()):
         return base
-    from rag.qa import AskPipeline
-
-    return AskPipeline(
-        lambda name, kind: FilteredRetriever(state, name, kind, filters),
-        reader=lambda: base.reader,
-        generator=lambda: base.generator,
-        default_mode=base.default_mode,
-        default_k=base.default_k,
-        max_k=base.max_k,
-        support_threshold=base.support_threshold,
-        max_tokens=base.max_tokens,
-        verifier=lambda: base.verifier,
-        fallback_to_generative=base.fallback_to_generative,
-    )
+    return base.with_retriever(lambda name, kind: FilteredRetriever(state, name, kind, filters))
 
 
 def _call_args(method: Any, body: AskRequest, question: str, collection: str, k: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.auth import check_collection, require
 from api.errors import ApiError
@@ -36,21 +36,16 @@ from rag.chat import ChatQuestion, ContextRetriever, Turn, answer_text, chat_que
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: str
-    text: str | None = None
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer: 3 and 3.0, never "3" or 3.5."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+# strict: a JSON `"stream": "yes"` or `"k": "5"` is refused (422), not coerced.
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "\n".join(p.text or "" for p in self.content if p.type == "text")
-        return self.content or ""
+    content: str | None = Field(None, description="text; a user turn's must not be blank (at most RAG_MAX_QUERY_CHARS)")
 
 
 class ChatRequest(BaseModel):
@@ -58,15 +53,30 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={"examples": [{"model": "docs", "messages": [{"role": "user", "content": "Where was Marie Curie born?"}]}]},
     )
 
-    model: str = Field(min_length=1, max_length=100, description="a collection: NAME or rag:NAME")
-    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
-    stream: bool = Field(False, strict=True)  # "true" or 1 is not a boolean in the schema
+    model: str = Field(pattern=r"^(rag:)?[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="a collection: NAME or rag:NAME")
+    messages: list[ChatMessage] = Field(
+        min_length=1, max_length=200, description="the last user turn is the question; earlier user turns widen retrieval"
+    )
+    stream: bool = False
     mode: Literal["extractive", "generative"] | None = Field(None, description="rag extension; default RAG_ANSWER_MODE")
     k: int | None = Field(None, ge=1, le=50, description="rag extension: passages read (default RAG_ANSWER_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="rag extension")
+
+    _k_as_json_integer = field_validator("k", mode="before")(_whole)
+
+
+def openapi_limits(schemas: dict[str, Any], max_chars: int) -> None:
+    """What `chat_question` demands, in the request's JSON schema: a user turn, and every user
+    turn's text not blank and at most `max_chars` (RAG_MAX_QUERY_CHARS) long."""
+    user = {"properties": {"role": {"const": "user"}}, "required": ["role"]}
+    text = {"type": "string", "pattern": r"\S", "maxLength": max_chars}
+    schemas["ChatRequest"]["properties"]["messages"]["contains"] = user
+    schemas["ChatMessage"]["if"] = user
+    schemas["ChatMessage"]["then"] = {"properties": {"content": text}, "required": ["content"]}
 
 
 def _collection(state: ApiState, principal: Principal, model: str) -> str:
@@ -80,17 +90,8 @@ def _ask(state: ApiState, collection: str, asked: ChatQuestion, body: ChatReques
     base = state.pipeline
     if base is None:
         raise ApiError(501, "not_implemented", "this server has no answer pipeline")
-    from rag.qa import AskPipeline
-
-    pipeline = AskPipeline(
-        lambda name, kind: ContextRetriever(get_retriever(state, name or collection, kind), asked.retrieval_query),
-        reader=lambda: base.reader,
-        generator=lambda: base.generator,
-        default_mode=base.default_mode,
-        default_k=base.default_k,
-        max_k=base.max_k,
-        support_threshold=base.support_threshold,
-        max_tokens=base.max_tokens,
+    pipeline = base.with_retriever(
+        lambda name, kind: ContextRetriever(get_retriever(state, name or collection, kind), asked.retrieval_query)
     )
     return pipeline.ask(asked.question, collection, body.mode, body.k, body.retriever)
 
@@ -127,7 +128,15 @@ def _chunks(answer: Answer, collection: str, model: str, completion_id: str, cre
     "/chat/completions",
     summary="OpenAI-compatible chat completion: the checked answer from a collection",
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {
+            "description": "A `chat.completion`; with `stream: true`, SSE events whose `data` is a "
+            "`chat.completion.chunk` (the last one carries `citations` and `rag`), then `[DONE]`.",
+            "content": {
+                "text/event-stream": {  # OpenAPI 3.1: `schema` describes one event
+                    "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+                }
+            },
+        },
         403: {"model": ErrorOut},
         404: {"model": ErrorOut},
         422: {"model": ErrorOut},
@@ -138,7 +147,7 @@ def _chunks(answer: Answer, collection: str, model: str, completion_id: str, cre
 async def chat_completions(body: ChatRequest, request: Request, principal: Principal = Depends(require("read"))) -> Any:
     state = api_state(request)
     collection = await run_in_threadpool(_collection, state, principal, body.model)
-    asked = chat_question([Turn(m.role, m.text()) for m in body.messages], state.settings.max_query_chars)
+    asked = chat_question([Turn(m.role, m.content or "") for m in body.messages], state.settings.max_query_chars)
     timeout = state.settings.generation_timeout_s
     try:
         with anyio.fail_after(timeout):

@@ -12,6 +12,7 @@ records (question, gold, prediction, confidence score, found, correct) gets the 
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import re
@@ -48,7 +49,9 @@ class PassageRef:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any], relevant: bool | None = None) -> PassageRef:
-        key = str(d.get("chunk_id", "")) or f"{d.get('source', '')}:{d.get('start', 0)}"
+        key = str(d.get("chunk_id", "")) or hashlib.sha1(
+            f"{d.get('source', '')}\0{d.get('start', 0)}\0{d.get('title', '')}\0{d.get('text', '')}".encode()
+        ).hexdigest()[:16]
         return cls(
             key=key,
             source=str(d.get("source", "")),
@@ -78,12 +81,13 @@ class AnswerRecord:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> AnswerRecord:
-        """Accepts `gold` or `golds`, `prediction` or `answer`, `score` or `confidence`, `correct`
-        or `em`; `f1`, `latency_ms`/`total_ms`, `passages` (Passage.to_dict shapes) and `cited`
-        (1-based passage numbers) are optional."""
+        """Accepts `gold` or `golds`, `prediction` or `answer`, `confidence` (preferred: what the
+        system thresholds, e.g. the reader's margin in `rag eval grounding`) or `score`, `correct` or
+        `em`; `f1`, `latency_ms`/`total_ms`, `passages` (Passage.to_dict shapes, any subset of
+        keys) and `cited` (1-based passage numbers) are optional."""
         golds = d.get("golds", d.get("gold", []))
         golds = [golds] if isinstance(golds, str) else [str(g) for g in golds or []]
-        score = d.get("score", d.get("confidence"))
+        score = d["confidence"] if d.get("confidence") is not None else d.get("score")
         correct = d.get("correct", d.get("em"))
         f1 = d.get("f1")
         latency = d.get("latency_ms", d.get("total_ms"))
