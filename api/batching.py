@@ -6,7 +6,8 @@ its item to the batcher and waits; a worker thread takes the first waiting item,
 else arrives within `max_wait_ms` (or is already queued, up to `max_batch`), groups the items by
 key (items with different keys cannot share a call) and runs one call per group. While a batch
 runs, new requests queue up, so under load batches form without waiting at all; a lone request
-waits at most `max_wait_ms`.
+waits at most `max_wait_ms`. `workers` threads gather and run batches, so one batch's Python
+work overlaps another's encoder pass.
 
 If a batched call fails, its items are retried one at a time so that each request gets its own
 result or its own error, never a neighbour's.
@@ -63,20 +64,27 @@ class MicroBatcher(Generic[K, Q, R]):
         *,
         max_batch: int = 64,
         max_wait_ms: float = 2.0,
+        workers: int = 2,
         name: str = "micro-batcher",
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be at least 0")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Pending[K, Q, R] | None] = queue.SimpleQueue()
         self._closed = False
-        self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._worker.start()
+        self._stats_lock = threading.Lock()
+        # Two workers by default: one batch's Python work (BM25, SQL hydration) overlaps the
+        # next batch's encoder pass, which runs in native code without the GIL.
+        self._workers = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, key: K, item: Q, timeout: float | None = None) -> R:
         """Block until `item`'s result is ready; raise what its call raised."""
@@ -90,8 +98,10 @@ class MicroBatcher(Generic[K, Q, R]):
         """Finish what is queued, then stop the worker."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-            self._worker.join(timeout=30)
+            for _ in self._workers:
+                self._queue.put(None)
+            for worker in self._workers:
+                worker.join(timeout=30)
 
     def _gather(self, first: _Pending[K, Q, R]) -> tuple[list[_Pending[K, Q, R]], bool]:
         batch = [first]
@@ -122,9 +132,10 @@ class MicroBatcher(Generic[K, Q, R]):
                 return
 
     def _run(self, key: K, members: list[_Pending[K, Q, R]]) -> None:
-        self.stats.batches += 1
-        self.stats.items += len(members)
-        self.stats.largest = max(self.stats.largest, len(members))
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.items += len(members)
+            self.stats.largest = max(self.stats.largest, len(members))
         try:
             results = list(self.run_batch(key, [m.item for m in members]))
             if len(results) != len(members):

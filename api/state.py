@@ -48,7 +48,7 @@ class ApiState:
     metrics: Metrics
     models: dict[str, Any] = field(default_factory=dict)
     pipeline: Any = None  # rag.qa.AskPipeline, shared: its reader and generator load once
-    search_batcher: Any = None  # api.batching.MicroBatcher, None when RAG_SEARCH_BATCH_MAX=0
+    search_batcher: Any = None  # api.batching.MicroBatcher; None when RAG_SEARCH_BATCH_MAX=0 (the default)
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> ApiState:

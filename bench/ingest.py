@@ -49,6 +49,10 @@ def _corpus(limit: int | None, judged: bool = True) -> Path:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike getrusage's ru_maxrss, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -258,7 +262,9 @@ def main() -> None:
             print(f"round {round_no + 1} {variant:>10}: {r['documents']} docs, {r['passages']} passages in "
                   f"{r['seconds']:.1f}s -> {r['documents'] / r['seconds']:.2f} docs/s, "
                   f"{r['passages'] / r['seconds']:.1f} passages/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
-                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}{quality_text}", flush=True)
+                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}"
+                  + (f", embedding {r['embed_seconds'] / r['seconds']:.0%} of the time" if "embed_seconds" in r else "")
+                  + quality_text, flush=True)
 
     def docs_per_s(r: dict[str, float]) -> float:
         return r["documents"] / r["seconds"]

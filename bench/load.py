@@ -7,7 +7,9 @@
 Without --url the script starts two `rag serve --no-auth` servers on the same data home (--home,
 default a temporary folder; a missing collection is first ingested through the API from
 --corpus): "unbatched" (RAG_SEARCH_BATCH_MAX=0: each request encodes and searches alone, the
-baseline) and "batched" (the defaults: concurrent searches share one retrieval call). It loads
+baseline) and "batched" (RAG_SEARCH_BATCH_MAX=--batch-max: concurrent searches share one
+retrieval call). It also reports the server's CPU time per request, which the share of a busy
+machine the scheduler gives each server does not distort. It loads
 them with /v1/search in interleaved rounds (rotating order), quotes medians and the
 batched/unbatched throughput ratio, the load average around each run, and then measures
 extractive /v1/ask on the batched server. Servers run in subprocesses, so clients and server
@@ -171,15 +173,30 @@ def _print(label: str, report: dict[str, Any], endpoints: list[str]) -> None:
         print(
             f"  {label:<10} /v1/{endpoint:<6} {r['throughput_rps']:>7.1f} req/s  p50 {r['p50_ms']:>7.1f} ms  "
             f"p95 {r['p95_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms  ok {r['ok']}  errors {r['errors']} "
-            f"{r['error_statuses'] or ''}  load {report['load_before']:.1f}->{report['load_after']:.1f}",
+            f"{r['error_statuses'] or ''}  load {report['load_before']:.1f}->{report['load_after']:.1f}"
+            + (f"  server CPU {report['server_cpu_ms_per_request']:.1f} ms/request" if "server_cpu_ms_per_request" in report else ""),
             flush=True,
         )
 
 
-def _timed_run(url: str, key: str | None, collection: str, args: argparse.Namespace, endpoints: list[str]) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed_run(
+    url: str, key: str | None, collection: str, args: argparse.Namespace, endpoints: list[str], pid: int | None = None
+) -> dict[str, Any]:
     before = os.getloadavg()[0]
+    cpu_before = _cpu_seconds(pid) if pid else 0.0
     report = run(url, key, collection, args.clients, args.duration, args.k, endpoints)
     report["load_before"], report["load_after"] = before, os.getloadavg()[0]
+    if pid:
+        # Server CPU per answered request: what a request costs, whatever share of a busy
+        # machine the scheduler gave the server; cores / cost bounds the throughput of an idle one.
+        served = sum(report[e]["ok"] for e in endpoints)
+        report["server_cpu_ms_per_request"] = round((_cpu_seconds(pid) - cpu_before) * 1000 / max(served, 1), 2)
     return report
 
 
@@ -188,7 +205,7 @@ def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[st
     home = args.home or Path(tempfile.mkdtemp(prefix="rag-load-"))
     common = {"RAG_ENCODER_RUNTIME": args.encoder_runtime, "RAG_THREADS": str(args.threads)} if args.threads else {
         "RAG_ENCODER_RUNTIME": args.encoder_runtime}
-    configs = {"unbatched": {**common, "RAG_SEARCH_BATCH_MAX": "0"}, "batched": dict(common)}
+    configs = {"unbatched": {**common, "RAG_SEARCH_BATCH_MAX": "0"}, "batched": {**common, "RAG_SEARCH_BATCH_MAX": str(args.batch_max)}}
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for name, env in configs.items():  # one after the other: the first ingests, both export once
@@ -201,7 +218,7 @@ def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[st
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for round_no in range(args.rounds):
             for name in names[round_no % 2:] + names[: round_no % 2]:
-                report = _timed_run(servers[name][1], None, collection, args, ["search"])
+                report = _timed_run(servers[name][1], None, collection, args, ["search"], servers[name][0].pid)
                 runs[name].append(report)
                 _print(f"{name} r{round_no + 1}", report, ["search"])
         summary: dict[str, Any] = {"clients": args.clients, "duration_s": args.duration, "collection": collection,
@@ -210,17 +227,20 @@ def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[st
         for name, rs in runs.items():
             med = {m: statistics.median(r["search"][m] for r in rs) for m in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms")}
             errors = sum(r["search"]["errors"] for r in rs)
-            summary[name] = {**med, "errors": errors}
+            cpu = statistics.median(r["server_cpu_ms_per_request"] for r in rs)
+            summary[name] = {**med, "errors": errors, "server_cpu_ms_per_request": cpu}
             print(f"  {name:<10} {med['throughput_rps']:>7.1f} req/s  p50 {med['p50_ms']:>7.1f} ms  p95 {med['p95_ms']:>7.1f} ms  "
-                  f"p99 {med['p99_ms']:>7.1f} ms (p99/p50 {med['p99_ms'] / max(med['p50_ms'], 1e-9):.2f})  errors {errors}")
+                  f"p99 {med['p99_ms']:>7.1f} ms (p99/p50 {med['p99_ms'] / max(med['p50_ms'], 1e-9):.2f})  errors {errors}  "
+                  f"server CPU {cpu:.1f} ms/request (an idle {os.cpu_count()}-core machine: <= {os.cpu_count() * 1000 / max(cpu, 1e-9):.0f} req/s)")
         ratio = summary["batched"]["throughput_rps"] / max(summary["unbatched"]["throughput_rps"], 1e-9)
         per_round = statistics.median(
             b["search"]["throughput_rps"] / max(u["search"]["throughput_rps"], 1e-9) for b, u in zip(runs["batched"], runs["unbatched"])
         )
         summary["ratio"] = ratio
-        print(f"ratio batched/unbatched search throughput: x{ratio:.2f} (of medians), x{per_round:.2f} (median per round)")
+        print(f"ratio batched/unbatched search throughput: x{ratio:.2f} (of medians), x{per_round:.2f} (median per round); "
+              f"server CPU per request batched/unbatched: x{summary['batched']['server_cpu_ms_per_request'] / max(summary['unbatched']['server_cpu_ms_per_request'], 1e-9):.2f}")
         if "ask" in args.endpoints.split(","):
-            ask = _timed_run(servers["batched"][1], None, collection, args, ["ask"])
+            ask = _timed_run(servers["batched"][1], None, collection, args, ["ask"], servers["batched"][0].pid)
             summary["ask"] = ask["ask"]
             _print("batched", ask, ["ask"])
             print("  (batching serves /v1/ask's retrieval too; the reader dominates its time)")
@@ -248,6 +268,7 @@ def main() -> None:
     parser.add_argument("--endpoints", default="search,ask", help="comma-separated: search, ask")
     parser.add_argument("--encoder-runtime", default="onnx", help="RAG_ENCODER_RUNTIME of both servers")
     parser.add_argument("--threads", type=int, default=0, help="RAG_THREADS of both servers (0: all cores)")
+    parser.add_argument("--batch-max", type=int, default=32, help="RAG_SEARCH_BATCH_MAX of the batched server")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     corpus = args.corpus or (SCIFACT / "corpus.jsonl" if (SCIFACT / "corpus.jsonl").exists() else SQUAD_DEV)

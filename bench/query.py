@@ -32,21 +32,20 @@ def real_vectors(faiss_file: str | None) -> tuple[np.ndarray, np.ndarray]:
     if faiss_file:
         import faiss
 
-        from indexes.encoder import DEFAULT_EMBEDDER, Encoder, EncoderSpec
+        from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec, load_encoder
 
         index = faiss.read_index(faiss_file)
         flat = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
         docs = flat.reconstruct_n(0, flat.ntotal)
         queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()]
-        return docs, Encoder(EncoderSpec.detect(DEFAULT_EMBEDDER)).encode(queries, kind="query")
+        return docs, load_encoder(EncoderSpec.detect(DEFAULT_EMBEDDER)).encode(queries, kind="query")
     cached = CACHE / "scifact-minilm.npz"
     if cached.exists():
         data = np.load(cached)
         return data["docs"], data["queries"]
-    from indexes.encoder import DEFAULT_EMBEDDER, Encoder, EncoderSpec, set_threads
+    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec, load_encoder
 
-    set_threads(None)
-    encoder = Encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
+    encoder = load_encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))  # torch, all cores
     docs = [json.loads(line) for line in (SCIFACT / "corpus.jsonl").open()]
     queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()]
     doc_vectors = encoder.encode([d["title"] + " " + d["text"] for d in docs])

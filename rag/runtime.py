@@ -221,7 +221,8 @@ class Runtime:
         return AskPipeline(
             lambda name, kind: self.retriever(name, kind),
             reader=self.reader,
-            generator=lambda: build_generator(s),
+            # The generator gets the resolved device (RAG_DEVICE=auto is not a torch device).
+            generator=lambda: build_generator(s.model_copy(update={"device": self.device})),
             default_mode=s.answer_mode,
             default_k=s.answer_k,
             support_threshold=s.support_threshold,
