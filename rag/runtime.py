@@ -226,7 +226,7 @@ class Runtime:
             default_mode=s.answer_mode,
             default_k=s.answer_k,
             support_threshold=s.support_threshold,
-            verifier=lambda: build_verifier(s, self.reader),
+            verifier=lambda: build_verifier(s, self.reader, self.device),
             # extractive by default only: a mode the user chose is never swapped for another
             fallback_to_generative="answer_mode" not in s.model_fields_set,
         )

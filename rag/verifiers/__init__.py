@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_THRESHOLD", "Evidence", "LexicalVerifier", "Verifier", "build_verifier"]
 
 
-def build_verifier(settings: Settings, reader: Callable[[], Any]) -> Verifier:
-    """The verifier `settings.verifier` names; `reader` builds the extractive reader when needed."""
+def build_verifier(settings: Settings, reader: Callable[[], Any], device: str = "cpu") -> Verifier:
+    """The verifier `settings.verifier` names; `reader` builds the extractive reader when needed;
+    `device` is a resolved torch device (never `auto`)."""
     kind = settings.verifier
     if kind == "lexical":
         return LexicalVerifier(settings.support_threshold)
@@ -33,5 +34,5 @@ def build_verifier(settings: Settings, reader: Callable[[], Any]) -> Verifier:
 
         if not settings.verifier_model:
             raise InvalidInput("verifier=nli needs RAG_VERIFIER_MODEL (a folder such as shared/models/verifier-minilm-l6-support)")
-        return NLIVerifier(settings.verifier_model, threshold=settings.verifier_threshold, device=settings.device)
+        return NLIVerifier(settings.verifier_model, threshold=settings.verifier_threshold, device=device)
     raise InvalidInput(f"unknown verifier {kind!r}: use lexical, reader or nli")
