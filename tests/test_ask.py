@@ -177,7 +177,10 @@ def test_sse_retracts_a_draft_the_check_rejects_before_the_final_answer(runtime:
 
     from tests.test_api import start_server
 
-    settings = load_settings(home=home, auth=False, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL))
+    settings = load_settings(
+        home=home, auth=False, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL),
+        generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
+    )
     _, server, thread, url = start_server(settings)
     try:
         events: list[tuple[str, dict]] = []
@@ -196,7 +199,7 @@ def test_sse_retracts_a_draft_the_check_rejects_before_the_final_answer(runtime:
         server.should_exit = True
         thread.join(timeout=30)
     kinds = [e for e, _ in events]
-    assert kinds[-2:] == ["retract", "answer"] and set(kinds[:-2]) == {"token"}
+    assert kinds[-2:] == ["retract", "answer"] and set(kinds[:-2]) == {"token"}, events[-1]
     retract, final = events[-2][1], events[-1][1]
     assert retract["draft"] == "".join(d["text"] for e, d in events if e == "token")
     assert final["found"] is False and final["answer"] == NOT_IN_SOURCES and final["citations"] == []
