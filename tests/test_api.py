@@ -23,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "examples" / "corpus"
-READER_MODEL = REPO.parent / "shared" / "models" / "reader-minilm-l6-squad"
+READER_MODEL = REPO.parent / "shared" / "models" / "reader-minilm-l6-squad-na"  # the abstaining reader
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

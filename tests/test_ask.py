@@ -170,3 +170,36 @@ def test_rag_ask_shows_the_suspicious_flag(runtime: Runtime, home: Path) -> None
                      env={"RAG_READER_MODEL": str(NA_READER_MODEL)})
     assert result.returncode == 0, result.stderr
     assert any(line.startswith("⚠ suspicious: [") and "possible prompt injection" in line for line in result.stdout.splitlines())
+
+
+def test_sse_retracts_a_draft_the_check_rejects_before_the_final_answer(runtime: Runtime, home: Path) -> None:
+    import httpx
+
+    from tests.test_api import start_server
+
+    settings = load_settings(
+        home=home, auth=False, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL),
+        generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
+    )
+    _, server, thread, url = start_server(settings)
+    try:
+        events: list[tuple[str, dict]] = []
+        with httpx.Client(base_url=url, timeout=300) as client, client.stream(
+            "POST", "/v1/ask", json={"question": UNANSWERABLE, "collection": "demo", "mode": "generative", "k": 3},
+            headers={"Accept": "text/event-stream"},
+        ) as response:
+            assert response.status_code == 200
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    events.append((event or "message", json.loads(line[6:])))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    kinds = [e for e, _ in events]
+    assert kinds[-2:] == ["retract", "answer"] and set(kinds[:-2]) == {"token"}, events[-1]
+    retract, final = events[-2][1], events[-1][1]
+    assert retract["draft"] == "".join(d["text"] for e, d in events if e == "token")
+    assert final["found"] is False and final["answer"] == NOT_IN_SOURCES and final["citations"] == []
