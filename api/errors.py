@@ -25,6 +25,9 @@ from indexes.errors import (
     RagError,
     StoreInconsistent,
 )
+from indexes.collection import CollectionElsewhere
+from indexes.locking import WriterBusy
+from indexes.store import CollectionUnusable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ RAG_STATUS: list[tuple[type[RagError], int]] = [
     (DocumentNotFound, 404),
     (InvalidInput, 422),
     (EncoderMismatch, 409),
+    (WriterBusy, 409),  # another process holds the collection's writer: try again later
+    (CollectionElsewhere, 409),  # its files live in another data home
+    (CollectionUnusable, 409),  # its stored config no longer loads: delete it
     (ModelLoadError, 503),
     (StoreInconsistent, 503),
     (MissingDependency, 501),
