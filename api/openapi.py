@@ -74,7 +74,6 @@ def _apply_limits(document: dict[str, Any], settings: Settings) -> None:
     schemas["SearchRequest"]["properties"]["k"]["maximum"] = settings.max_k
     openai_compat.openapi_limits(schemas, settings.max_query_chars)
     schemas["DocumentsIn"]["properties"]["documents"]["maxItems"] = settings.max_json_documents
-    schemas["DocumentIn"]["properties"]["text"]["pattern"] = r"\S"
     schemas["DocumentIn"]["properties"]["text"]["maxLength"] = settings.max_document_chars
     upload = document["paths"]["/v1/collections/{name}/documents"]["post"]["requestBody"]["content"]
     files = upload["multipart/form-data"]["schema"]["properties"]["files"]

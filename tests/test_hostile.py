@@ -310,3 +310,16 @@ def test_api_json_documents_obey_the_per_document_limits(tmp_path: Path) -> None
     assert long.json()["error"]["message"] == "documents[0]: 1,001 characters, over the 1,000 limit (RAG_MAX_DOCUMENT_CHARS)"
     assert deep.status_code == 413
     assert deep.json()["error"]["message"] == "documents[1]: metadata nested deeper than 3 levels (RAG_MAX_JSON_DEPTH)"
+
+
+def test_api_json_document_of_only_white_space_is_reported_by_the_job_and_the_others_stored(server) -> None:  # type: ignore[no-untyped-def]
+    # The schema allows any non-empty text; schemathesis once found such a request refused (422).
+    body = {"documents": [{"id": "blank", "text": " \x1c\u2003\n"}, {"id": "kept", "text": "Lippmann was born in Bonnevoie."}]}
+    with server.client() as client:
+        response = client.post("/v1/collections/blank/documents", json=body)
+        assert response.status_code == 202, response.text
+        job = wait_job(client, response.json())
+        assert job["status"] == "completed_with_errors"
+        assert [e["error"] for e in job["errors"]] == ["api/blank: no text to index"]
+        listed = client.get("/v1/collections/blank/documents").json()["documents"]
+    assert [d["source"] for d in listed] == ["api/kept"]
