@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +86,72 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[dict[st
     return list(files), folders, errors
 
 
+@dataclass
+class FileScan:
+    """What one file brings to a run: its changed documents, the sources it accounts for (for
+    pruning), how many of its documents are unchanged, and why it failed if it did."""
+
+    source: str
+    changed: list[tuple[Document, str]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    file_unchanged: bool = False
+    error: dict[str, str] | None = None
+
+    def tally(self, seen: set[str], report: IngestReport) -> None:
+        seen.update(self.seen)
+        report.documents_unchanged += self.unchanged
+        report.files_unchanged += int(self.file_unchanged)
+        if self.error is not None:
+            report.errors.append(self.error)
+
+
+def scan_file(path: Path, known: Mapping[str, tuple[int, str]], max_file_bytes: int) -> FileScan:
+    """Read, hash and parse one file, keeping only documents whose hash differs from `known`.
+
+    Pure (reads the file, writes nothing), so a distributed run can call it on any worker with
+    the slice of `known` that belongs to the file.
+    """
+    source = str(path)
+    scan = FileScan(source)
+    single = suffix_of(path.name) in _SINGLE_DOCUMENT
+    try:
+        size = path.stat().st_size
+        if size > max_file_bytes:
+            raise LoadError(
+                f"{path}: {size / 1e6:.1f} MB is over the {max_file_bytes / 1e6:.0f} MB limit "
+                "(RAG_MAX_FILE_MB); split it or raise the limit"
+            )
+        data = path.read_bytes()
+        if single:
+            digest = "file:" + hashlib.sha256(data).hexdigest()
+            scan.seen.append(source)
+            if known.get(source, (0, ""))[1] == digest:
+                scan.unchanged = 1
+                scan.file_unchanged = True
+                return scan
+        docs = load_bytes(data, source)
+    except (OSError, RagError) as exc:  # LoadError is a RagError
+        message = f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        scan.error = {"source": source, "error": message}
+        log.warning("%s", message)
+        # A file that cannot be read now keeps what was stored from it before.
+        scan.seen = [s for s in known if s == source or s.startswith(source + "#")]
+        return scan
+    if single:
+        scan.changed.append((docs[0], digest))
+        return scan
+    for doc in _last_wins(docs):
+        digest = document_hash(doc)
+        if known.get(doc.source, (0, ""))[1] == digest:
+            scan.unchanged += 1
+        else:
+            scan.changed.append((doc, digest))
+    scan.seen.extend(dict.fromkeys(d.source for d in docs))
+    scan.file_unchanged = scan.unchanged == len(docs)
+    return scan
+
+
 class Ingestor:
     """Writes documents into one collection with one encoder and one chunker."""
 
@@ -125,7 +191,7 @@ class Ingestor:
                 if suffix_of(f.name) not in _SINGLE_DOCUMENT:
                     known.update(self.collection.known_documents(prefix=f"{f}#"))
             seen: set[str] = set()
-            self._write_all(self._from_files(files, known, seen, report), report)
+            self._ingest_files(files, known, seen, report)
             if prune:
                 stale = self._stale(known, seen, folders, files)
                 if stale:
@@ -173,51 +239,21 @@ class Ingestor:
         return self.ingest_documents(renamed)
 
     # -- stages ------------------------------------------------------------------------------
+    def _ingest_files(
+        self, files: list[Path], known: dict[str, tuple[int, str]], seen: set[str], report: IngestReport
+    ) -> None:
+        """Parse, chunk, embed and write the changed documents of `files` (overridden to distribute)."""
+        self._write_all(self._from_files(files, known, seen, report), report)
+
     def _from_files(
         self, files: list[Path], known: dict[str, tuple[int, str]], seen: set[str], report: IngestReport
     ) -> Iterator[tuple[Document, str]]:
         bar = progress_bar(total=len(files), unit="file", desc="files", enabled=self.show_progress)
         for path in files:
             bar.update(1)
-            source = str(path)
-            single = suffix_of(path.name) in _SINGLE_DOCUMENT
-            try:
-                size = path.stat().st_size
-                if size > self.max_file_bytes:
-                    raise LoadError(
-                        f"{path}: {size / 1e6:.1f} MB is over the {self.max_file_bytes / 1e6:.0f} MB limit "
-                        "(RAG_MAX_FILE_MB); split it or raise the limit"
-                    )
-                data = path.read_bytes()
-                if single:
-                    digest = "file:" + hashlib.sha256(data).hexdigest()
-                    seen.add(source)
-                    if known.get(source, (0, ""))[1] == digest:
-                        report.files_unchanged += 1
-                        report.documents_unchanged += 1
-                        continue
-                docs = load_bytes(data, source)
-            except (LoadError, OSError) as exc:
-                message = str(exc) if isinstance(exc, LoadError) else f"{path}: {exc.strerror or exc}"
-                report.errors.append({"source": source, "error": message})
-                log.warning("%s", message)
-                # A file that cannot be read now keeps what was stored from it before.
-                seen.update(s for s in known if s == source or s.startswith(source + "#"))
-                continue
-            except RagError as exc:
-                report.errors.append({"source": source, "error": str(exc)})
-                seen.update(s for s in known if s == source or s.startswith(source + "#"))
-                continue
-            if single:
-                yield docs[0], digest
-                continue
-            unchanged_before = report.documents_unchanged
-            for doc, digest in self._changed(_last_wins(docs), known, report):
-                seen.add(doc.source)
-                yield doc, digest
-            seen.update(d.source for d in docs)
-            if report.documents_unchanged - unchanged_before == len(docs):
-                report.files_unchanged += 1
+            scan = scan_file(path, known, self.max_file_bytes)
+            scan.tally(seen, report)
+            yield from scan.changed
         bar.close()
 
     def _changed(
@@ -258,6 +294,10 @@ class Ingestor:
         for doc, digest, chunks in pending:
             batch.append(NewDocument(doc, digest, chunks, vectors[offset : offset + len(chunks)]))
             offset += len(chunks)
+        self._write_batch(batch, report)
+
+    def _write_batch(self, batch: list[NewDocument], report: IngestReport) -> None:
+        """The one call into the store: a batch of embedded documents, written crash-safely."""
         result = self.collection.write(batch)
         report.documents_added += result["added"]
         report.documents_replaced += result["replaced"]
