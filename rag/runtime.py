@@ -95,6 +95,28 @@ class Runtime:
         chunker = SentenceWindowChunker(
             encoder.tokenizer, collection.config.chunk_tokens, collection.config.chunk_overlap
         )
+        s = self.settings
+        if s.ray_address:
+            from ingest.distributed import DistributedIngestor, RayOptions
+
+            ray = RayOptions(
+                address=s.ray_address,
+                embed_actors=s.ray_embed_actors,
+                batch_size=s.ray_batch_size,
+                cpus_per_actor=s.ray_cpus_per_actor,
+                gpus_per_actor=s.ray_gpus_per_actor,
+                threads=s.threads,
+            )
+            return DistributedIngestor(
+                collection,
+                encoder,
+                chunker,
+                max_file_bytes=s.max_file_bytes,
+                batch_chunks=s.batch_chunks,
+                show_progress=show_progress,
+                ray=ray,
+                quantize=s.quantize,
+            )
         return Ingestor(
             collection,
             encoder,
