@@ -24,25 +24,41 @@ def _faiss():  # type: ignore[no-untyped-def]
     return faiss
 
 
+_ONDISK = "OnDisk,"  # our prefix: an IVF whose lists live on disk (indexes/ondisk.py)
+
+
 def normalise_factory(factory: str) -> str:
     """Wrap id-less index types in IDMap2; IVF indexes carry ids natively."""
     factory = factory.strip()
     if not factory:
         raise InvalidInput("empty FAISS factory string")
-    if factory.startswith("IDMap") or factory.startswith("IVF"):
+    if factory.startswith("IDMap") or factory.startswith("IVF") or factory.startswith(_ONDISK):
         return factory
     return f"IDMap2,{factory}"
 
 
+def faiss_factory(factory: str) -> str:
+    """The FAISS factory string proper, without our `OnDisk,` prefix."""
+    return factory[len(_ONDISK):] if factory.startswith(_ONDISK) else factory
+
+
 class VectorIndex:
     """Inner-product FAISS index with stable ids: add, remove, search, count, ids, save, load."""
+
+    def __new__(cls, dim: int, factory: str = "Flat", index: object | None = None) -> VectorIndex:
+        """`OnDisk,IVF...` factories get the on-disk implementation of this same contract."""
+        if cls is VectorIndex and factory.strip().startswith(_ONDISK):
+            from indexes.ondisk import OnDiskIndex
+
+            return super().__new__(OnDiskIndex)
+        return super().__new__(cls)
 
     def __init__(self, dim: int, factory: str = "Flat", index: object | None = None) -> None:
         faiss = _faiss()
         self.dim = dim
         self.factory = normalise_factory(factory)
         self.index = index if index is not None else faiss.index_factory(
-            dim, self.factory, faiss.METRIC_INNER_PRODUCT
+            dim, faiss_factory(self.factory), faiss.METRIC_INNER_PRODUCT
         )
         self.read_only = False
 
@@ -142,6 +158,10 @@ class VectorIndex:
     def load(cls, path: Path, factory: str, mmap: bool = False) -> VectorIndex:
         """Load from disk; with `mmap`, read-only and memory-mapped where FAISS supports it."""
         faiss = _faiss()
+        if factory.strip().startswith(_ONDISK):
+            from indexes.ondisk import OnDiskIndex
+
+            return OnDiskIndex.open(path, factory)
         index = None
         if mmap:
             try:
