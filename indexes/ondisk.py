@@ -66,7 +66,12 @@ class OnDiskIndex(VectorIndex):
     @classmethod
     def open(cls, path: Path, factory: str) -> OnDiskIndex:
         faiss = _faiss()
-        base = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        try:
+            base = faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            # The data file is named by its absolute path; a moved data home finds it beside the
+            # header instead (FAISS says so on stdout, hence not the first choice).
+            base = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
         empty = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA)
         ivf = faiss.extract_index_ivf(empty)
         lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
