@@ -18,8 +18,10 @@ every node mounts at the same path (as Ray Data's own file readers expect).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -234,11 +236,23 @@ class DistributedIngestor(Ingestor):
                 num_gpus=self.ray.gpus_per_actor if gpu else None,
             )
         )
+        # Ray's driver prints cluster events ("a worker died ...") on stdout; they are diagnostics,
+        # so they go to stderr while this runs, keeping stdout for results (`--json`).
+        with contextlib.redirect_stdout(sys.stderr):
+            done_files = self._consume(dataset.iter_rows(), report, seen)
+        report.embed_seconds += time.perf_counter() - started
+        missing = expected_files - done_files
+        if missing:
+            raise RagError(f"{len(missing)} files never came back from the Ray cluster, e.g. {sorted(missing)[0]}")
+
+    def _consume(self, rows: Iterable[dict[str, Any]], report: IngestReport, seen: set[str]) -> set[str]:
+        """Tally file rows; write document rows in batches of `batch_chunks`, each source once.
+        Returns the files whose results came back."""
         written: set[str] = set()
         done_files: set[str] = set()
         pending: list[NewDocument] = []
         size = 0
-        for row in dataset.iter_rows():
+        for row in rows:
             if row["scan"]:
                 if row["source"] not in done_files:
                     done_files.add(row["source"])
@@ -259,10 +273,7 @@ class DistributedIngestor(Ingestor):
                 pending, size = [], 0
         if pending:
             self._write_batch(pending, report)
-        report.embed_seconds += time.perf_counter() - started
-        missing = expected_files - done_files
-        if missing:
-            raise RagError(f"{len(missing)} files never came back from the Ray cluster, e.g. {sorted(missing)[0]}")
+        return done_files
 
 
 def _owning_file(source: str, files: set[str]) -> str | None:
