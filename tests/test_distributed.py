@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,8 @@ import pytest
 
 from rag.runtime import Runtime
 from rag.settings import Settings
-from tests.conftest import SCIFACT, _free_port
+from bench.scale import start_head, stop_head
+from tests.conftest import SCIFACT
 
 ray = pytest.importorskip("ray", reason="Ray is the `rag[ray]` extra; scripts/bootstrap installs it with dev")
 
@@ -50,46 +49,15 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A Ray head node with 2 CPUs on loopback; its whole process group is stopped afterwards."""
-    temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    port = _free_port()
-    # Ray's token authentication with a token of this test's own (never ~/.ray's): the head node,
-    # the drivers below and the `rag` subprocesses all read it from the environment.
-    token = temp / "auth_token"
-    token.write_text(secrets.token_hex(32), encoding="utf-8")
+    """A Ray head node with 2 CPUs on loopback, with its own auth token (never ~/.ray's) in the
+    environment this test and its `rag` subprocesses share; stopped with everything it started."""
+    head, address, env, temp = start_head(2)
     saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0", "--node-ip-address", "127.0.0.1",
-         "--port", str(port), "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp)],
-        executable=str(Path(sys.executable).with_name("ray")),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
+    os.environ.update({name: env[name] for name in saved})
     try:
-        deadline = time.monotonic() + 90
-        while subprocess.run(
-            [sys.executable, "-c", f"import ray; ray.init(address={address!r}, log_to_driver=False); ray.shutdown()"],
-            capture_output=True,
-        ).returncode:
-            if time.monotonic() > deadline or head.poll() is not None:
-                raise RuntimeError("the Ray head node did not come up")
-            time.sleep(2)
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        # Workers the raylet started live in its session; end that group too if any survived.
-        time.sleep(1)
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_head(head)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
