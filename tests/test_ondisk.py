@@ -4,21 +4,23 @@ search over the same vectors when every list is probed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from indexes.config import SearchParams
 from indexes.encoder import EncoderSpec
 from indexes.errors import InvalidInput
 from indexes.ondisk import OnDiskIndex
-from indexes.config import SearchParams
 from indexes.store import CollectionConfig, NewDocument, Store
 from indexes.types import Chunk, Document
 from indexes.vector import training_size
 from rag.runtime import Runtime
 from rag.settings import Settings
-from tests.conftest import SCIFACT
+from tests.conftest import REPO, SCIFACT
 
 DIM = 32
 NLIST = 8
@@ -120,3 +122,37 @@ def test_ingest_into_an_ondisk_ivf_collection(tmp_path: Path, encoder) -> None: 
     first = json.loads(lines[0])
     hits = retriever.retrieve(first["title"], 20)
     assert first["_id"] in {h.source.rsplit("#", 1)[1] for h in hits}
+
+
+_CRASHING_WRITER = """
+import os, sys
+import numpy as np
+from indexes.encoder import EncoderSpec
+from indexes.store import CollectionConfig, Store
+from tests.test_ondisk import _doc, _unit
+
+rng = np.random.default_rng(0)
+store = Store(sys.argv[1])
+collection = store.create_collection("big", CollectionConfig(encoder=EncoderSpec(), dim=32, index_factory="OnDisk,IVF8,Flat"))
+with collection.writer() as writer:
+    writer.write([_doc(f"a-{j}", _unit(rng, 10)) for j in range(40)])  # trains: the first on-disk segment
+    os.environ["RAG_FAILPOINT"] = "write:after-faiss-save"
+    writer.write([_doc(f"b-{j}", _unit(rng, 10)) for j in range(10)])  # its files are written, then the crash
+"""
+
+
+def test_a_crash_before_publishing_an_ondisk_segment_leaves_no_data_file_behind(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASHING_WRITER, str(home)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    collection = Store(home).collection("big")
+    folder = collection.folder
+    assert {"seg-000002.faiss", "seg-000002.ivfdata"} <= _segment_files(folder)  # written, never published
+    assert collection.check().consistent  # readers see the published generation only
+    with collection.writer() as writer:  # the next writer removes what no manifest names
+        names = [s.info.name for s in writer.segments]
+    assert names == ["seg-000001"]
+    assert _segment_files(folder) == {"seg-000001.faiss", "seg-000001.bm25.npz", "seg-000001.ivfdata"}
+    assert collection.snapshot().vector_count() == 400
