@@ -109,21 +109,39 @@ class CollectionConfig:
         check_factory(self.index_factory, self.dim)
 
 
+ONDISK = "OnDisk,"  # our prefix: an IVF whose inverted lists live in a file on disk (indexes/ondisk.py)
+
+
+def is_ondisk(factory: str) -> bool:
+    return factory.strip().startswith(ONDISK)
+
+
+def faiss_factory(factory: str) -> str:
+    """The FAISS factory string proper, without our `OnDisk,` prefix."""
+    factory = factory.strip()
+    return factory[len(ONDISK):].strip() if factory.startswith(ONDISK) else factory
+
+
 def normalise_factory(factory: str) -> str:
-    """Wrap id-less index types in IDMap2; IVF indexes carry ids natively."""
+    """Wrap id-less index types in IDMap2; IVF indexes carry ids natively. `OnDisk,` stays in front."""
     factory = factory.strip()
     if not factory:
         raise InvalidInput("empty FAISS factory string")
+    if is_ondisk(factory):
+        return ONDISK + normalise_factory(faiss_factory(factory))
     if factory.startswith("IDMap") or factory.startswith("IVF"):
         return factory
     return f"IDMap2,{factory}"
 
 
 def check_factory(factory: str, dim: int) -> None:
-    """Build the index FAISS would build (untrained, empty): a typo fails here with FAISS's reason."""
+    """Build the index FAISS would build (untrained, empty): a typo fails here with FAISS's reason.
+    `OnDisk,` takes only IVF indexes (their inverted lists are what lives on disk)."""
     faiss = _faiss()
     try:
-        faiss.index_factory(dim, normalise_factory(factory), faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, faiss_factory(normalise_factory(factory)), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "not a FAISS factory string"
         raise InvalidInput(f"index {factory!r} is not a valid FAISS factory string for {dim} dimensions: {reason}") from None
+    if is_ondisk(factory) and faiss.try_extract_index_ivf(index) is None:
+        raise InvalidInput(f"index {factory!r}: only IVF indexes can live on disk (e.g. 'OnDisk,IVF1024,SQ8')")

@@ -5,7 +5,8 @@ grow with the collection. Segments are merged by a log-structured policy (`MERGE
 of one size tier become one), which bounds their number at O(log n) and rewrites each vector
 O(log n) times in all; a merge also drops the vectors of removed documents (tombstones) and is the
 point where an index that needs training (IVF, PQ) is built once enough vectors exist: smaller
-segments are exact (`Flat`). Which segments a generation searches is recorded in SQL (the
+segments are exact (`Flat`). On-disk IVF segments (`OnDisk,IVF...`, indexes/ondisk.py) share one
+trained quantizer and merge list by list on disk. Which segments a generation searches is recorded in SQL (the
 collection's manifest), never inferred from the folder.
 """
 
@@ -18,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from indexes.config import SearchParams
+from indexes.config import SearchParams, is_ondisk
 from indexes.errors import RagError
 from indexes.keyword import Analyzer, KeywordSpec, TermSegment
-from indexes.vector import VectorIndex, training_size
+from indexes.ondisk import DATA_SUFFIX, OnDiskIndex, write_lists
+from indexes.vector import VectorIndex, stored_vectors, training_size
 
 MERGE_FACTOR = 8
 COMPACT_DEAD_FRACTION = 0.3  # a segment with more tombstones than this is rewritten
@@ -45,6 +47,10 @@ class SegmentInfo:
     @property
     def live(self) -> int:
         return self.count - self.dead
+
+    def files(self) -> tuple[str, ...]:
+        """Every file of this segment: an on-disk IVF has its lists' data file besides."""
+        return segment_files(self.name) + ((f"{self.name}{DATA_SUFFIX}",) if is_ondisk(self.factory) else ())
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "count": self.count, "dead": self.dead, "factory": self.factory}
@@ -76,7 +82,7 @@ class Manifest:
         )
 
     def files(self) -> set[str]:
-        return {name for s in self.segments for name in segment_files(s.name)}
+        return {name for s in self.segments for name in s.files()}
 
 
 def segment_files(name: str) -> tuple[str, str]:
@@ -106,11 +112,12 @@ class Segment:
         dim: int,
         factory: str,
         spec: KeywordSpec,
+        template: OnDiskIndex | None = None,
     ) -> Segment:
-        """Write both files atomically; the configured index once there are enough vectors to train it."""
+        """Write both files atomically; the configured index once there are enough vectors to
+        train it, or at once when `template` (a trained on-disk segment) gives its quantizer."""
         ids = np.asarray(ids, dtype=np.int64)
-        chosen = factory if len(ids) >= training_size(dim, factory) else "Flat"
-        index = VectorIndex(dim, chosen)
+        index = new_index(dim, factory, len(ids), template)
         index.add(ids, vectors)
         terms = TermSegment.build(ids, texts, Analyzer(spec))
         faiss_file, bm25_file = segment_files(name)
@@ -122,7 +129,8 @@ class Segment:
     def load(cls, folder: Path, info: SegmentInfo, mmap: bool) -> Segment:
         faiss_file, bm25_file = segment_files(info.name)
         try:
-            vectors = VectorIndex.load(folder / faiss_file, info.factory, mmap=mmap)
+            loader = OnDiskIndex.load if is_ondisk(info.factory) else VectorIndex.load
+            vectors = loader(folder / faiss_file, info.factory, mmap=mmap)
             terms, _ = TermSegment.load(folder / bm25_file)
         except (FileNotFoundError, RuntimeError, OSError, ValueError) as exc:
             raise SegmentMissing(f"segment {info.name} in {folder} cannot be read: {exc}") from None
@@ -171,20 +179,64 @@ def plan_merges(segments: Sequence[SegmentInfo]) -> list[list[int]]:
     return final
 
 
+def new_index(dim: int, factory: str, count: int, template: OnDiskIndex | None = None) -> VectorIndex:
+    """The index for a segment of `count` vectors: a copy of `template` for an on-disk collection
+    that has one, else the configured index when `count` can train it, else exact `Flat`."""
+    if is_ondisk(factory) and template is not None:
+        return OnDiskIndex.like(template)
+    if count < training_size(dim, factory):
+        return VectorIndex(dim, "Flat")
+    return OnDiskIndex(dim, factory) if is_ondisk(factory) else VectorIndex(dim, factory)
+
+
+def ondisk_template(segments: Sequence[Segment]) -> OnDiskIndex | None:
+    """The first on-disk segment: its trained quantizer and codec are every later one's."""
+    for segment in segments:
+        if isinstance(segment.vectors, OnDiskIndex):
+            return segment.vectors
+    return None
+
+
 def merge(
-    folder: Path, name: str, parts: Sequence[Segment], keep: Sequence[np.ndarray], dim: int, factory: str, spec: KeywordSpec
+    folder: Path,
+    name: str,
+    parts: Sequence[Segment],
+    keep: Sequence[np.ndarray],
+    dim: int,
+    factory: str,
+    spec: KeywordSpec,
+    template: OnDiskIndex | None = None,
 ) -> Segment:
-    """One new segment with the kept chunks of `parts`; text is not re-analysed, vectors are
-    read back from FAISS (exact for Flat and HNSW, decoded codes for PQ/SQ)."""
+    """One new segment with the kept chunks of `parts`; text is not re-analysed. In-memory parts'
+    vectors are read back from FAISS (exact for Flat and HNSW, decoded codes for PQ/SQ); on-disk
+    parts are not loaded: their lists are streamed into the new segment's data file, with the
+    in-memory parts' vectors encoded by the shared quantizer."""
     from indexes.keyword import merge_term_segments
-    from indexes.vector import stored_vectors
 
     terms = merge_term_segments([p.terms for p in parts], keep)
-    vectors = np.vstack([stored_vectors(p.vectors, p.ids[mask]) for p, mask in zip(parts, keep)]) if parts else np.zeros((0, dim), np.float32)
-    chosen = factory if len(terms.ids) >= training_size(dim, factory) else "Flat"
-    index = VectorIndex(dim, chosen)
-    index.add(terms.ids, vectors)
     faiss_file, bm25_file = segment_files(name)
+    on_disk = [(p, mask) for p, mask in zip(parts, keep) if isinstance(p.vectors, OnDiskIndex)]
+    in_memory = [(p, mask) for p, mask in zip(parts, keep) if not isinstance(p.vectors, OnDiskIndex)]
+    template = template or ondisk_template(parts)
+    if is_ondisk(factory) and template is not None:
+        fresh = OnDiskIndex.like(template)
+        if in_memory:
+            fresh.add(
+                np.concatenate([p.ids[mask] for p, mask in in_memory]),
+                np.vstack([stored_vectors(p.vectors, p.ids[mask]) for p, mask in in_memory]),
+            )
+        sources: list[tuple[OnDiskIndex, np.ndarray | None]] = [
+            (p.vectors, p.ids[~mask]) for p, mask in on_disk  # type: ignore[misc]
+        ]
+        if fresh.count():
+            sources.append((fresh, None))
+        terms.save(folder / bm25_file, spec)
+        write_lists(folder / faiss_file, template, sources)
+        index: VectorIndex = OnDiskIndex.load(folder / faiss_file, template.factory)
+        return Segment(SegmentInfo(name, terms.count(), 0, index.factory), index, terms)
+    vectors = np.vstack([stored_vectors(p.vectors, p.ids[mask]) for p, mask in zip(parts, keep)]) if parts else np.zeros((0, dim), np.float32)
+    index = new_index(dim, factory, len(terms.ids))
+    index.add(terms.ids, vectors)
     terms.save(folder / bm25_file, spec)
     index.save(folder / faiss_file)
     return Segment(SegmentInfo(name, terms.count(), 0, index.factory), index, terms)

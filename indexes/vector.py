@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from indexes.atomic import atomic_replace
-from indexes.config import SearchParams, default_ef_search, default_nprobe, normalise_factory
+from indexes.config import SearchParams, default_ef_search, default_nprobe, faiss_factory, normalise_factory
 from indexes.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,9 @@ def _faiss():  # type: ignore[no-untyped-def]
 def training_size(dim: int, factory: str) -> int:
     """Vectors an index built from `factory` needs before it can be trained well: 39 per IVF list
     (FAISS warns below that), 39 x 256 for a codebook (PQ/SQ) without IVF; 0 when untrained
-    indexes do not exist for it (Flat, HNSW)."""
+    indexes do not exist for it (Flat, HNSW). `OnDisk,IVF...` needs what its IVF needs."""
     faiss = _faiss()
-    index = faiss.index_factory(dim, normalise_factory(factory), faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, faiss_factory(normalise_factory(factory)), faiss.METRIC_INNER_PRODUCT)
     if index.is_trained:
         return 0
     ivf = faiss.try_extract_index_ivf(index)
@@ -46,7 +46,7 @@ class VectorIndex:
         self.dim = dim
         self.factory = normalise_factory(factory)
         self.index = index if index is not None else faiss.index_factory(
-            dim, self.factory, faiss.METRIC_INNER_PRODUCT
+            dim, faiss_factory(self.factory), faiss.METRIC_INNER_PRODUCT
         )
         self.read_only = False
 

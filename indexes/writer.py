@@ -36,7 +36,8 @@ from indexes.failpoints import failpoint
 from indexes.keyword import KeywordSpec
 from indexes.locking import WriterLock
 from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow
-from indexes.segments import Manifest, Segment, SegmentMissing, merge, plan_merges, segment_files
+from indexes.ondisk import DATA_SUFFIX
+from indexes.segments import Manifest, Segment, SegmentMissing, merge, ondisk_template, plan_merges, segment_files
 from indexes.snapshot import batched
 from indexes.types import Chunk, Document
 
@@ -257,6 +258,7 @@ class CollectionWriter:
                     self.config.dim,
                     self.config.index_factory,
                     self.keyword_spec,
+                    ondisk_template(segments),
                 ),
             )
             segments.append(segment)
@@ -278,7 +280,7 @@ class CollectionWriter:
 
     def _new_segment(self, manifest: Manifest, build: Callable[[str], Segment]) -> tuple[Segment, Manifest]:
         name = f"seg-{manifest.next_segment:06d}"
-        for stale in segment_files(name):  # left by a crashed writer that never published it
+        for stale in (*segment_files(name), f"{name}{DATA_SUFFIX}"):  # left by a crashed writer that never published it
             (self.folder / stale).unlink(missing_ok=True)
         segment = build(name)
         return segment, Manifest(manifest.home, manifest.segments, manifest.next_segment + 1)
@@ -295,7 +297,14 @@ class CollectionWriter:
             merged, manifest = self._new_segment(
                 manifest,
                 lambda name, parts=parts, keep=keep: merge(
-                    self.folder, name, parts, keep, self.config.dim, self.config.index_factory, self.keyword_spec
+                    self.folder,
+                    name,
+                    parts,
+                    keep,
+                    self.config.dim,
+                    self.config.index_factory,
+                    self.keyword_spec,
+                    ondisk_template(segments),
                 ),
             )
             replaced[group[0]] = merged if merged.info.count else None
@@ -374,6 +383,7 @@ class CollectionWriter:
                     self.config.dim,
                     self.config.index_factory,
                     self.keyword_spec,
+                    ondisk_template(segments),
                 ),
             )
             segments.append(segment)

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +91,79 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[dict[st
     return list(files), folders, errors
 
 
+@dataclass
+class FileScan:
+    """What one file brings to a run: its changed documents (labelled, with their hashes), the
+    sources it accounts for (for pruning), how many of its documents are unchanged, the sources
+    it repeats, and its problems: why it failed, or which of its records were skipped."""
+
+    source: str
+    changed: list[tuple[Document, str]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    file_unchanged: bool = False
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def tally(self, seen: set[str], report: IngestReport) -> None:
+        seen.update(self.seen)
+        report.documents_unchanged += self.unchanged
+        report.files_unchanged += int(self.file_unchanged)
+        report.duplicates.extend(s for s in self.duplicates if s not in report.duplicates)
+        report.errors.extend(self.errors)
+
+
+def scan_file(path: Path, known: Mapping[str, tuple[int, str]], limits: InputLimits, label: str) -> FileScan:
+    """Read, hash and parse one file, keeping only documents whose hash differs from `known`;
+    `label` is the file's source label (`ingest.sources`).
+
+    Pure (reads the file, writes nothing), so a distributed run calls it on any worker with the
+    slice of `known` that belongs to the file."""
+    source = str(path)
+    scan = FileScan(source)
+    single = suffix_of(path.name) in _SINGLE_DOCUMENT
+    try:
+        limits.check_size(path.stat().st_size, source)
+        data = path.read_bytes()
+        if single:
+            digest = "file:" + hashlib.sha256(data).hexdigest()
+            scan.seen.append(source)
+            if known.get(source, (0, ""))[1] == digest:
+                scan.unchanged = 1
+                scan.file_unchanged = True
+                return scan
+        parsed = parse(data, source, limits)
+        docs = parsed.documents
+    except (OSError, RagError) as exc:  # LoadError is a RagError
+        message = f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        scan.errors.append({"source": source, "error": message})
+        log.info("%s", message)  # reported once, by the caller, from report.errors
+        # A file that cannot be read now keeps what was stored from it before.
+        scan.seen = [s for s in known if s == source or s.startswith(source + "#")]
+        return scan
+    problem = parsed.problem(source)
+    if problem:
+        # Skipped records are reported; what the file stored before is kept, not pruned.
+        scan.errors.append({"source": source, "error": problem})
+        scan.seen.extend(s for s in known if s.startswith(source + "#"))
+    if single:
+        scan.changed.append((labelled(docs[0], source, label), digest))
+        return scan
+    unique = _last_wins(docs)
+    if len(unique) < len(docs):
+        counts = Counter(d.source for d in docs)
+        scan.duplicates = sorted(s for s, n in counts.items() if n > 1)
+    for doc in unique:
+        digest = document_hash(doc)
+        if known.get(doc.source, (0, ""))[1] == digest:
+            scan.unchanged += 1
+        else:
+            scan.changed.append((labelled(doc, source, label), digest))
+    scan.seen.extend(dict.fromkeys(d.source for d in docs))
+    scan.file_unchanged = scan.unchanged == len(docs)
+    return scan
+
+
 class Ingestor:
     """Writes documents into one collection with one encoder and one chunker."""
 
@@ -130,7 +203,7 @@ class Ingestor:
                 if suffix_of(f.name) not in _SINGLE_DOCUMENT:
                     known.update(self.collection.known_documents(prefix=f"{f}#"))
             seen: set[str] = set()
-            self._write_all(self._from_files(files, known, seen, report, folders), report)
+            self._ingest_files(files, known, seen, report, folders)
             if prune:
                 stale = self._stale(known, seen, folders, files)
                 if stale:
@@ -188,62 +261,31 @@ class Ingestor:
         return report
 
     # -- stages ------------------------------------------------------------------------------
+    def _ingest_files(
+        self,
+        files: list[Path],
+        known: dict[str, tuple[int, str]],
+        seen: set[str],
+        report: IngestReport,
+        folders: list[Path],
+    ) -> None:
+        """Parse, chunk, embed and write the changed documents of `files` (overridden to distribute)."""
+        self._write_all(self._from_files(files, known, seen, report, folders), report)
+
     def _from_files(
         self,
         files: list[Path],
         known: dict[str, tuple[int, str]],
         seen: set[str],
         report: IngestReport,
-        folders: list[Path] = [],  # noqa: B006 (read only)
+        folders: list[Path],
     ) -> Iterator[tuple[Document, str]]:
         bar = progress_bar(total=len(files), unit="file", desc="files", enabled=self.show_progress)
         for path in files:
             bar.update(1)
-            source = str(path)
-            single = suffix_of(path.name) in _SINGLE_DOCUMENT
-            label = ingest_label(path, folders)
-            try:
-                self.limits.check_size(path.stat().st_size, source)
-                data = path.read_bytes()
-                if single:
-                    digest = "file:" + hashlib.sha256(data).hexdigest()
-                    seen.add(source)
-                    if known.get(source, (0, ""))[1] == digest:
-                        report.files_unchanged += 1
-                        report.documents_unchanged += 1
-                        continue
-                parsed = parse(data, source, self.limits)
-                docs = parsed.documents
-            except (LoadError, OSError) as exc:
-                message = str(exc) if isinstance(exc, LoadError) else f"{path}: {exc.strerror or exc}"
-                report.errors.append({"source": source, "error": message})
-                log.info("%s", message)  # reported once, by the caller, from report.errors
-                # A file that cannot be read now keeps what was stored from it before.
-                seen.update(s for s in known if s == source or s.startswith(source + "#"))
-                continue
-            except RagError as exc:
-                report.errors.append({"source": source, "error": str(exc)})
-                seen.update(s for s in known if s == source or s.startswith(source + "#"))
-                continue
-            problem = parsed.problem(source)
-            if problem:
-                # Skipped records are reported; what the file stored before is kept, not pruned.
-                report.errors.append({"source": source, "error": problem})
-                seen.update(s for s in known if s.startswith(source + "#"))
-            if single:
-                yield labelled(docs[0], source, label), digest
-                continue
-            unchanged_before = report.documents_unchanged
-            unique = _last_wins(docs)
-            if len(unique) < len(docs):
-                counts = Counter(d.source for d in docs)
-                report.duplicates.extend(sorted({s for s, n in counts.items() if n > 1} - set(report.duplicates)))
-            for doc, digest in self._changed(unique, known, report):
-                seen.add(doc.source)
-                yield labelled(doc, source, label), digest
-            seen.update(d.source for d in docs)
-            if report.documents_unchanged - unchanged_before == len(docs):
-                report.files_unchanged += 1
+            scan = scan_file(path, known, self.limits, ingest_label(path, folders))
+            scan.tally(seen, report)
+            yield from scan.changed
         bar.close()
 
     def _changed(
@@ -284,6 +326,10 @@ class Ingestor:
         for doc, digest, chunks in pending:
             batch.append(NewDocument(doc, digest, chunks, vectors[offset : offset + len(chunks)]))
             offset += len(chunks)
+        self._write_batch(batch, report)
+
+    def _write_batch(self, batch: list[NewDocument], report: IngestReport) -> None:
+        """The one call into the store: a batch of embedded documents, written crash-safely."""
         result = self.collection.write(batch)
         report.documents_added += result["added"]
         report.documents_replaced += result["replaced"]

@@ -116,6 +116,8 @@ def ingest(
     index: Optional[str] = typer.Option(None, "--index", help="FAISS factory string for a new collection"),
     quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize", help="int8 encoder (CPU)"),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="delete documents whose files vanished from a re-ingested folder"),
+    ray: bool = typer.Option(False, "--ray", help="parse, chunk and embed on a Ray cluster [address: env RAG_RAY_ADDRESS, else auto]"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (implies --ray): auto, local or HOST:PORT"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Ingest files into a collection: unchanged files are skipped, changed ones replaced.
@@ -123,8 +125,11 @@ def ingest(
     Exit code 0 when every input was stored (or was unchanged), 3 when some failed and the others
     were stored, 1 when none could be stored."""
     rt = _runtime(
-        embedding_model=model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, index_factory=index, quantize=quantize
+        embedding_model=model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, index_factory=index, quantize=quantize,
+        ray_address=ray_address,
     )
+    if ray and not rt.settings.ray_address:
+        rt.settings.ray_address = "auto"
     target = rt.writable_collection(collection)
     report = rt.ingestor(target, show_progress=not as_json).ingest_paths(paths, prune=prune)
     if as_json:

@@ -160,6 +160,30 @@ class Runtime:
         chunker = SentenceWindowChunker(
             encoder.tokenizer, collection.config.chunk_tokens, collection.config.chunk_overlap
         )
+        s = self.settings
+        if s.ray_address:
+            from ingest.distributed import DistributedIngestor, RayOptions
+
+            ray = RayOptions(
+                address=s.ray_address,
+                embed_actors=s.ray_embed_actors,
+                batch_size=s.ray_batch_size,
+                cpus_per_actor=s.ray_cpus_per_actor,
+                gpus_per_actor=s.ray_gpus_per_actor,
+                threads=s.threads,
+            )
+            return DistributedIngestor(
+                collection,
+                encoder,
+                chunker,
+                limits=s.input_limits,
+                batch_chunks=s.batch_chunks,
+                show_progress=show_progress,
+                ray=ray,
+                encoder_runtime=s.encoder_runtime,
+                quantize=s.quantize,
+                cache_dir=s.home / "models",
+            )
         return Ingestor(
             collection,
             encoder,

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one new index segment each)")
     nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists searched per query; default: the collection's, else about sqrt(nlist)")
     ef_search: int | None = Field(None, ge=1, le=65536, description="HNSW candidate list per query; default: the collection's, else 64 (128 from 1M vectors)")
+    # Distributed ingestion (`rag ingest --ray`, API jobs when set): Ray Data on an existing cluster.
+    ray_address: str | None = Field(None, description="Ray cluster for ingestion: 'auto', 'local' or HOST:PORT; unset: in-process")
+    ray_embed_actors: int = Field(1, ge=1, description="embedding actors (each loads the encoder once)")
+    ray_batch_size: int = Field(32, ge=1, description="documents per embedding call on an actor")
+    ray_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each embedding actor reserves (and its torch threads)")
+    ray_gpus_per_actor: float = Field(0.0, ge=0, description="GPU share per embedding actor; > 0 embeds on cuda")
 
     # Retrieval: which retriever answers, how hybrid fuses, and optional reranking and diversity.
     retriever: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="dense (FAISS), bm25 (keyword) or both fused")
