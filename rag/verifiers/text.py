@@ -72,38 +72,6 @@ def content_words(text: str) -> set[str]:
     return set(_stemmer().stemWords([w for w in words if not w.isdigit()])) | {w for w in words if w.isdigit()}
 
 
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """Sentence offsets from blingfire; a piece that is only citations joins the sentence before it."""
-    import blingfire
-
-    if not text.strip():
-        return []
-    offsets: list[tuple[int, int]] = []
-    # a blank line always ends a sentence (a heading, a list, a pasted source block); blingfire
-    # alone would run "# Marie Curie\n\nMarie Curie was born ..." into one
-    for paragraph in _PARAGRAPH.finditer(text):
-        _, found = blingfire.text_to_sentences_and_offsets(paragraph.group())
-        offsets.extend((paragraph.start() + s, paragraph.start() + e) for s, e in found)
-    spans: list[tuple[int, int]] = []
-    for start, end in offsets:
-        if spans:
-            # "... Warsaw. [1] She ..." : leading markers belong to the sentence before
-            lead = _LEADING_CITATIONS.match(text, start, end)
-            if lead and lead.end() > start:
-                spans[-1] = (spans[-1][0], lead.end())
-                start = lead.end()
-                while start < end and text[start].isspace():
-                    start += 1
-        body = _CITATION.sub("", text[start:end]).strip(" \t\n.,;:")
-        if spans and not body:
-            spans[-1] = (spans[-1][0], end)
-        elif body:
-            spans.append((start, end))
-    return spans
-
-
-
-
 @lru_cache(maxsize=1)
 def _stemmer() -> Any:
     import Stemmer  # PyStemmer (Snowball), a dependency of the keyword index
