@@ -73,27 +73,30 @@ def test_two_api_processes_read_one_postgres_database_while_a_third_ingests(tmp_
     environment = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", **env}
     rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
     ports = [_port(), _port()]
+    # Server output goes to files: a pipe nobody reads blocks a server once it fills (64 KiB).
+    logs = [tmp_path / f"serve-{port}.log" for port in ports]
     servers = [
         subprocess.Popen(
             [rag, "serve", "--no-auth", "--port", str(port), "--log-level", "warning"],
             env=environment,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log.open("wb"),
         )
-        for port in ports
+        for port, log in zip(ports, logs)
     ]
     ingest = None
     try:
         clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) for port in ports]
         deadline = time.monotonic() + 180
-        for client in clients:
+        for client, server, log in zip(clients, servers, logs):
             while True:
                 try:
                     if client.get("/readyz").status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
-                assert time.monotonic() < deadline, "server did not start"
+                assert server.poll() is None, f"server exited {server.returncode}: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, f"server did not start: {log.read_text()[-2000:]}"
                 time.sleep(0.5)
         ingest = subprocess.Popen([rag, "ingest", str(later)], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         failures: list[str] = []
