@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import SCIFACT, SQUAD_DEV, invoke
-from tests.test_web import ARGS, CHROMIUM
+from tests.test_web import browser  # noqa: F401 - the page tests' Chromium fixture, shared
 
 pytest.importorskip("matplotlib", reason="matplotlib is in the report extra (dev includes it)")
 
@@ -125,17 +125,6 @@ def test_abstention_curve_from_generic_records() -> None:
     ]
     page = answer_report(rows, {}, "Grounding")
     assert 'data-plot="tradeoff"' in page and "(abstained)" in page
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium; scripts/bootstrap does it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield launched
-        launched.close()
 
 
 def test_reports_render_in_chromium_with_visible_plots(reports: dict[str, Any], browser: Any, tmp_path: Path) -> None:
