@@ -92,7 +92,7 @@ def text_argument(value: str) -> str:
 
 
 def k_between(low: int, high: int) -> Any:
-    """An option callback refusing a passage count outside [low, high] as a usage error."""
+    """An option callback refusing a passage count outside [low, high] as a usage error (exit 2)."""
 
     def check(value: Optional[int]) -> Optional[int]:
         if value is not None and not low <= value <= high:
@@ -158,7 +158,7 @@ def ingest_exit_code(errors: list[dict[str, str]], documents_ok: int) -> int:
 def search(
     query: str = typer.Argument(..., callback=text_argument, help="the question or keywords"),
     collection: Optional[str] = CollectionOpt,
-    k: int = typer.Option(10, "-k", "--top-k", help="passages to return"),
+    k: int = typer.Option(10, "-k", "--top-k", help="passages to return [1 to RAG_MAX_K]"),
     retriever: Optional[str] = RetrieverOpt,
     fusion: Optional[str] = FusionOpt,
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else ~sqrt(nlist)]"),
@@ -167,6 +167,7 @@ def search(
 ) -> None:
     """Print the passages most similar to QUERY."""
     rt = _runtime(retriever=retriever, fusion=fusion, nprobe=nprobe, ef_search=ef_search)
+    k_between(1, rt.settings.max_k)(k)  # the bound is a setting: a usage error once it is read
     passages = rt.retriever(collection).retrieve(query, k)
     if as_json:
         _print_json([p.to_dict() for p in passages])

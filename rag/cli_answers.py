@@ -133,7 +133,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def eval_qa(
         squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs become the corpus"),
         mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
-        k: int = typer.Option(5, "-k", "--top-k", help="passages retrieved and read per question"),
+        k: int = typer.Option(5, "-k", "--top-k", callback=k_between(1, 50), help="passages retrieved and read per question"),
         limit: Optional[int] = typer.Option(None, "--limit", help="questions, evenly spaced through the file"),
         collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: squad-FILESTEM"),
         retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
@@ -199,7 +199,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def eval_grounding(
         squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs, minus a removed sample, become the corpus"),
         mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
-        k: int = typer.Option(5, "-k", "--top-k", help="passages retrieved and read per question"),
+        k: int = typer.Option(5, "-k", "--top-k", callback=k_between(1, 50), help="passages retrieved and read per question"),
         remove: int = typer.Option(100, "--remove", help="gold paragraphs removed from the corpus (their questions become unanswerable)"),
         seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
         articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),

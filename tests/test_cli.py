@@ -175,6 +175,22 @@ def test_bad_requests_are_one_line_errors(home: Path, args: tuple[str, ...], mes
     assert message in _one_line_error(invoke(*args, home=home))
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("search", "radium", "-c", "demo", "-k", "0"),
+        ("search", "radium", "-c", "demo", "-k", "1001"),
+        ("ask", "radium", "-c", "demo", "-k", "0"),
+        ("eval", "qa", "--squad", "none.json", "-k", "0"),
+        ("eval", "grounding", "--squad", "none.json", "-k", "0"),
+    ],
+)
+def test_an_out_of_range_k_is_a_usage_error_in_every_command(home: Path, args: tuple[str, ...]) -> None:
+    result = invoke(*args, home=home)
+    assert result.returncode == 2, result.stderr
+    assert "k must be between 1 and" in _one_line_error(result)
+
+
 def test_a_bad_request_in_a_real_process_prints_one_line_and_exits_1(home: Path) -> None:
     result = run_cli("search", "x" * 100_000, "-c", "demo", home=home)
     assert result.returncode == 1
