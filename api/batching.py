@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from indexes.config import SearchParams
     from indexes.types import Passage
     from rag.runtime import Runtime
 
@@ -159,15 +160,15 @@ def describe(batcher: MicroBatcher[Any, Any, Any] | None) -> dict[str, Any]:
     return {"enabled": True, "batches": s.batches, "items": s.items, "mean_batch": round(s.mean_batch(), 2), "largest": s.largest}
 
 
-SearchKey = tuple[str, "str | None", int]
+SearchKey = tuple[str, "str | None", int, "SearchParams"]
 
 
 def search_batcher(runtime: Runtime, max_batch: int, max_wait_ms: float) -> MicroBatcher[SearchKey, str, list[Passage]]:
-    """Batches concurrent searches of one collection, retriever kind and k into one
-    `retrieve_many` (one encoder pass, one FAISS and BM25 search, one SQL hydration)."""
+    """Batches concurrent searches of one collection, retriever kind, k and search parameters
+    into one `retrieve_many` (one encoder pass, one FAISS and BM25 search, one SQL hydration)."""
 
     def run(key: SearchKey, queries: Sequence[str]) -> list[list[Passage]]:
-        collection, kind, k = key
-        return runtime.retriever(collection, kind).retrieve_many(list(queries), k)
+        collection, kind, k, params = key
+        return runtime.retriever(collection, kind, params).retrieve_many(list(queries), k)
 
     return MicroBatcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms, name="search-batcher")

@@ -73,6 +73,12 @@ class SearchRequest(BaseModel):
     k: JsonInt = Field(10, ge=1, le=1000, description="passages to return (at most RAG_MAX_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
     filters: Filters | None = None
+    nprobe: JsonInt | None = Field(
+        None, ge=1, le=65536, description="IVF lists searched (IVF collections); default: the collection's, else about sqrt(nlist)"
+    )
+    ef_search: JsonInt | None = Field(
+        None, ge=1, le=65536, description="HNSW candidate list (HNSW collections); default: the collection's, else 64"
+    )
 
 
 class SearchResponse(BaseModel):

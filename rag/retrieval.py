@@ -222,14 +222,15 @@ def build_retriever(
     settings: Settings,
     kind: str | None = None,
     reranker: CrossEncoderReranker | None = None,
+    params: SearchParams | None = None,
 ) -> _Base:
-    """The retriever `settings` describe (`kind` overrides `settings.retriever`), with reranking
-    and MMR wrapped around it when configured."""
+    """The retriever `settings` describe (`kind` overrides `settings.retriever`, `params` the
+    settings' nprobe / efSearch where set), with reranking and MMR wrapped around it when configured."""
     kind = kind or settings.retriever
     if kind not in RETRIEVER_KINDS:
         raise InvalidInput(f"unknown retriever {kind!r}; use one of {', '.join(RETRIEVER_KINDS)}")
     limits = {"max_query_chars": settings.max_query_chars, "max_k": settings.max_k}
-    params = SearchParams(nprobe=settings.nprobe, ef_search=settings.ef_search)
+    params = (params or SearchParams()).over(SearchParams(nprobe=settings.nprobe, ef_search=settings.ef_search))
     if kind != "bm25" or settings.mmr_lambda is not None:
         if encoder is None:
             raise InvalidInput(f"the {kind} retriever needs the collection's encoder")

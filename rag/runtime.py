@@ -193,14 +193,15 @@ class Runtime:
             show_progress=show_progress,
         )
 
-    def retriever(self, name: str | None = None, kind: str | None = None) -> Retriever:
+    def retriever(self, name: str | None = None, kind: str | None = None, params: SearchParams | None = None) -> Retriever:
         """The configured retriever (`kind` overrides RAG_RETRIEVER: dense, bm25 or hybrid) over a
-        collection, with the reranker and MMR when the settings ask for them."""
+        collection, with the reranker and MMR when the settings ask for them; `params` (one
+        request's nprobe / efSearch) override RAG_NPROBE / RAG_EF_SEARCH where set."""
         collection = self.collection(name)
         kind = kind or self.settings.retriever
         needs_encoder = kind != "bm25" or self.settings.mmr_lambda is not None
         encoder = self.encoder_for(collection) if needs_encoder else None
-        return build_retriever(collection, encoder, self.settings, kind, reranker=self.reranker())
+        return build_retriever(collection, encoder, self.settings, kind, reranker=self.reranker(), params=params)
 
     def reranker(self) -> CrossEncoderReranker | None:
         """The cross-encoder named by RAG_RERANKER_MODEL, loaded once; None when unset."""

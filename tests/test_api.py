@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,6 +315,50 @@ def test_search_filters_and_retriever_kinds(server: Server) -> None:
             response = client.post("/v1/search", json={"query": "Lippmann Bonnevoie", "collection": "docs", "retriever": kind, "k": 2})
             assert response.status_code == 200, response.text
             assert "Bonnevoie" in response.json()["passages"][0]["text"]
+
+
+def _vector_collection(server: Server, name: str, factory: str, count: int) -> tuple[Any, np.ndarray]:
+    """A collection of `count` one-word documents "v{i}" holding random unit vectors, written
+    straight to the store (enough of them to train `factory` at once)."""
+    from indexes.store import CollectionConfig, NewDocument
+    from indexes.types import Chunk, Document
+
+    runtime = server.state.runtime
+    encoder = runtime.encoder(runtime.requested_spec())
+    collection = runtime.store.create_collection(name, CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory=factory))
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(count, encoder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with collection.writer():
+        collection.write(
+            [NewDocument(Document(f"v{i}", f"v{i}"), f"h{i}", [Chunk(f"v{i}", 0, len(f"v{i}"), 0)], vectors[i : i + 1]) for i in range(count)]
+        )
+    assert [f.removeprefix("IDMap2,") for f in collection.stats()["segment_factories"]] == [factory]
+    return encoder, vectors
+
+
+QUERIES = [f"{topic} {n}" for topic in ("photography", "radium", "write-ahead log", "graph search", "physics") for n in range(4)]
+
+
+def _top_sources(client: httpx.Client, collection: str, **params: int) -> list[str]:
+    tops = []
+    for query in QUERIES:
+        response = client.post("/v1/search", json={"query": query, "collection": collection, "retriever": "dense", "k": 1, **params})
+        assert response.status_code == 200, response.text
+        tops.append(response.json()["passages"][0]["source"])
+    return tops
+
+
+@pytest.mark.parametrize(("factory", "count", "name", "exact", "narrow"), [("IVF4,Flat", 400, "nprobe", 4, 1), ("HNSW8", 1000, "ef_search", 1000, 1)])
+def test_search_takes_faiss_parameters_per_request(server: Server, factory: str, count: int, name: str, exact: int, narrow: int) -> None:
+    collection = "p-" + name.replace("_", "-")
+    encoder, vectors = _vector_collection(server, collection, factory, count)
+    truth = [f"v{i}" for i in np.argmax(vectors @ encoder.encode(QUERIES, kind="query").T, axis=0)]
+    with server.client("read") as client:
+        assert _top_sources(client, collection, **{name: exact}) == truth  # every list / the whole graph: exact
+        assert _top_sources(client, collection, **{name: narrow}) != truth  # one list / a narrow beam misses some
+        for bad in (0, 65537, "8", 2.5, True):
+            assert name in assert_error(client.post("/v1/search", json={"query": "x", "collection": collection, name: bad}), 422)["error"]["message"]
 
 
 # -- documents and jobs ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from api.auth import require
 from api.keys import Principal
 from api.schemas import ErrorOut, Filters, SearchRequest, SearchResponse
 from api.state import ApiState, api_state
+from indexes.config import SearchParams
 from indexes.errors import InvalidInput
 from indexes.types import Passage
 from ingest.sources import public_source
@@ -19,9 +20,10 @@ from rag.retrieval import validate_query
 router = APIRouter(prefix="/v1", tags=["search"])
 
 
-def get_retriever(state: ApiState, collection: str, kind: str | None) -> Any:
-    """The collection's retriever of `kind` (None: RAG_RETRIEVER)."""
-    return state.runtime.retriever(collection, kind)
+def get_retriever(state: ApiState, collection: str, kind: str | None, params: SearchParams | None = None) -> Any:
+    """The collection's retriever of `kind` (None: RAG_RETRIEVER), with one request's FAISS
+    search parameters (None: the server's and the collection's)."""
+    return state.runtime.retriever(collection, kind, params)
 
 
 def public(passage: Passage) -> dict[str, Any]:
@@ -55,20 +57,28 @@ def matches(passage: Passage, filters: Filters) -> bool:
     return True
 
 
-def filtered_search(state: ApiState, collection: str, query: str, k: int, kind: str | None, filters: Filters | None) -> list[Passage]:
+def filtered_search(
+    state: ApiState,
+    collection: str,
+    query: str,
+    k: int,
+    kind: str | None,
+    filters: Filters | None,
+    params: SearchParams | None = None,
+) -> list[Passage]:
     """Top-k passages passing the filters: over-fetch, filter, renumber ranks."""
     if filters is None:
-        return _retrieve(state, collection, query, k, kind)
+        return _retrieve(state, collection, query, k, kind, params)
     fetch = min(state.settings.max_k, max(k * 10, 100))
-    kept = [p for p in _retrieve(state, collection, query, fetch, kind) if matches(p, filters)][:k]
+    kept = [p for p in _retrieve(state, collection, query, fetch, kind, params) if matches(p, filters)][:k]
     return [_rerank(p, rank) for rank, p in enumerate(kept, start=1)]
 
 
-def _retrieve(state: ApiState, collection: str, query: str, k: int, kind: str | None) -> list[Passage]:
+def _retrieve(state: ApiState, collection: str, query: str, k: int, kind: str | None, params: SearchParams | None) -> list[Passage]:
     """One query's passages, batched with concurrent ones when the server batches (api.batching)."""
     if state.search_batcher is not None:
-        return state.search_batcher.submit((collection, kind, k), query)  # type: ignore[no-any-return]
-    return list(get_retriever(state, collection, kind).retrieve(query, k))
+        return state.search_batcher.submit((collection, kind, k, params or SearchParams()), query)  # type: ignore[no-any-return]
+    return list(get_retriever(state, collection, kind, params).retrieve(query, k))
 
 
 class FilteredRetriever:
@@ -100,7 +110,8 @@ def search(body: SearchRequest, request: Request, principal: Principal = Depends
     if body.k > state.settings.max_k:
         raise InvalidInput(f"k must be between 1 and {state.settings.max_k}, not {body.k}")
     started = time.perf_counter()
-    passages = filtered_search(state, collection, query, body.k, body.retriever, body.filters)
+    params = SearchParams(nprobe=body.nprobe, ef_search=body.ef_search)
+    passages = filtered_search(state, collection, query, body.k, body.retriever, body.filters, params)
     return {
         "collection": collection,
         "query": query,
