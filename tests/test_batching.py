@@ -97,6 +97,7 @@ def test_a_lone_request_waits_at_most_the_wait_bound() -> None:
 
 def test_batched_search_returns_what_each_query_gets_alone(tmp_path: Path) -> None:
     """The real thing: concurrent searches through the batcher equal one-at-a-time retrieval."""
+    from indexes.config import SearchParams
     from indexes.types import Document
     from rag.runtime import Runtime
     from rag.settings import Settings
@@ -111,7 +112,7 @@ def test_batched_search_returns_what_each_query_gets_alone(tmp_path: Path) -> No
     alone = [[p.chunk_id for p in runtime.retriever("c").retrieve(q, 5)] for q in queries]
     batcher = search_batcher(runtime, max_batch=32, max_wait_ms=10)
     try:
-        together = _concurrently(len(queries), lambda i: batcher.submit(("c", None, 5), queries[i]))
+        together = _concurrently(len(queries), lambda i: batcher.submit(("c", None, 5, SearchParams()), queries[i]))
     finally:
         batcher.close()
     assert [[p.chunk_id for p in r] for r in together] == alone  # type: ignore[union-attr]
