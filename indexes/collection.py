@@ -25,7 +25,7 @@ from indexes.keyword import KeywordSpec
 from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow, visible_at
 from indexes.segments import Manifest, Segment, SegmentMissing
 from indexes.snapshot import Snapshot, batched
-from indexes.types import Passage
+from indexes.types import Passage, Ranking
 from indexes.writer import CollectionWriter, NewDocument
 
 if TYPE_CHECKING:
@@ -149,15 +149,18 @@ class Collection:
         snap = self.snapshot()
         return snap.passages(snap.keyword(queries, k), k)
 
-    def hybrid_search(
+    def hybrid_candidates(
         self, vectors: np.ndarray, queries: Sequence[str], k: int, params: SearchParams | None = None
-    ) -> tuple[list[list[Passage]], list[list[Passage]]]:
-        """Top-k passages per query from FAISS and from BM25 of the same snapshot, one SQL query."""
+    ) -> tuple[Snapshot, list[Ranking], list[Ranking]]:
+        """The first k live (scores, chunk ids) per query from FAISS and from BM25 of one snapshot,
+        without touching SQL: the caller fuses them and reads only its winners with
+        `snapshot.passages`, from the same snapshot."""
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
-        both = snap.passages(snap.dense(vectors, k, params) + snap.keyword(queries, k), k)
-        return both[: len(queries)], both[len(queries) :]
+        dense = [snap.live(found, k) for found in snap.dense(vectors, k, params)]
+        sparse = [snap.live(found, k) for found in snap.keyword(queries, k)]
+        return snap, dense, sparse
 
     def passage_rows(self, chunk_ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
         return self.snapshot().passage_rows(chunk_ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from indexes.config import CollectionConfig, SearchParams
 from indexes.keyword import KeywordIndex, KeywordSpec
 from indexes.schema import ChunkRow, DocumentRow, visible_at
 from indexes.segments import Manifest, Segment
-from indexes.types import Passage
+from indexes.types import Passage, Ranking
 
 IN_BATCH = 5000  # stays under every backend's bound-parameter limit
 OVERFETCH = 16
@@ -54,8 +55,33 @@ class Snapshot:
         parts = [s.vectors.ids() for s in self.segments]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    @cached_property
     def keyword_index(self) -> KeywordIndex:
+        """Built once per snapshot (collection-wide statistics, analyzer and its stem cache)."""
         return KeywordIndex(self.keyword_spec, [s.terms for s in self.segments])
+
+    @cached_property
+    def dead_ids(self) -> np.ndarray:
+        """Sorted chunk ids the segments still hold whose documents this generation removed
+        (tombstones; merges drop them). Read from SQL once per snapshot, and only when the
+        manifest counts some, so candidates are filtered without a query per search."""
+        if not self.tombstones():
+            return np.zeros(0, dtype=np.int64)
+        with self.sessions() as session:
+            found = session.scalars(
+                select(ChunkRow.id)
+                .join(DocumentRow)
+                .where(DocumentRow.collection_id == self.collection_id, DocumentRow.removed_gen <= self.generation)
+            ).all()
+        return np.unique(np.asarray(found, dtype=np.int64))
+
+    def live(self, found: Ranking, k: int) -> Ranking:
+        """The first k of (scores, ids) that are not tombstones (nor FAISS's -1 padding)."""
+        scores, ids = found
+        keep = ids >= 0
+        if len(self.dead_ids):
+            keep &= ~np.isin(ids, self.dead_ids)
+        return scores[keep][:k], ids[keep][:k]
 
     def dense(self, queries: np.ndarray, k: int, params: SearchParams | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top (k + over-fetch) (scores, ids) per query over all segments."""
@@ -77,7 +103,7 @@ class Snapshot:
         return results
 
     def keyword(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return self.keyword_index().search(queries, k + OVERFETCH + self.tombstones())
+        return self.keyword_index.search(queries, k + OVERFETCH + self.tombstones())
 
     def vectors_of(self, chunk_ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors by chunk id, from whichever segment holds each."""
@@ -122,11 +148,19 @@ class Snapshot:
                         rows[int(row[0])] = tuple(row[:-3])
         return rows
 
-    def passages(self, found: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> list[list[Passage]]:
-        """(scores, chunk ids) per query -> the first k passages visible in this generation."""
-        rows = self.passage_rows(sorted({int(i) for _, ids in found for i in ids if i >= 0}))
+    def passages(self, found: Sequence[Ranking], k: int) -> list[list[Passage]]:
+        """(scores, chunk ids) per query -> the first k passages visible in this generation.
+
+        Only the first k live candidates of each query are read from SQL (text, metadata); the
+        rest only for a query some of whose first k turned out not to be visible (a row purged
+        since this snapshot was loaded), so a search reads k rows, not every candidate's."""
+        candidates = [self.live(f, len(f[1])) for f in found]
+        rows = self.passage_rows(sorted({int(i) for _, ids in candidates for i in ids[:k]}))
+        short = [ids[k:] for _, ids in candidates if len(ids) > k and sum(int(i) in rows for i in ids[:k]) < k]
+        if short:
+            rows.update(self.passage_rows(sorted({int(i) for ids in short for i in ids})))
         results: list[list[Passage]] = []
-        for scores, ids in found:
+        for scores, ids in candidates:
             hits: list[Passage] = []
             for score, chunk_id in zip(scores, ids):
                 row = rows.get(int(chunk_id))

@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+Ranking = tuple[np.ndarray, np.ndarray]
+"""(scores, chunk ids) of one query's candidates, best first: what the indexes return before SQL."""
+
 
 @dataclass(frozen=True)
 class Document:

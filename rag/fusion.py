@@ -15,31 +15,45 @@ from typing import Literal
 import numpy as np
 
 from indexes.errors import InvalidInput
-from indexes.types import Passage
+from indexes.types import Passage, Ranking
 
 Normalization = Literal["minmax", "zscore"]
 
 
-def _ranked(scored: dict[int, float], passages: dict[int, Passage], k: int) -> list[Passage]:
+def ranking_of(passages: Sequence[Passage]) -> Ranking:
+    return np.asarray([p.score for p in passages], dtype=np.float64), np.asarray([p.chunk_id for p in passages], dtype=np.int64)
+
+
+def _ranked(fused: Ranking, passages: dict[int, Passage], k: int) -> list[Passage]:
+    scores, ids = fused
+    return [dataclasses.replace(passages[int(c)], score=float(s), rank=i + 1) for i, (s, c) in enumerate(zip(scores[:k], ids[:k]))]
+
+
+def _order(scores: np.ndarray, ids: np.ndarray) -> Ranking:
     # Ties broken by chunk id: the same inputs always give the same order.
-    order = sorted(scored, key=lambda cid: (-scored[cid], cid))[:k]
-    return [dataclasses.replace(passages[cid], score=float(scored[cid]), rank=i + 1) for i, cid in enumerate(order)]
+    order = np.lexsort((ids, -scores))
+    return scores[order], ids[order]
+
+
+def rrf_ranking(rankings: Sequence[Ranking], rrf_k: float = 60.0, weights: Sequence[float] | None = None) -> Ranking:
+    """score(d) = sum over lists of weight / (rrf_k + rank(d)); a list that lacks d adds nothing.
+    Every candidate of the union, best first."""
+    if rrf_k < 0:
+        raise InvalidInput("rrf_k must not be negative")
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    ids = np.unique(np.concatenate([r[1] for r in rankings])) if rankings else np.zeros(0, np.int64)
+    total = np.zeros(len(ids), dtype=np.float64)
+    for weight, (_, side) in zip(weights, rankings):
+        total[np.searchsorted(ids, side)] += weight / (rrf_k + np.arange(1, len(side) + 1, dtype=np.float64))
+    return _order(total, ids)
 
 
 def reciprocal_rank_fusion(
     rankings: Sequence[Sequence[Passage]], k: int, rrf_k: float = 60.0, weights: Sequence[float] | None = None
 ) -> list[Passage]:
-    """score(d) = sum over lists of weight / (rrf_k + rank(d)); a list that lacks d adds nothing."""
-    if rrf_k < 0:
-        raise InvalidInput("rrf_k must not be negative")
-    weights = list(weights) if weights is not None else [1.0] * len(rankings)
-    scored: dict[int, float] = {}
-    passages: dict[int, Passage] = {}
-    for weight, ranking in zip(weights, rankings):
-        for rank, passage in enumerate(ranking, start=1):
-            scored[passage.chunk_id] = scored.get(passage.chunk_id, 0.0) + weight / (rrf_k + rank)
-            passages.setdefault(passage.chunk_id, passage)
-    return _ranked(scored, passages, k)
+    """`rrf_ranking` over passage lists: the top k passages with their fused scores."""
+    passages = {p.chunk_id: p for ranking in reversed(rankings) for p in reversed(ranking)}
+    return _ranked(rrf_ranking([ranking_of(r) for r in rankings], rrf_k, weights), passages, k)
 
 
 def normalize_scores(scores: np.ndarray, method: Normalization = "zscore") -> np.ndarray:
@@ -72,6 +86,25 @@ def _normalized(scores: np.ndarray, method: Normalization) -> tuple[np.ndarray, 
     return np.zeros_like(scores), -1.0
 
 
+def convex_ranking(dense: Ranking, sparse: Ranking, weight: float = 0.5, normalization: Normalization = "zscore") -> Ranking:
+    """score(d) = weight * dense'(d) + (1 - weight) * sparse'(d) over normalised scores; every
+    candidate of the union, best first.
+
+    A passage one list did not return gets that list's lowest normalised score: it ranked below
+    everything the list returned, so it is treated as no better than its last candidate.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidInput("hybrid weight must be between 0 and 1")
+    ids = np.union1d(dense[1], sparse[1]).astype(np.int64)
+    total = np.zeros(len(ids), dtype=np.float64)
+    for share, (scores, side) in ((weight, dense), (1.0 - weight, sparse)):
+        normalized, floor = _normalized(scores, normalization)
+        values = np.full(len(ids), floor, dtype=np.float64)
+        values[np.searchsorted(ids, side)] = normalized
+        total += share * values
+    return _order(total, ids)
+
+
 def convex_combination(
     dense: Sequence[Passage],
     sparse: Sequence[Passage],
@@ -79,23 +112,6 @@ def convex_combination(
     weight: float = 0.5,
     normalization: Normalization = "zscore",
 ) -> list[Passage]:
-    """score(d) = weight * dense'(d) + (1 - weight) * sparse'(d) over normalised scores.
-
-    A passage one list did not return gets that list's lowest normalised score: it ranked below
-    everything the list returned, so it is treated as no better than its last candidate.
-    """
-    if not 0.0 <= weight <= 1.0:
-        raise InvalidInput("hybrid weight must be between 0 and 1")
-    passages: dict[int, Passage] = {}
-    sides: list[dict[int, float]] = []
-    floors: list[float] = []
-    for ranking in (dense, sparse):
-        normalized, floor = _normalized(np.asarray([p.score for p in ranking]), normalization)
-        sides.append({p.chunk_id: float(s) for p, s in zip(ranking, normalized)})
-        floors.append(floor)
-        for p in ranking:
-            passages.setdefault(p.chunk_id, p)
-    scored = {
-        cid: weight * sides[0].get(cid, floors[0]) + (1.0 - weight) * sides[1].get(cid, floors[1]) for cid in passages
-    }
-    return _ranked(scored, passages, k)
+    """`convex_ranking` over passage lists: the top k passages with their fused scores."""
+    passages = {p.chunk_id: p for ranking in (sparse, dense) for p in reversed(ranking)}
+    return _ranked(convex_ranking(ranking_of(dense), ranking_of(sparse), weight, normalization), passages, k)

@@ -18,8 +18,8 @@ from indexes.config import SearchParams
 from indexes.encoder import Encoder
 from indexes.errors import InvalidInput
 from indexes.store import Collection
-from indexes.types import Passage
-from rag.fusion import Normalization, convex_combination, reciprocal_rank_fusion
+from indexes.types import Passage, Ranking
+from rag.fusion import Normalization, convex_ranking, rrf_ranking
 
 if TYPE_CHECKING:
     from rag.rerank import CrossEncoderReranker
@@ -155,15 +155,16 @@ class HybridRetriever(_Base):
         depth = max(self.depth, k)
         vectors = self.dense.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
-            dense, sparse = self.dense.collection.hybrid_search(vectors, cleaned, depth, self.dense.search_params)
-        fused = []
+            snapshot, dense, sparse = self.dense.collection.hybrid_candidates(vectors, cleaned, depth, self.dense.search_params)
+        fused: list[Ranking] = []
         for d, s in zip(dense, sparse):
             if self.fusion == "rrf":
                 # `weight` is the dense share for RRF too: 0.5 is plain RRF.
-                fused.append(reciprocal_rank_fusion([d, s], k, self.rrf_k, [2 * self.weight, 2 * (1 - self.weight)]))
+                fused.append(rrf_ranking([d, s], self.rrf_k, [2 * self.weight, 2 * (1 - self.weight)]))
             else:
-                fused.append(convex_combination(d, s, k, self.weight, self.normalization))
-        return fused
+                fused.append(convex_ranking(d, s, self.weight, self.normalization))
+        # Only the winners are read from SQL, from the snapshot the candidates came from.
+        return snapshot.passages(fused, k)
 
 
 class RerankingRetriever(_Base):

@@ -70,7 +70,7 @@ def ready_chunk_ids(collection) -> set[int]:  # type: ignore[no-untyped-def]
 
 def keyword_ids(collection) -> set[int]:  # type: ignore[no-untyped-def]
     """Chunk ids the published BM25 segments hold for visible documents."""
-    return set(collection.snapshot().keyword_index().ids().tolist()) & ready_chunk_ids(collection)
+    return set(collection.snapshot().keyword_index.ids().tolist()) & ready_chunk_ids(collection)
 
 
 def test_analyzer_stems_lowercases_and_drops_stop_words() -> None:

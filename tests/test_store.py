@@ -185,8 +185,8 @@ def test_a_reader_sees_every_document_old_or_new_never_neither_while_a_writer_re
     def read() -> None:
         nonlocal searches
         while not stop.is_set():
-            dense, sparse = reader.hybrid_search(queries, [TEXTS[n] for n in names], 10)
-            for hits in (dense, sparse):
+            snap, dense, sparse = reader.hybrid_candidates(queries, [TEXTS[n] for n in names], 10)
+            for hits in (snap.passages(dense, 10), snap.passages(sparse, 10)):
                 for name, found in zip(names, hits):
                     if sum(h.source == name for h in found) == 0:
                         failures.append(f"{name} invisible")
