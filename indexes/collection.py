@@ -54,6 +54,8 @@ class Collection:
         self._segments: dict[str, Segment] = {}
         self._loading = threading.Lock()
         self._local = threading.local()  # the writer this thread holds, if any
+        # Every search asks for the published generation: the statement is built once.
+        self._generation_statement = select(CollectionRow.generation, CollectionRow.owner).where(CollectionRow.id == id)
 
     # -- identity ----------------------------------------------------------------------------
     def require_encoder(self, spec: EncoderSpec) -> None:
@@ -81,9 +83,7 @@ class Collection:
     def snapshot(self) -> Snapshot:
         """The published generation; a new one is loaded when a writer has published since."""
         with self.store.sessions() as session:
-            row = session.execute(
-                select(CollectionRow.generation, CollectionRow.owner).where(CollectionRow.id == self.id)
-            ).first()
+            row = session.execute(self._generation_statement).first()
         if row is None:
             raise RagError(f"collection {self.name!r} was deleted")
         generation, owner = int(row[0] or 0), row[1]

@@ -255,7 +255,9 @@ class KeywordIndex:
                     continue
                 positions, tf = segment.postings(term)
                 if len(positions):
-                    np.add.at(scores, positions, idf[term] * tf / (tf + norm[positions]))
+                    # A term's postings name each chunk once, so plain fancy indexing adds correctly
+                    # (and is several times faster than np.add.at).
+                    scores[positions] += idf[term] * tf / (tf + norm[positions])
             hit = np.flatnonzero(scores > 0)
             all_scores.append(scores[hit])
             all_ids.append(segment.ids[hit])

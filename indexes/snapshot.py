@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import sessionmaker
 
 from indexes.config import CollectionConfig, SearchParams
@@ -116,33 +116,40 @@ class Snapshot:
         return found
 
     # -- SQL ---------------------------------------------------------------------------------
+    @cached_property
+    def _rows_statement(self) -> Select[Any]:
+        """Built once (not per search): constructing the statement cost more than running it."""
+        return (
+            select(
+                ChunkRow.id,
+                ChunkRow.document_id,
+                ChunkRow.text,
+                ChunkRow.start,
+                ChunkRow.end,
+                ChunkRow.ordinal,
+                DocumentRow.source,
+                DocumentRow.title,
+                DocumentRow.external_id,
+                DocumentRow.doc_metadata,
+                DocumentRow.added_gen,
+                DocumentRow.removed_gen,
+                DocumentRow.collection_id,
+            )
+            .join(DocumentRow)
+            # Only the chunk ids in SQL: with the document filters there too, SQLite walks
+            # every document of the collection (~300 ms on SciFact instead of ~1 ms).
+            .where(ChunkRow.id.in_(bindparam("ids", expanding=True)))
+        )
+
     def passage_rows(self, chunk_ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
         """Chunk id -> row for chunks of documents visible in this generation."""
         rows: dict[int, tuple[Any, ...]] = {}
         g = self.generation
+        if not len(chunk_ids):
+            return rows
         with self.sessions() as session:
             for part in batched(list(chunk_ids)):
-                for row in session.execute(
-                    select(
-                        ChunkRow.id,
-                        ChunkRow.document_id,
-                        ChunkRow.text,
-                        ChunkRow.start,
-                        ChunkRow.end,
-                        ChunkRow.ordinal,
-                        DocumentRow.source,
-                        DocumentRow.title,
-                        DocumentRow.external_id,
-                        DocumentRow.doc_metadata,
-                        DocumentRow.added_gen,
-                        DocumentRow.removed_gen,
-                        DocumentRow.collection_id,
-                    )
-                    .join(DocumentRow)
-                    # Only the chunk ids in SQL: with the document filters there too, SQLite walks
-                    # every document of the collection (~300 ms on SciFact instead of ~1 ms).
-                    .where(ChunkRow.id.in_(part))
-                ):
+                for row in session.execute(self._rows_statement, {"ids": list(part)}):
                     added, removed, owner = row[-3], row[-2], row[-1]
                     if owner == self.collection_id and added <= g and (removed is None or removed > g):
                         rows[int(row[0])] = tuple(row[:-3])
