@@ -1,18 +1,21 @@
 """Bounded load test of the API on loopback: N concurrent clients for D seconds of /v1/search and
 /v1/ask (extractive), printing throughput, latency percentiles and errors.
 
-    python bench/load.py                      # before/after: search without and with micro-batching
+    python bench/load.py                      # search without and with micro-batching
+    python bench/load.py --baseline-code /tmp/main-checkout --batch-max 0   # before/after a code change
     python bench/load.py --url http://127.0.0.1:8000 --key rag_... --collection scifact
 
-Without --url the script starts two `rag serve --no-auth` servers on the same data home (--home,
+Without --url the script starts `rag serve --no-auth` servers on the same data home (--home,
 default a temporary folder; a missing collection is first ingested through the API from
---corpus): "unbatched" (RAG_SEARCH_BATCH_MAX=0: each request encodes and searches alone, the
-baseline) and "batched" (RAG_SEARCH_BATCH_MAX=--batch-max: concurrent searches share one
-retrieval call). It also reports the server's CPU time per request, which the share of a busy
-machine the scheduler gives each server does not distort. It loads
-them with /v1/search in interleaved rounds (rotating order), quotes medians and the
-batched/unbatched throughput ratio, the load average around each run, and then measures
-extractive /v1/ask on the batched server. Servers run in subprocesses, so clients and server
+--corpus): "before" (only with --baseline-code DIR: that checkout's code, e.g. `git archive` of
+main, with --baseline-threads), "unbatched" (this checkout, RAG_SEARCH_BATCH_MAX=0: each request
+encodes and searches alone), one per --variant (the unbatched one with some settings changed)
+and "batched" (unless --batch-max 0: RAG_SEARCH_BATCH_MAX=--batch-max, concurrent searches
+share one retrieval call). It also reports each server's CPU time per request
+(all its processes), which the share of a busy machine the scheduler gives each server does not
+distort. It loads them with /v1/search in interleaved rounds (rotating order), quotes medians and
+each server's throughput ratio to the first, the load average around each run, and then measures
+extractive /v1/ask on the "unbatched" server. Servers run in subprocesses, so clients and server
 never share a GIL.
 """
 
@@ -180,9 +183,17 @@ def _print(label: str, report: dict[str, Any], endpoints: list[str]) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children (uvicorn workers), all their
+    threads (from /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _timed_run(
@@ -201,11 +212,22 @@ def _timed_run(
 
 
 def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[str, Any]:
-    """Before/after in one run: the same home served unbatched and batched, interleaved."""
+    """Before/after in one run: the same home served by each configuration, interleaved."""
     home = args.home or Path(tempfile.mkdtemp(prefix="rag-load-"))
-    common = {"RAG_ENCODER_RUNTIME": args.encoder_runtime, "RAG_THREADS": str(args.threads)} if args.threads else {
-        "RAG_ENCODER_RUNTIME": args.encoder_runtime}
-    configs = {"unbatched": {**common, "RAG_SEARCH_BATCH_MAX": "0"}, "batched": {**common, "RAG_SEARCH_BATCH_MAX": str(args.batch_max)}}
+
+    def env(threads: int) -> dict[str, str]:
+        return {"RAG_ENCODER_RUNTIME": args.encoder_runtime, **({"RAG_THREADS": str(threads)} if threads else {})}
+
+    configs: dict[str, dict[str, str]] = {}
+    if args.baseline_code:
+        configs["before"] = {**env(args.baseline_threads), "RAG_SEARCH_BATCH_MAX": "0", "PYTHONPATH": str(args.baseline_code.resolve())}
+    configs["unbatched"] = {**env(args.threads), "RAG_SEARCH_BATCH_MAX": "0", "PYTHONPATH": str(REPO)}
+    for variant in args.variant:
+        name, _, settings = variant.partition(":")
+        extra = dict(pair.split("=", 1) for pair in settings.split(",") if pair)
+        configs[name] = {**configs["unbatched"], **extra}
+    if args.batch_max:
+        configs["batched"] = {**env(args.threads), "RAG_SEARCH_BATCH_MAX": str(args.batch_max), "PYTHONPATH": str(REPO)}
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for name, env in configs.items():  # one after the other: the first ingests, both export once
@@ -217,7 +239,7 @@ def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[st
         names = list(configs)
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for round_no in range(args.rounds):
-            for name in names[round_no % 2:] + names[: round_no % 2]:
+            for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
                 report = _timed_run(servers[name][1], None, collection, args, ["search"], servers[name][0].pid)
                 runs[name].append(report)
                 _print(f"{name} r{round_no + 1}", report, ["search"])
@@ -232,18 +254,21 @@ def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[st
             print(f"  {name:<10} {med['throughput_rps']:>7.1f} req/s  p50 {med['p50_ms']:>7.1f} ms  p95 {med['p95_ms']:>7.1f} ms  "
                   f"p99 {med['p99_ms']:>7.1f} ms (p99/p50 {med['p99_ms'] / max(med['p50_ms'], 1e-9):.2f})  errors {errors}  "
                   f"server CPU {cpu:.1f} ms/request (an idle {os.cpu_count()}-core machine: <= {os.cpu_count() * 1000 / max(cpu, 1e-9):.0f} req/s)")
-        ratio = summary["batched"]["throughput_rps"] / max(summary["unbatched"]["throughput_rps"], 1e-9)
-        per_round = statistics.median(
-            b["search"]["throughput_rps"] / max(u["search"]["throughput_rps"], 1e-9) for b, u in zip(runs["batched"], runs["unbatched"])
-        )
-        summary["ratio"] = ratio
-        print(f"ratio batched/unbatched search throughput: x{ratio:.2f} (of medians), x{per_round:.2f} (median per round); "
-              f"server CPU per request batched/unbatched: x{summary['batched']['server_cpu_ms_per_request'] / max(summary['unbatched']['server_cpu_ms_per_request'], 1e-9):.2f}")
+        first = names[0]
+        summary["ratios"] = {}
+        for name in names[1:]:
+            ratio = summary[name]["throughput_rps"] / max(summary[first]["throughput_rps"], 1e-9)
+            per_round = statistics.median(
+                b["search"]["throughput_rps"] / max(u["search"]["throughput_rps"], 1e-9) for b, u in zip(runs[name], runs[first])
+            )
+            cpu_ratio = summary[name]["server_cpu_ms_per_request"] / max(summary[first]["server_cpu_ms_per_request"], 1e-9)
+            summary["ratios"][name] = {"throughput": ratio, "throughput_per_round": per_round, "server_cpu": cpu_ratio}
+            print(f"ratio {name}/{first} search throughput: x{ratio:.2f} (of medians), x{per_round:.2f} (median per round); "
+                  f"server CPU per request: x{cpu_ratio:.2f}")
         if "ask" in args.endpoints.split(","):
-            ask = _timed_run(servers["batched"][1], None, collection, args, ["ask"], servers["batched"][0].pid)
-            summary["ask"] = ask["ask"]
-            _print("batched", ask, ["ask"])
-            print("  (batching serves /v1/ask's retrieval too; the reader dominates its time)")
+            ask = _timed_run(servers["unbatched"][1], None, collection, args, ["ask"], servers["unbatched"][0].pid)
+            summary["ask"] = {**ask["ask"], "server_cpu_ms_per_request": ask["server_cpu_ms_per_request"]}
+            _print("unbatched", ask, ["ask"])
         loads = [r[k] for rs in runs.values() for r in rs for k in ("load_before", "load_after")]
         print(f"load average (1 min) during the runs: median {statistics.median(loads):.1f}, "
               f"range {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
@@ -267,8 +292,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--endpoints", default="search,ask", help="comma-separated: search, ask")
     parser.add_argument("--encoder-runtime", default="onnx", help="RAG_ENCODER_RUNTIME of both servers")
-    parser.add_argument("--threads", type=int, default=0, help="RAG_THREADS of both servers (0: all cores)")
-    parser.add_argument("--batch-max", type=int, default=32, help="RAG_SEARCH_BATCH_MAX of the batched server")
+    parser.add_argument("--threads", type=int, default=0, help="RAG_THREADS of this checkout's servers (0: all cores)")
+    parser.add_argument("--batch-max", type=int, default=32, help="RAG_SEARCH_BATCH_MAX of the batched server (0: no batched server)")
+    parser.add_argument("--baseline-code", type=Path, help="a checkout of the code before a change: also serve it, as 'before'")
+    parser.add_argument("--baseline-threads", type=int, default=0, help="RAG_THREADS of the 'before' server (0: all cores)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:RAG_X=V,...",
+                        help="one more server of this checkout: the unbatched one's settings with these RAG_* changed (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     corpus = args.corpus or (SCIFACT / "corpus.jsonl" if (SCIFACT / "corpus.jsonl").exists() else SQUAD_DEV)
