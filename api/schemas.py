@@ -22,6 +22,8 @@ def _json_integer(value: Any) -> Any:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+# A FAISS search parameter: bounds before the validator, so the OpenAPI document states them.
+SearchParam = Annotated[int, Field(ge=1, le=65536), BeforeValidator(_json_integer)]
 
 
 class _Open(BaseModel):
@@ -73,11 +75,11 @@ class SearchRequest(BaseModel):
     k: JsonInt = Field(10, ge=1, le=1000, description="passages to return (at most RAG_MAX_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
     filters: Filters | None = None
-    nprobe: JsonInt | None = Field(
-        None, ge=1, le=65536, description="IVF lists searched (IVF collections); default: the collection's, else about sqrt(nlist)"
+    nprobe: SearchParam | None = Field(
+        None, description="IVF lists searched (IVF collections); default: the collection's, else about sqrt(nlist)"
     )
-    ef_search: JsonInt | None = Field(
-        None, ge=1, le=65536, description="HNSW candidate list (HNSW collections); default: the collection's, else 64"
+    ef_search: SearchParam | None = Field(
+        None, description="HNSW candidate list (HNSW collections); default: the collection's, else 64"
     )
 
 
