@@ -209,6 +209,37 @@ def test_a_reader_sees_every_document_old_or_new_never_neither_while_a_writer_re
     assert collection.check().consistent
 
 
+def test_search_reads_only_the_winners_and_skips_tombstones_and_vanished_rows(collection, encoder) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import delete
+
+    from indexes.schema import ChunkRow, DocumentRow
+
+    names = list(TEXTS)
+    fillers = [_new(encoder, f"filler{i}", f"Filler note {i} was born of nothing in particular.") for i in range(12)]
+    with collection.writer():
+        collection.write([_new(encoder, n, TEXTS[n]) for n in names] + fillers)
+    with collection.writer():  # a tombstone in its segment (too few to compact it)
+        collection.delete(collection.find_documents(names[0], by="source"))
+    snap = collection.snapshot()
+    assert snap.tombstones() >= 1 and len(snap.dead_ids) == snap.tombstones()
+    ranking = snap.keyword(["born"], 20)[0]  # bm25 candidates, dead ones included
+    dead = np.isin(ranking[1], snap.dead_ids)
+    assert dead.any()
+    assert snap.live(ranking, 20)[1].tolist() == ranking[1][~dead].tolist()
+    assert snap.live(ranking, 3)[1].tolist() == ranking[1][~dead][:3].tolist()
+    ids = snap.vector_ids()
+    ordered = (np.linspace(1.0, 0.0, len(ids)), ids)
+    first = snap.passages([ordered], 1)[0]
+    assert [p.source for p in first] != [names[0]] and len(first) == 1
+    # A winner whose rows vanish after the snapshot was loaded (purged): the next candidate takes its place.
+    with collection.store.sessions.begin() as session:
+        session.execute(delete(ChunkRow).where(ChunkRow.document_id == first[0].doc_id))
+        session.execute(delete(DocumentRow).where(DocumentRow.id == first[0].doc_id))
+    again = snap.passages([ordered], 2)[0]
+    assert len(again) == 2 and first[0].doc_id not in {p.doc_id for p in again}
+    assert [p.rank for p in again] == [1, 2]
+
+
 def test_duplicate_sources_in_one_batch_last_wins_and_are_reported(collection, encoder) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy.exc import IntegrityError
 
