@@ -98,19 +98,22 @@ def test_grounding_scores_count_abstention_crag_and_verified_citation_precision(
     assert {"question", "gold", "prediction", "confidence", "found", "correct"} <= set(record) and record["correct"] is True
 
 
-def test_the_threshold_curve_replays_the_readers_decision_at_each_threshold() -> None:
+def test_the_threshold_curve_replays_the_readers_decision_at_each_threshold_and_weight() -> None:
     from rag.evaluation.grounding import threshold_curve
 
-    def candidate(text: str, margin: float, score: float, suspicious: bool = False) -> dict:
-        return {"n": 1, "text": text, "margin": margin, "score": score, "suspicious": suspicious}
+    def candidate(text: str, margin: float, retrieval: float, suspicious: bool = False) -> dict:
+        return {"n": 1, "text": text, "margin": margin, "retrieval_score": retrieval, "suspicious": suspicious}
 
     records = [
-        {"answerable": True, "gold": ["Warsaw"], "candidates": [candidate("Warsaw", 3.0, 0.6), candidate("Paris", 5.0, 0.3)]},
-        {"answerable": False, "gold": ["Lyon"], "candidates": [candidate("Berlin", 1.0, 0.9, suspicious=True), candidate("Paris", -2.0, 0.5)]},
+        # retrieval z-scores: Warsaw +1, Paris -1
+        {"answerable": True, "gold": ["Warsaw"], "candidates": [candidate("Warsaw", 3.0, 0.9), candidate("Paris", 4.0, 0.1)]},
+        {"answerable": False, "gold": ["Lyon"], "candidates": [candidate("Berlin", 9.0, 0.9, suspicious=True), candidate("Paris", -2.0, 0.1)]},
     ]
-    low, middle, high = threshold_curve(records, [-3.0, 2.0, 4.0])
-    # at -3 both answer: Warsaw (best score among eligible) is right; the unanswerable one says Paris (Berlin is suspicious)
-    assert (low["answered_answerable"], low["em_answerable"], low["abstention_unanswerable"], low["crag_score"]) == (1.0, 100.0, 0.0, 0.0)
-    assert (middle["answered_answerable"], middle["abstention_unanswerable"], middle["crag_score"]) == (1.0, 1.0, 0.5)
-    # at 4 only "Paris" (margin 5) is left for the answerable question: answered, wrong
-    assert (high["em_answerable"], high["crag_score"]) == (0.0, -0.5)
+    low, middle, high = threshold_curve(records, [-4.0, 2.0, 4.5])
+    # weight 0: the highest margin wins (Paris, wrong); at -4 the unanswerable one says Paris (Berlin is suspicious)
+    assert (low["answered_answerable"], low["em_answerable"], low["abstention_unanswerable"], low["crag_score"]) == (1.0, 0.0, 0.0, -1.0)
+    assert (middle["answered_answerable"], middle["abstention_unanswerable"], middle["crag_score"]) == (1.0, 1.0, -0.5)
+    assert (high["answered_answerable"], high["abstention_unanswerable"], high["crag_score"]) == (0.0, 1.0, 0.0)
+    # weight 2: Warsaw's value is 3 + 2 = 5 against Paris' 4 - 2 = 2, so Warsaw wins and passes 4.5
+    (weighted,) = threshold_curve(records, [4.5], weight=2.0)
+    assert (weighted["em_answerable"], weighted["abstention_unanswerable"], weighted["crag_score"]) == (100.0, 1.0, 0.5)
