@@ -208,6 +208,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
         articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),
         limit: Optional[int] = typer.Option(None, "--limit", help="answerable and unanswerable questions asked, each (evenly spread)"),
+        limit_answerable: Optional[int] = typer.Option(None, "--limit-answerable", help="answerable questions asked [default: --limit]"),
         calibrate_articles: Optional[int] = typer.Option(
             None, "--calibrate-articles", help="extractive: choose the threshold on the first N articles' questions, score the rest at it"
         ),
@@ -241,11 +242,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         chosen = mode or pipeline.default_mode
         from ingest.progress import progress_bar
 
-        asked = min(limit or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
+        answerable = limit_answerable if limit_answerable is not None else limit
+        asked = min(answerable or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
         bar = progress_bar(asked, "question", "asking", enabled=not as_json)
         try:
             result, records = evaluate_grounding(
-                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, limit, limit, progress=bar.update
+                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, answerable, limit, progress=bar.update
             )
         finally:
             bar.close()

@@ -3,6 +3,9 @@ citation precision, verified-answer rate, and the evenly spread question sample.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from indexes.types import Passage
 from rag.answer import Answer, Citation
 from rag.evaluation.qa import QARecord, contains_answer, score_qa, spread
@@ -117,3 +120,42 @@ def test_the_threshold_curve_replays_the_readers_decision_at_each_threshold_and_
     # weight 2: Warsaw's value is 3 + 2 = 5 against Paris' 4 - 2 = 2, so Warsaw wins and passes 4.5
     (weighted,) = threshold_curve(records, [4.5], weight=2.0)
     assert (weighted["em_answerable"], weighted["abstention_unanswerable"], weighted["crag_score"]) == (100.0, 1.0, 0.5)
+
+
+def test_grounding_replay_chooses_threshold_and_weight_on_calibration_articles_only(tmp_path: Path) -> None:
+    """`rag eval grounding-replay`: the pair maximising min(abstention, answered) on article 0, scored on article 1."""
+    from tests.conftest import invoke
+
+    def record(article: int, answerable: bool, gold: str, *candidates: tuple[str, float, float]) -> dict:
+        return {
+            "article": article, "answerable": answerable, "gold": [gold],
+            "candidates": [{"n": i, "text": t, "margin": m, "retrieval_score": r, "suspicious": False} for i, (t, m, r) in enumerate(candidates, 1)],
+        }
+
+    rows = [
+        # article 0: the right passage is ranked first but read less confidently; weight >= 1 picks it
+        record(0, True, "Warsaw", ("Warsaw", 6.0, 0.9), ("Paris", 6.5, 0.1)),
+        record(0, False, "Lyon", ("Berlin", 2.0, 0.5), ("Rome", 1.0, 0.4)),
+        record(1, True, "Oslo", ("Oslo", 8.0, 0.9), ("Bergen", 1.0, 0.2)),
+        record(1, False, "Nice", ("Lille", 9.0, 0.6), ("Metz", 0.0, 0.5)),
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    result = invoke("eval", "grounding-replay", str(path), "--calibrate-articles", "1", "--json", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    calibration = json.loads(result.stdout)["calibration"]
+    chosen = calibration["chosen"]
+    assert (chosen["abstention_unanswerable"], chosen["answered_answerable"], chosen["em_answerable"]) == (1.0, 1.0, 100.0)
+    assert chosen["retrieval_weight"] >= 1.0 and calibration["calibration_questions"] == 2
+    # the unanswerable held-out question's distractor (margin 9 + weight) beats any threshold article 0 allows
+    assert calibration["held_out"]["abstention_unanswerable"] == 0.0
+    assert calibration["held_out"]["answered_answerable"] == 1.0
+
+
+def test_grounding_replay_refuses_a_file_without_records(tmp_path: Path) -> None:
+    from tests.conftest import invoke
+
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"crag_score": 0.1}), encoding="utf-8")
+    result = invoke("eval", "grounding-replay", str(path), home=tmp_path / "home")
+    assert result.returncode != 0 and "records" in result.stderr

@@ -198,13 +198,14 @@ def threshold_curve(
     (`rag.reader.choose_passage`): each candidate's value is its `key` ("margin" for abstention=null,
     "span_logit" for abstention=span) plus `weight` x its standardised retrieval score; the answer is
     the allowed candidate of highest value when that value beats the threshold."""
+    from indexes.errors import InvalidInput
     from rag.reader import choose_passage, standardised
 
     decided = []
     for r in records:
         candidates = r.get("candidates", [])
         if weight and candidates and any("retrieval_score" not in c for c in candidates):
-            raise ValueError("these records have no retrieval scores (recorded before they were kept); replay at weight 0")
+            raise InvalidInput("these records have no retrieval scores (recorded before they were kept); replay at weight 0")
         z = standardised([c.get("retrieval_score", 0.0) for c in candidates])
         values = [(c[key] if c[key] is not None else float("-inf")) + weight * zi for c, zi in zip(candidates, z)]
         allowed = [bool(c["text"]) and not c["suspicious"] for c in candidates]
@@ -350,15 +351,20 @@ def calibrate_on_articles(
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Per-question records from `rag eval grounding --json` output (its "records") or JSON lines of them."""
-    text = Path(path).read_text(encoding="utf-8")
+    from indexes.errors import InvalidInput
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         try:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: neither a JSON document nor JSON lines ({exc})") from exc
+            raise InvalidInput(f"{path}: neither a JSON document nor JSON lines ({exc})") from exc
     records = data.get("records") if isinstance(data, dict) else None
     if not isinstance(records, list):
-        raise ValueError(f"{path}: no 'records' list (expected `rag eval grounding --json` output)")
+        raise InvalidInput(f"{path}: no 'records' list (expected `rag eval grounding --json` output)")
     return records
