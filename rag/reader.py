@@ -40,8 +40,10 @@ class Span:
     `span_logit` is start + end logit of the chosen span, `null_logit` the lowest CLS start + end
     logit over the context's windows, and `margin = span_logit - null_logit`. Unlike a difference
     of probabilities under the shared softmax, the margin of a passage does not change with how
-    many other passages were read. `found` is False when the reader's abstention rule rejects the
-    span (see `ExtractiveReader`), or when the context had no room for an answer.
+    many other passages were read. `found` is False when the reader's abstention rule, applied to
+    this context alone, rejects the span (see `ExtractiveReader`), or when the context had no room
+    for an answer; `text` is then empty, while `proposal`, `start` and `end` keep the best span so
+    that `ExtractiveReader.answer` can weigh it against the other passages.
     """
 
     context: int
