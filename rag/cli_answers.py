@@ -89,6 +89,10 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
     return lines
 
 
+THRESHOLD_GRID = [round(t * 0.5, 1) for t in range(-20, 51)]  # logits, for `rag eval grounding` curves and calibration
+WEIGHT_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)  # retrieval weights tried by the calibration
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     from rag.cli import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
 
@@ -204,6 +208,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
         articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),
         limit: Optional[int] = typer.Option(None, "--limit", help="answerable and unanswerable questions asked, each (evenly spread)"),
+        limit_answerable: Optional[int] = typer.Option(None, "--limit-answerable", help="answerable questions asked [default: --limit]"),
         calibrate_articles: Optional[int] = typer.Option(
             None, "--calibrate-articles", help="extractive: choose the threshold on the first N articles' questions, score the rest at it"
         ),
@@ -237,11 +242,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         chosen = mode or pipeline.default_mode
         from ingest.progress import progress_bar
 
-        asked = min(limit or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
+        answerable = limit_answerable if limit_answerable is not None else limit
+        asked = min(answerable or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
         bar = progress_bar(asked, "question", "asking", enabled=not as_json)
         try:
             result, records = evaluate_grounding(
-                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, limit, limit, progress=bar.update
+                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, answerable, limit, progress=bar.update
             )
         finally:
             bar.close()
@@ -260,10 +266,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             summary["abstention"] = settings.reader_abstention
             summary["threshold"] = settings.reader_null_threshold if settings.reader_abstention == "null" else settings.reader_span_threshold
             key = "span_logit" if settings.reader_abstention == "span" else "margin"
-            grid = [round(t * 0.5, 1) for t in range(-20, 51)]
-            summary["curve"] = threshold_curve(rows, grid, key)
+            summary["curve"] = threshold_curve(rows, THRESHOLD_GRID, key, settings.reader_retrieval_weight)
             if calibrate_articles:
-                summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, grid, key)
+                summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, THRESHOLD_GRID, key, WEIGHT_GRID)
         else:
             summary["verifier"] = settings.verifier
         if report_file is not None:
@@ -281,6 +286,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             "crag_score", "verified_citations", "verified_citation_precision", "unanswerable_with_verified_sentence",
         ):
             typer.echo(f"  {key:<38} {summary[key]}")
+        _print_curve(summary)
+
+    def _print_curve(summary: dict[str, Any]) -> None:
         if "curve" in summary:
             typer.echo("  threshold  abstain(unans)  answered(ans)  EM(ans)  EM(answered)  CRAG")
             for row in summary["curve"]:
@@ -288,13 +296,42 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                     f"  {row['threshold']:>9}  {row['abstention_unanswerable']!s:>14}  {row['answered_answerable']!s:>13}"
                     f"  {row['em_answerable']!s:>7}  {row['em_answered']!s:>12}  {row['crag_score']!s:>5}"
                 )
-            if "calibration" in summary:
-                c = summary["calibration"]
-                typer.echo(
-                    f"  calibrated on articles < {calibrate_articles} ({c['calibration_questions']} questions; lowest threshold "
-                    f"abstaining on >= 90% of unanswerable, else best CRAG): {c['chosen']['threshold']}; held out "
-                    f"({c['held_out_questions']} questions): {c['held_out']}"
-                )
+        if "calibration" in summary:
+            c = summary["calibration"]
+            typer.echo(
+                f"  calibrated on articles < {c['calibration_articles']} ({c['calibration_questions']} questions; threshold and "
+                f"retrieval weight maximising min(abstain, answered), then CRAG): threshold {c['chosen']['threshold']}, "
+                f"weight {c['chosen']['retrieval_weight']}; calibration {c['chosen']}; held out ({c['held_out_questions']} "
+                f"questions): {c['held_out']}"
+            )
+
+    @eval_app.command("grounding-replay")
+    def eval_grounding_replay(
+        records_file: Path = typer.Argument(..., help="`rag eval grounding --mode extractive --json` output, or its records as JSON lines"),
+        calibrate_articles: int = typer.Option(12, "--calibrate-articles", help="choose on the first N articles' questions, score the rest"),
+        key: str = typer.Option("margin", "--key", help="margin (abstention=null) | span_logit (abstention=span)"),
+        weight: Optional[float] = typer.Option(None, "--retrieval-weight", help="curve at this weight [default: the calibrated one]"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Replay recorded extractive answers under the reader's rule at every threshold and retrieval
+        weight: calibrate on some articles, evaluate on the others, without asking again."""
+        from rag.evaluation.grounding import calibrate_on_articles, read_records, threshold_curve
+
+        rows = read_records(records_file)
+        calibration = calibrate_on_articles(rows, calibrate_articles, THRESHOLD_GRID, key, WEIGHT_GRID)
+        chosen_weight = calibration["chosen"]["retrieval_weight"] if weight is None else weight
+        summary = {
+            "records": str(records_file),
+            "questions": len(rows),
+            "calibration": calibration,
+            "curve": threshold_curve(rows, THRESHOLD_GRID, key, chosen_weight),
+            "held_out_curve": threshold_curve([r for r in rows if r["article"] >= calibrate_articles], THRESHOLD_GRID, key, chosen_weight),
+        }
+        if as_json:
+            _print_json(summary)
+            return
+        typer.echo(f"{records_file}: {len(rows)} questions; all of them at retrieval weight {chosen_weight}:")
+        _print_curve({"curve": summary["curve"], "calibration": calibration})
 
     @eval_app.command("verifiers")
     def eval_verifiers(

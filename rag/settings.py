@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from indexes.encoder import DEFAULT_EMBEDDER
 from ingest.loaders import InputLimits
-from rag.reader import DEFAULT_NULL_THRESHOLD, DEFAULT_READER, DEFAULT_SPAN_THRESHOLD
+from rag.reader import DEFAULT_NULL_THRESHOLD, DEFAULT_READER, DEFAULT_RETRIEVAL_WEIGHT, DEFAULT_SPAN_THRESHOLD
 
 
 def _default_home() -> Path:
@@ -131,13 +131,17 @@ class Settings(BaseSettings):
     )
     reader_null_threshold: float = Field(
         DEFAULT_NULL_THRESHOLD,
-        description="abstention=null: a passage's span is an answer when its start+end logit beats the no-answer (CLS) logit by more",
+        description="abstention=null: answer only when the chosen passage's margin (span start+end logit minus the "
+        "no-answer logit) plus reader_retrieval_weight x its standardised retrieval score exceeds this",
     )
     reader_span_threshold: float = Field(
         DEFAULT_SPAN_THRESHOLD, description="abstention=span: a span is an answer when its start+end logit reaches this"
     )
     reader_retrieval_weight: float = Field(
-        1.0, ge=0, description="weight of the retrieval score in choosing between passages' answers; 0: reader alone"
+        DEFAULT_RETRIEVAL_WEIGHT,
+        ge=0,
+        description="logits added per standard deviation of retrieval score when choosing between passages' answers "
+        "(and in the abstention value); 0: reader alone",
     )
     reader_batch_tokens: int = Field(16384, ge=512, description="tokens (windows x padded length) per reader forward pass")
 

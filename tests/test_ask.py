@@ -52,14 +52,15 @@ def test_an_extractive_answer_cites_the_span_in_its_passage(runtime: Runtime) ->
     cited = answer.citations[0]
     passage = answer.passages[cited.n - 1]
     assert passage.text[cited.chunk_start : cited.chunk_end] == cited.text == answer.answer
-    assert answer.details["margin"] > answer.details["threshold"]
+    assert answer.details["value"] > answer.details["threshold"]
 
 
 def test_extractive_mode_says_not_in_the_sources_when_the_corpus_cannot_answer(runtime: Runtime) -> None:
     answer = runtime.ask_pipeline().ask(UNANSWERABLE, "demo", "extractive", k=5)
     assert not answer.found and answer.answer == NOT_IN_SOURCES and answer.citations == []
     assert len(answer.passages) == 5  # the best passages, for the user to read
-    assert all(c["margin"] <= answer.details["threshold"] for c in answer.details["candidates"])
+    # the value (margin + weight x standardised retrieval score) decides, and no passage's passes
+    assert all(c["value"] <= answer.details["threshold"] for c in answer.details["candidates"])
     assert answer.to_dict()["found"] is False
 
 

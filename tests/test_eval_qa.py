@@ -3,6 +3,9 @@ citation precision, verified-answer rate, and the evenly spread question sample.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from indexes.types import Passage
 from rag.answer import Answer, Citation
 from rag.evaluation.qa import QARecord, contains_answer, score_qa, spread
@@ -98,19 +101,61 @@ def test_grounding_scores_count_abstention_crag_and_verified_citation_precision(
     assert {"question", "gold", "prediction", "confidence", "found", "correct"} <= set(record) and record["correct"] is True
 
 
-def test_the_threshold_curve_replays_the_readers_decision_at_each_threshold() -> None:
+def test_the_threshold_curve_replays_the_readers_decision_at_each_threshold_and_weight() -> None:
     from rag.evaluation.grounding import threshold_curve
 
-    def candidate(text: str, margin: float, score: float, suspicious: bool = False) -> dict:
-        return {"n": 1, "text": text, "margin": margin, "score": score, "suspicious": suspicious}
+    def candidate(text: str, margin: float, retrieval: float, suspicious: bool = False) -> dict:
+        return {"n": 1, "text": text, "margin": margin, "retrieval_score": retrieval, "suspicious": suspicious}
 
     records = [
-        {"answerable": True, "gold": ["Warsaw"], "candidates": [candidate("Warsaw", 3.0, 0.6), candidate("Paris", 5.0, 0.3)]},
-        {"answerable": False, "gold": ["Lyon"], "candidates": [candidate("Berlin", 1.0, 0.9, suspicious=True), candidate("Paris", -2.0, 0.5)]},
+        # retrieval z-scores: Warsaw +1, Paris -1
+        {"answerable": True, "gold": ["Warsaw"], "candidates": [candidate("Warsaw", 3.0, 0.9), candidate("Paris", 4.0, 0.1)]},
+        {"answerable": False, "gold": ["Lyon"], "candidates": [candidate("Berlin", 9.0, 0.9, suspicious=True), candidate("Paris", -2.0, 0.1)]},
     ]
-    low, middle, high = threshold_curve(records, [-3.0, 2.0, 4.0])
-    # at -3 both answer: Warsaw (best score among eligible) is right; the unanswerable one says Paris (Berlin is suspicious)
-    assert (low["answered_answerable"], low["em_answerable"], low["abstention_unanswerable"], low["crag_score"]) == (1.0, 100.0, 0.0, 0.0)
-    assert (middle["answered_answerable"], middle["abstention_unanswerable"], middle["crag_score"]) == (1.0, 1.0, 0.5)
-    # at 4 only "Paris" (margin 5) is left for the answerable question: answered, wrong
-    assert (high["em_answerable"], high["crag_score"]) == (0.0, -0.5)
+    low, middle, high = threshold_curve(records, [-4.0, 2.0, 4.5])
+    # weight 0: the highest margin wins (Paris, wrong); at -4 the unanswerable one says Paris (Berlin is suspicious)
+    assert (low["answered_answerable"], low["em_answerable"], low["abstention_unanswerable"], low["crag_score"]) == (1.0, 0.0, 0.0, -1.0)
+    assert (middle["answered_answerable"], middle["abstention_unanswerable"], middle["crag_score"]) == (1.0, 1.0, -0.5)
+    assert (high["answered_answerable"], high["abstention_unanswerable"], high["crag_score"]) == (0.0, 1.0, 0.0)
+    # weight 2: Warsaw's value is 3 + 2 = 5 against Paris' 4 - 2 = 2, so Warsaw wins and passes 4.5
+    (weighted,) = threshold_curve(records, [4.5], weight=2.0)
+    assert (weighted["em_answerable"], weighted["abstention_unanswerable"], weighted["crag_score"]) == (100.0, 1.0, 0.5)
+
+
+def test_grounding_replay_chooses_threshold_and_weight_on_calibration_articles_only(tmp_path: Path) -> None:
+    """`rag eval grounding-replay`: the pair maximising min(abstention, answered) on article 0, scored on article 1."""
+    from tests.conftest import invoke
+
+    def record(article: int, answerable: bool, gold: str, *candidates: tuple[str, float, float]) -> dict:
+        return {
+            "article": article, "answerable": answerable, "gold": [gold],
+            "candidates": [{"n": i, "text": t, "margin": m, "retrieval_score": r, "suspicious": False} for i, (t, m, r) in enumerate(candidates, 1)],
+        }
+
+    rows = [
+        # article 0: the right passage is ranked first but read less confidently; weight >= 1 picks it
+        record(0, True, "Warsaw", ("Warsaw", 6.0, 0.9), ("Paris", 6.5, 0.1)),
+        record(0, False, "Lyon", ("Berlin", 2.0, 0.5), ("Rome", 1.0, 0.4)),
+        record(1, True, "Oslo", ("Oslo", 8.0, 0.9), ("Bergen", 1.0, 0.2)),
+        record(1, False, "Nice", ("Lille", 9.0, 0.6), ("Metz", 0.0, 0.5)),
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    result = invoke("eval", "grounding-replay", str(path), "--calibrate-articles", "1", "--json", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    calibration = json.loads(result.stdout)["calibration"]
+    chosen = calibration["chosen"]
+    assert (chosen["abstention_unanswerable"], chosen["answered_answerable"], chosen["em_answerable"]) == (1.0, 1.0, 100.0)
+    assert chosen["retrieval_weight"] >= 1.0 and calibration["calibration_questions"] == 2
+    # the unanswerable held-out question's distractor (margin 9 + weight) beats any threshold article 0 allows
+    assert calibration["held_out"]["abstention_unanswerable"] == 0.0
+    assert calibration["held_out"]["answered_answerable"] == 1.0
+
+
+def test_grounding_replay_refuses_a_file_without_records(tmp_path: Path) -> None:
+    from tests.conftest import invoke
+
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"crag_score": 0.1}), encoding="utf-8")
+    result = invoke("eval", "grounding-replay", str(path), home=tmp_path / "home")
+    assert result.returncode != 0 and "records" in result.stderr

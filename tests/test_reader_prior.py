@@ -3,12 +3,14 @@ passage probability (`passage_prior`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rag.reader import passage_prior
+from indexes.types import Passage
+from rag.reader import DEFAULT_NULL_THRESHOLD, ExtractiveReader, passage_prior
 from rag.runtime import Runtime
 from rag.settings import Settings
 from tests.conftest import READER_MODEL, REPO
@@ -45,3 +47,28 @@ def test_a_low_ranked_passage_no_longer_wins_with_the_retrieval_prior(runtime: R
     citation = answer.citations[0]
     source_text = runtime.collection("demo").document_text(citation.doc_id)
     assert source_text[citation.start : citation.end] == "Warsaw"
+
+
+SELECTION_CASES = json.loads((REPO / "tests" / "golden" / "reader-selection-cases.json").read_text(encoding="utf-8"))
+
+
+def test_the_passage_the_retriever_ranks_first_wins_over_a_distractor_the_reader_reads_more_confidently() -> None:
+    """A recorded grounding question: the old rule (shared-softmax span probability x retrieval
+    prior, weight 1) answered "Kelvin Benjamin" from the 3rd passage ("losing top wide receiver
+    Kelvin Benjamin"); margin + 3 x standardised retrieval score answers from the 1st."""
+    from tests.conftest import NA_READER_MODEL
+
+    (case,) = SELECTION_CASES
+    passages = [
+        Passage(chunk_id=i, doc_id=i, text=p["text"], start=0, end=len(p["text"]), ordinal=0, source="squad",
+                title=p["title"], external_id=None, score=p["score"], rank=i)
+        for i, p in enumerate(case["passages"], start=1)
+    ]
+    reader = ExtractiveReader(str(NA_READER_MODEL), null_threshold=DEFAULT_NULL_THRESHOLD)
+    spans = reader.read(case["question"], [p.text for p in passages])
+    prior = passage_prior([p.score for p in passages], 1.0)
+    old = max(range(len(spans)), key=lambda i: spans[i].score * prior[i])
+    assert spans[old].text == "Kelvin Benjamin"  # the failure the new rule fixes
+    answer = reader.answer(case["question"], passages)
+    assert answer.found and answer.answer == case["gold"] and answer.citations[0].n == 1
+    assert answer.details["value"] > answer.details["threshold"]

@@ -55,6 +55,8 @@ class QARecord:
             "retrieval_hit": contains_answer(" ".join(p.text for p in self.answer.passages), self.question.answers),
             "citations": [{"n": c.n, "verified": c.verified} for c in self.answer.citations],
             "total_ms": self.answer.timings.get("total_ms"),
+            # extractive: every passage's candidate span, so the choice can be replayed under other rules
+            "candidates": self.answer.details.get("candidates"),
         }
 
 
