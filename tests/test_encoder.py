@@ -195,11 +195,29 @@ def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder
     from rag.runtime import Runtime
     from rag.settings import Settings
 
-    runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="onnx"))
+    # The defaults (conftest pins torch for the other tests, so they are named here).
+    runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="auto"))
     assert runtime.device == ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = runtime.encoder(runtime.requested_spec())
-    assert encoder.runtime == "onnx"
-    assert (tmp_path / "models" / "onnx").is_dir()  # exported under RAG_HOME, not downloaded
+    if runtime.device == "cpu":
+        assert (encoder.runtime, encoder.quantized) == ("onnx", True)
+        assert (tmp_path / "models" / "onnx").is_dir()  # exported under RAG_HOME, not downloaded
+    else:
+        assert (encoder.runtime, encoder.quantized) == ("torch", False)
+
+
+def test_auto_runtime_is_onnx_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
+    from indexes.encoder import choose_runtime
+
+    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None) means int8 on onnx only.
+    assert choose_runtime("auto", "cpu", None) == ("onnx", True)
+    assert choose_runtime("auto", "cpu", False) == ("onnx", False)
+    assert choose_runtime("auto", "cuda:0", None) == ("torch", False)
+    assert choose_runtime("torch", "cpu", None) == ("torch", False)
+    assert choose_runtime("torch", "cpu", True) == ("torch", True)
+    assert choose_runtime("openvino", "cpu", None) == ("openvino", False)
+    with pytest.raises(InvalidInput, match="unknown encoder runtime"):
+        choose_runtime("tensorrt", "cpu", None)
 
 
 def test_a_collection_built_with_torch_is_searched_with_onnx(tmp_path: Path) -> None:
