@@ -189,19 +189,20 @@ def test_auto_precision_is_half_on_a_gpu_and_float32_on_the_cpu() -> None:
         resolve_precision("float16", "cpu")
 
 
-def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder(tmp_path: Path) -> None:
+def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder(tmp_path: Path, onnx_cache: Path) -> None:
     import torch
 
     from rag.runtime import Runtime
     from rag.settings import Settings
 
+    (tmp_path / "models").symlink_to(onnx_cache, target_is_directory=True)  # the session's export
     # The defaults (conftest pins torch for the other tests, so they are named here).
     runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="auto"))
     assert runtime.device == ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = runtime.encoder(runtime.requested_spec())
     if runtime.device == "cpu":
         assert (encoder.runtime, encoder.quantized) == ("onnx", True)
-        assert (tmp_path / "models" / "onnx").is_dir()  # exported under RAG_HOME, not downloaded
+        assert (tmp_path / "models" / "onnx").is_dir()  # RAG_HOME/models holds the graph, not a download
     else:
         assert (encoder.runtime, encoder.quantized) == ("torch", False)
 
