@@ -15,10 +15,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The reference encoder runtime for every test that does not name one: the default (`auto`, ONNX
-# Runtime int8 on the CPU) would export a graph into each test's fresh RAG_HOME (~20-60 s each);
-# tests/test_encoder.py checks the default and the other runtimes with one shared export.
-os.environ.setdefault("RAG_ENCODER_RUNTIME", "torch")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -196,7 +196,6 @@ def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder
     from rag.settings import Settings
 
     (tmp_path / "models").symlink_to(onnx_cache, target_is_directory=True)  # the session's export
-    # The defaults (conftest pins torch for the other tests, so they are named here).
     runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="auto"))
     assert runtime.device == ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = runtime.encoder(runtime.requested_spec())
@@ -210,13 +209,12 @@ def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder
 def test_auto_runtime_is_onnx_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
     from indexes.encoder import choose_runtime
 
-    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None) means int8 on onnx only.
+    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None): int8 only where auto picks onnx.
     assert choose_runtime("auto", "cpu", None) == ("onnx", True)
     assert choose_runtime("auto", "cpu", False) == ("onnx", False)
     assert choose_runtime("auto", "cuda:0", None) == ("torch", False)
-    assert choose_runtime("torch", "cpu", None) == ("torch", False)
+    assert choose_runtime("onnx", "cpu", None) == ("onnx", False)
     assert choose_runtime("torch", "cpu", True) == ("torch", True)
-    assert choose_runtime("openvino", "cpu", None) == ("openvino", False)
     with pytest.raises(InvalidInput, match="unknown encoder runtime"):
         choose_runtime("tensorrt", "cpu", None)
 

@@ -1,10 +1,10 @@
 """Text to vectors: one contract (`Encoder`), runtimes behind it, chosen by one setting.
 
-- `torch` (the reference): the HF model in torch; CPU or GPU, fp32/fp16/bf16, optional int8
-  dynamic quantisation on the CPU.
-- `onnx`: ONNX Runtime on the CPU with transformer fusions; int8 weights by default, or fp32.
+- `torch` (the default, the reference): the HF model in torch; CPU or GPU, fp32/fp16/bf16,
+  optional int8 dynamic quantisation on the CPU.
+- `onnx`: ONNX Runtime on the CPU with transformer fusions; fp32, or int8 weights (`quantize`).
 - `openvino`: OpenVINO on the CPU, fp32.
-- `auto` (the default, resolved by `choose_runtime`): `onnx` on the CPU when onnxruntime is
+- `auto` (resolved by `choose_runtime`): `onnx` with int8 weights on the CPU when onnxruntime is
   installed, else `torch`.
 
 The ONNX graphs are exported from the local weights once and cached (`indexes.encoder.export`).
@@ -55,17 +55,17 @@ __all__ = [
 def choose_runtime(requested: str, device: str, quantize: bool | None) -> tuple[str, bool]:
     """(runtime, int8) for a requested runtime (`auto` or one of `ENCODER_RUNTIMES`) on `device`.
 
-    `auto` is the fastest runtime measured not to lose retrieval quality: ONNX Runtime with int8
-    weights on the CPU (~2x torch per token on SciFact, same nDCG@10; README, Ingestion), torch
-    on a GPU or where onnxruntime is not installed. `quantize` None means int8 on ONNX Runtime
-    only: torch's dynamic int8 costs nDCG@10 and OpenVINO's is slower than its fp32.
+    `auto` is the fastest CPU runtime measured: ONNX Runtime with int8 weights when onnxruntime
+    is installed (~1.7x torch per token; costs 0.001-0.003 nDCG@10 on SciFact, README,
+    Ingestion), else torch; torch on a GPU. `quantize` None means int8 only where `auto` picked
+    ONNX Runtime; a runtime named explicitly runs fp32 unless `quantize` is True.
     """
-    runtime = requested
     if requested == "auto":
         runtime = "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") is not None else "torch"
-    elif requested not in ENCODER_RUNTIMES:
+        return runtime, (runtime == "onnx") if quantize is None else quantize
+    if requested not in ENCODER_RUNTIMES:
         raise InvalidInput(f"unknown encoder runtime {requested!r}; use auto or one of {', '.join(ENCODER_RUNTIMES)}")
-    return runtime, (runtime == "onnx") if quantize is None else quantize
+    return requested, bool(quantize)
 
 
 def load_encoder(

@@ -6,8 +6,7 @@ Three files per model, each made on first use and then reused:
 
 - `model.onnx`: the plain export (standard ONNX ops; what OpenVINO reads);
 - `model-ort.onnx`: ONNX Runtime's transformer fusions (attention, layer norm, GELU) applied;
-- `model-ort-int8.onnx`: that graph with int8 weights (the matrix multiplications; the embedding
-  table stays fp32), per-channel scales, dynamic activations.
+- `model-ort-int8.onnx`: that graph with int8 weights, per-channel scales, dynamic activations.
 
 The cache folder is named by a fingerprint of the model files and the recipe, so a changed
 checkpoint or pooling is exported again rather than served stale. Writers hold a file lock and
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 Variant = Literal["plain", "ort", "ort-int8"]
 _FILES: dict[str, str] = {"plain": "model.onnx", "ort": "model-ort.onnx", "ort-int8": "model-ort-int8.onnx"}
 # Bump when the export recipe changes, so old caches are not reused.
-EXPORT_VERSION = 2
+EXPORT_VERSION = 1
 OPSET = 17
 
 
@@ -168,9 +167,6 @@ def _quantise_int8(source: Path, target: Path) -> None:
                 str(tmp),
                 per_channel=True,  # per-tensor scales cost MiniLM far more cosine
                 weight_type=QuantType.QInt8,
-                # The weights that cost compute; the embedding table (EmbedLayerNormalization,
-                # Gather) stays fp32: quantising a lookup saves no time and only adds error.
-                op_types_to_quantize=["MatMul", "Attention"],
                 # Fused contrib ops (Attention, SkipLayerNormalization) have no inferred output type.
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
