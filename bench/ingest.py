@@ -3,7 +3,7 @@
 Baseline: sentence-transformers `encode(batch_size=64)` on "title text" + `faiss.IndexFlatIP`,
 the ten lines a user would write, over the same all-MiniLM-L6-v2 folder.
 Ours: `rag` ingestion (parse, chunk, embed, SQL + FAISS writes) with each encoder runtime:
-`auto` (the defaults: ONNX Runtime int8 on the CPU when installed), `torch` (the reference),
+`auto` (RAG_ENCODER_RUNTIME=auto: ONNX Runtime int8 on the CPU when installed), `torch` (the reference),
 `onnx` (ONNX Runtime, fp32), `onnx-int8`, `openvino`, `torch-int8`.
 
 Each variant runs in its own subprocess (its own peak RSS, no warm caches shared). The machine
@@ -89,7 +89,7 @@ def run_baseline(corpus: Path, quality: bool) -> dict[str, float]:
     return result
 
 
-# variant -> (encoder runtime, int8); "auto" is what a user gets without setting anything
+# variant -> (encoder runtime, int8); "auto" is RAG_ENCODER_RUNTIME=auto with RAG_QUANTIZE unset
 RUNTIMES: dict[str, tuple[str, bool | None]] = {
     "auto": ("auto", None),
     "torch": ("torch", False),
