@@ -3,7 +3,8 @@
 Baseline: sentence-transformers `encode(batch_size=64)` on "title text" + `faiss.IndexFlatIP`,
 the ten lines a user would write, over the same all-MiniLM-L6-v2 folder.
 Ours: `rag` ingestion (parse, chunk, embed, SQL + FAISS writes) with each encoder runtime:
-`torch` (the reference), `onnx` (ONNX Runtime, fp32), `onnx-int8`, `openvino`, `torch-int8`.
+`auto` (RAG_ENCODER_RUNTIME=auto: ONNX Runtime int8 on the CPU when installed), `torch` (the reference),
+`onnx` (ONNX Runtime, fp32), `onnx-int8`, `openvino`, `torch-int8`.
 
 Each variant runs in its own subprocess (its own peak RSS, no warm caches shared). The machine
 is noisy, so variants run in rounds, interleaved and in rotating order, and the script prints
@@ -88,8 +89,9 @@ def run_baseline(corpus: Path, quality: bool) -> dict[str, float]:
     return result
 
 
-# variant -> (encoder runtime, int8)
-RUNTIMES = {
+# variant -> (encoder runtime, int8); "auto" is RAG_ENCODER_RUNTIME=auto with RAG_QUANTIZE unset
+RUNTIMES: dict[str, tuple[str, bool | None]] = {
+    "auto": ("auto", None),
     "torch": ("torch", False),
     "torch-int8": ("torch", True),
     "onnx": ("onnx", False),
@@ -138,14 +140,16 @@ def _median(values: list[float]) -> float:
 
 def _prepare_models(variants: list[str]) -> Path:
     """Export the ONNX graphs the variants need, once, before anything is timed."""
-    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
+    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec, choose_runtime
     from indexes.encoder.export import exported_model
 
     models = Path(tempfile.mkdtemp(prefix="rag-bench-models-"))
     spec = EncoderSpec.detect(DEFAULT_EMBEDDER)
     for variant in variants:
-        if variant in RUNTIMES and RUNTIMES[variant][0] != "torch":
-            exported_model(spec, models, "ort-int8" if RUNTIMES[variant][1] else ("ort" if RUNTIMES[variant][0] == "onnx" else "plain"))
+        if variant in RUNTIMES:
+            runtime, int8 = choose_runtime(RUNTIMES[variant][0], "cpu", RUNTIMES[variant][1])
+            if runtime != "torch":
+                exported_model(spec, models, "ort-int8" if int8 else ("ort" if runtime == "onnx" else "plain"))
     return models
 
 

@@ -37,14 +37,14 @@ class Settings(BaseSettings):
     max_tokens: int | None = Field(None, ge=8, le=8192)
     query_prefix: str = ""
     passage_prefix: str = ""
-    quantize: bool = Field(False, description="int8 weights for the encoder (CPU; torch and onnx runtimes)")
+    quantize: bool | None = Field(None, description="int8 weights for the encoder (CPU; torch and onnx runtimes); unset: int8 only where RAG_ENCODER_RUNTIME=auto picks onnx")
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     device: str = Field("auto", description="auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:N")
     precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="torch dtype of encoder, reader and reranker; auto: float16 on CUDA, float32 on CPU"
     )
-    encoder_runtime: Literal["torch", "onnx", "openvino"] = Field(
-        "torch", description="what runs the encoder: torch (reference, any device), onnx or openvino (CPU)"
+    encoder_runtime: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        "torch", description="what runs the encoder: torch (reference, any device), onnx or openvino (CPU), auto (onnx int8 on the CPU when installed, else torch)"
     )
 
     chunk_tokens: int = Field(200, ge=8, le=8192)

@@ -189,17 +189,34 @@ def test_auto_precision_is_half_on_a_gpu_and_float32_on_the_cpu() -> None:
         resolve_precision("float16", "cpu")
 
 
-def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder(tmp_path: Path) -> None:
+def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder(tmp_path: Path, onnx_cache: Path) -> None:
     import torch
 
     from rag.runtime import Runtime
     from rag.settings import Settings
 
-    runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="onnx"))
+    (tmp_path / "models").symlink_to(onnx_cache, target_is_directory=True)  # the session's export
+    runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="auto"))
     assert runtime.device == ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = runtime.encoder(runtime.requested_spec())
-    assert encoder.runtime == "onnx"
-    assert (tmp_path / "models" / "onnx").is_dir()  # exported under RAG_HOME, not downloaded
+    if runtime.device == "cpu":
+        assert (encoder.runtime, encoder.quantized) == ("onnx", True)
+        assert (tmp_path / "models" / "onnx").is_dir()  # RAG_HOME/models holds the graph, not a download
+    else:
+        assert (encoder.runtime, encoder.quantized) == ("torch", False)
+
+
+def test_auto_runtime_is_onnx_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
+    from indexes.encoder import choose_runtime
+
+    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None): int8 only where auto picks onnx.
+    assert choose_runtime("auto", "cpu", None) == ("onnx", True)
+    assert choose_runtime("auto", "cpu", False) == ("onnx", False)
+    assert choose_runtime("auto", "cuda:0", None) == ("torch", False)
+    assert choose_runtime("onnx", "cpu", None) == ("onnx", False)
+    assert choose_runtime("torch", "cpu", True) == ("torch", True)
+    with pytest.raises(InvalidInput, match="unknown encoder runtime"):
+        choose_runtime("tensorrt", "cpu", None)
 
 
 def test_a_collection_built_with_torch_is_searched_with_onnx(tmp_path: Path) -> None:
