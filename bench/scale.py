@@ -3,14 +3,13 @@
 Ingest: SciFact abstracts repeated with distinct ids (JSONL files of 200 records) until each size
 in passages is reached; every run is `rag ingest` in its own subprocess, once in-process and once
 with `--ray-address` against a `ray start --head` cluster on loopback started here. Reported:
-passages/s, and peak RSS sampled from /proc (the `rag` process, plus for Ray the worker processes
-of the run). Flat passages/s and flat RSS across sizes is the streaming claim; the Ray/single
+passages/s and peak memory (below). Flat passages/s and flat RSS across sizes is the streaming claim; the Ray/single
 throughput ratio is the overhead of Ray on one machine. The encoder runtime is the same for both
 modes (`--encoder-runtime onnx --quantize`, the fastest the project has, by default: which encoder
 runs does not change whether rates and memory stay flat), and its exported graph is cached once
 for all runs. With `--lock FILE`, each run holds `flock FILE` (released between runs, so a shared
 machine's other timing runs are not blocked for the whole bench); the load average is
-recorded around every run.
+recorded before and after every run, and its median while the run lasts.
 
 Memory: the peak over samples every 0.25 s of the resident memory of the `rag` process and, for
 Ray, of the run's Ray worker processes (`MapWorker`: the chunking and embedding actors) and of
@@ -21,8 +20,10 @@ also given as summed PSS (each shared page split between its sharers), the figur
 On-disk IVF: synthetic vectors (a mixture of Gaussians on the sphere, as bench/query.py) written
 shard by shard as on-disk segments (`indexes.ondisk.OnDiskIndex`: the first shard trains the IVF,
 each further shard is filled into a copy of it, as a collection's write batches are), merged list
-by list into one segment on disk, then searched memory-mapped in a fresh process: RSS while searching against the size of a Flat index, recall@10 against exact
-search (computed shard by shard), p50 latency.
+by list into one segment on disk, then searched memory-mapped in a fresh process: RSS while
+searching against the size of a Flat index, whole and the index's own share (the growth over a
+baseline with everything but the index loaded, and the data file's mapped pages, as more queries
+probe more lists), recall@10 against exact search (computed shard by shard), p50 latency.
 
     python bench/scale.py [--sizes 10000,20000,40000] [--modes single,ray] [--ivf 1000000]
                           [--encoder-runtime onnx] [--quantize | --no-quantize] [--lock /tmp/bench.lock]
