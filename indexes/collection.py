@@ -74,10 +74,8 @@ class Collection:
             )
 
     def embedding_text(self, title: str, text: str) -> str:
-        """What the encoder sees for a chunk: the title first when configured (BEIR's recipe)."""
-        if self.config.title_in_embedding and title:
-            return f"{title} {text}"
-        return text
+        """What the encoder sees for a chunk (`CollectionConfig.embedding_text`)."""
+        return self.config.embedding_text(title, text)
 
     # -- snapshots ---------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

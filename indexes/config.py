@@ -93,6 +93,13 @@ class CollectionConfig:
     def with_search(self, search: SearchParams) -> CollectionConfig:
         return replace(self, search=search)
 
+    def embedding_text(self, title: str, text: str) -> str:
+        """What the encoder sees for a chunk: the title first when configured (BEIR's recipe).
+        The one definition, for every process that embeds (this one, or a Ray worker)."""
+        if self.title_in_embedding and title:
+            return f"{title} {text}"
+        return text
+
     def validate(self) -> None:
         """Every setting checked before a collection is created: a bad one is refused here, not
         after its config has been stored (where it would break every later command)."""

@@ -12,6 +12,7 @@ collection's manifest), never inferred from the folder.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -96,6 +97,7 @@ class Segment:
         self.info = info
         self.vectors = vectors
         self.terms = terms
+        self._reading = threading.Lock()
 
     @property
     def ids(self) -> np.ndarray:
@@ -137,16 +139,20 @@ class Segment:
         return cls(info, vectors, terms)
 
     def with_dead(self, dead: int) -> Segment:
-        return Segment(replace(self.info, dead=dead), self.vectors, self.terms)
+        twin = Segment(replace(self.info, dead=dead), self.vectors, self.terms)
+        twin._reading = self._reading  # the same FAISS index, so the same lock
+        return twin
 
     def search(self, queries: np.ndarray, k: int, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
         # Tombstones are filtered by SQL afterwards: fetch that many more.
         return self.vectors.search(queries, k + self.info.dead, params)
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of `ids` (all in this segment), reconstructed from FAISS."""
-        index = self.vectors.index
-        return np.vstack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.vectors.dim), np.float32)
+        """Stored vectors of `ids` (all in this segment), decoded from FAISS (`stored_vectors`: an
+        IVF builds its id -> list map on first use, so the first call is serialised: a loaded
+        segment is shared by every thread of a reader)."""
+        with self._reading:
+            return stored_vectors(self.vectors, ids)
 
 
 def same_tier(lives: Sequence[int]) -> bool:

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from indexes.encoder import EncoderSpec, load_encoder
+from indexes.config import CollectionConfig
+from indexes.encoder import load_encoder
 from indexes.errors import RagError
 from indexes.store import NewDocument
 from indexes.types import Chunk, Document
@@ -61,12 +62,10 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Everything a worker needs to turn files into chunks and chunks into the collection's vectors."""
+    """Everything a worker needs to turn files into chunks and chunks into the collection's vectors:
+    the collection's own config (encoder, chunking, what is embedded) travels whole."""
 
-    spec: EncoderSpec
-    chunk_tokens: int
-    chunk_overlap: int
-    title_in_embedding: bool
+    collection: CollectionConfig
     limits: InputLimits
     encoder_runtime: str = "torch"
     quantize: bool = False
@@ -120,8 +119,9 @@ class Splitter:
 
         from indexes.encoder import resolve_model_path
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.spec.model))
-        self.chunker = SentenceWindowChunker(tokenizer, config.chunk_tokens, config.chunk_overlap)
+        collection = config.collection
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(collection.encoder.model))
+        self.chunker = SentenceWindowChunker(tokenizer, collection.chunk_tokens, collection.chunk_overlap)
         self.config = config
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class Embedder:
 
     def __init__(self, config: WorkerConfig, device: str, threads: int) -> None:
         self.encoder = load_encoder(
-            config.spec,
+            config.collection.encoder,
             config.encoder_runtime,
             device=device,
             dtype="float32" if device == "cpu" else "float16",
@@ -163,7 +163,7 @@ class Embedder:
             threads=threads,
             cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         )
-        self.title_in_embedding = config.title_in_embedding
+        self.collection = config.collection
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         texts: list[str] = []
@@ -174,8 +174,7 @@ class Embedder:
                 continue
             title = json.loads(document)["title"]
             pieces = [c[0] for c in json.loads(chunks)]
-            # The store's Collection.embedding_text: the title first when the collection says so.
-            texts.extend(f"{title} {p}" if self.title_in_embedding and title else p for p in pieces)
+            texts.extend(self.collection.embedding_text(title, p) for p in pieces)
             counts.append(len(pieces))
         vectors = self.encoder.encode(texts, kind="passage")
         out: list[bytes] = []
@@ -203,12 +202,8 @@ class DistributedIngestor(Ingestor):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.ray = ray
-        config = self.collection.config
         self.worker_config = WorkerConfig(
-            spec=config.encoder,
-            chunk_tokens=config.chunk_tokens,
-            chunk_overlap=config.chunk_overlap,
-            title_in_embedding=config.title_in_embedding,
+            collection=self.collection.config,
             limits=self.limits,
             encoder_runtime=encoder_runtime,
             quantize=quantize,

@@ -96,6 +96,26 @@ def test_ondisk_collection_is_built_in_segments_merged_on_disk_and_searched_memo
         assert np.allclose([h.score for h in hits], (matrix @ query)[best], atol=1e-5)
 
 
+@pytest.mark.parametrize("factory", [f"IVF{NLIST},Flat", f"OnDisk,IVF{NLIST},Flat"])
+def test_stored_vectors_are_read_back_from_trained_ivf_segments(tmp_path: Path, factory: str) -> None:
+    """What MMR asks a collection for: an IVF has no id -> vector map until one is built."""
+    rng = np.random.default_rng(1)
+    store = Store(tmp_path / "home", mmap=True)
+    collection = store.create_collection("ivf", CollectionConfig(encoder=EncoderSpec(), dim=DIM, index_factory=factory))
+    truth = {f"d-{j}": _unit(rng, 8) for j in range(40)}  # 320 vectors: enough to train IVF8 at once
+    with collection.writer() as writer:
+        writer.write([_doc(n, v) for n, v in truth.items()])
+    reader = Store(tmp_path / "home", mmap=True).collection("ivf")
+    assert reader.stats()["segment_factories"] == [factory]
+    ids = reader.snapshot().vector_ids()
+    rows = reader.passage_rows(ids.tolist())
+    stored = reader.stored_vectors(ids.tolist())
+    assert sorted(stored) == sorted(ids.tolist())
+    for chunk_id, vector in stored.items():
+        source, ordinal = rows[chunk_id][6], rows[chunk_id][5]
+        assert np.abs(vector - truth[source][ordinal]).max() < 1e-6  # IVF,Flat stores vectors exactly
+
+
 def test_an_ondisk_factory_is_validated_as_the_ivf_it_wraps() -> None:
     assert isinstance(OnDiskIndex(DIM, "OnDisk,IVF4,Flat"), OnDiskIndex)
     assert training_size(DIM, f"OnDisk,IVF{NLIST},Flat") == training_size(DIM, f"IVF{NLIST},Flat") == 39 * NLIST
