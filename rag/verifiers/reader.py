@@ -22,8 +22,9 @@ from rag.verifiers.text import content_words
 class ReaderVerifier:
     name = "reader"
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, note: str = "") -> None:
         self.reader = reader  # rag.reader.ExtractiveReader (read(question, texts) -> spans)
+        self.note = note
 
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]:
         sources = [Source.of(p) for p in passages]
