@@ -48,7 +48,7 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
         lines.append(shown)
     else:
         # the streamed text was a draft: only what the check kept is the answer
-        dropped = len(answer.details.get("unsupported_sentences", []))
+        dropped = len(set(answer.details.get("unsupported_sentences", [])))
         if not answer.found:
             lines.append("✗ draft withdrawn: the sources do not support it")
         elif dropped:
@@ -63,7 +63,7 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
     removed = answer.details.get("removed_citations")
     if removed:
         lines.append(f"removed citations to sources that do not exist: {', '.join(f'[{n}]' for n in removed)}")
-    for sentence in answer.details.get("unsupported_sentences", []) if answer.found else []:
+    for sentence in dict.fromkeys(answer.details.get("unsupported_sentences", [])) if answer.found else []:
         lines.append(f"dropped, not supported by the sources: {sentence}")
     if answer.citations:
         lines.append("")

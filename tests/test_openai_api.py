@@ -142,5 +142,7 @@ def test_generative_answers_are_checked_by_the_servers_verifier(served: Served) 
     details = reply.model_extra["rag"]["details"]
     assert reply.model_extra["rag"]["mode"] == "generative"
     assert details["verifier"] == "reader"
-    for n in map(int, re.findall(r"\[(\d+)\]", reply.choices[0].message.content)):
+    content = reply.choices[0].message.content
+    assert details["unsupported_sentences"] and not any(s in content for s in details["unsupported_sentences"])
+    for n in map(int, re.findall(r"\[(\d+)\]", content)):
         assert any(c["n"] == n for c in reply.model_extra["citations"])

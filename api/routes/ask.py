@@ -35,7 +35,8 @@ router = APIRouter(prefix="/v1", tags=["ask"])
 log = logging.getLogger(__name__)
 
 _SSE_DOC = {
-    "description": "An Answer; with `Accept: text/event-stream`, SSE events `token` then `answer` (or `error`).",
+    "description": "An Answer; with `Accept: text/event-stream`, SSE events `token` (the unchecked draft), `retract` "
+    "when the check rejects or cuts the draft, then `answer` (or `error`).",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
 
