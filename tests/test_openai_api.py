@@ -23,7 +23,7 @@ class Served:
     keys: dict[str, str]
 
     def client(self, key: str = "read") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.keys.get(key, key), max_retries=0, timeout=120)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.keys.get(key, key), max_retries=0, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         verifier="reader",
         generator_max_tokens=48,
         reader_null_threshold=5.0,
+        generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly (504 at 60 s, load 24)
     )
     runtime = Runtime(settings)
     for name, files in (("docs", sorted(CORPUS.iterdir())), ("other", sorted(CORPUS.iterdir())[:1])):
