@@ -35,13 +35,13 @@ def build_verifier(settings: Settings, reader: Callable[[], Any], device: str = 
             return LexicalVerifier(settings.support_threshold, note=f"auto: the reader could not be loaded ({str(exc).split(' (')[0]})")
         from rag.verifiers.reader import ReaderVerifier
 
-        return ReaderVerifier(loaded, note="auto: the configured reader")
+        return ReaderVerifier(loaded, note="auto: the configured reader", threshold=settings.support_threshold)
     if kind == "lexical":
         return LexicalVerifier(settings.support_threshold)
     if kind == "reader":
         from rag.verifiers.reader import ReaderVerifier
 
-        return ReaderVerifier(reader())
+        return ReaderVerifier(reader(), threshold=settings.support_threshold)
     if kind == "nli":
         from rag.verifiers.nli import NLIVerifier
 
