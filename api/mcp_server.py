@@ -61,6 +61,11 @@ class AskResult(BaseModel):
     score: float | None
     citations: list[CitationOut]
     passages: list[PassageHit]
+    dropped: list[str] = Field(
+        default_factory=list,
+        description="generative: sentences the model wrote that no source supports; not part of the answer",
+    )
+    verifier: str | None = Field(None, description="generative: the support check that judged the sentences")
 
 
 class CollectionInfo(BaseModel):
@@ -150,6 +155,8 @@ def build_server(runtime: Runtime) -> MCPServer:
                 for c in answer.citations
             ],
             passages=_hits(answer.passages),
+            dropped=answer.details.get("unsupported_sentences", []),
+            verifier=answer.details.get("verifier"),
         )
 
     return server

@@ -14,8 +14,10 @@ nli, chosen by `RAG_VERIFIER`), which says for every passage whether it supports
   system's; a sentence the model cited stays judged on the citation it wrote (a wrong one stays
   unverified, the right one only `suggested`).
 
-With no supported sentence the answer is "Not in the sources." with the best passages: unverified
-text is never presented as the answer.
+The answer is the supported sentences only, with the citations they make; the others are dropped
+and listed in `details.unsupported_sentences` (the whole draft stays in `details.generated`). With
+no supported sentence the answer is "Not in the sources." with the best passages: unverified text
+is never presented as the answer.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class SentenceCheck:
     suggested: int | None
     attributed: int | None = None
     fragment: bool = False
+    repeated: bool = False  # supported, but said word for word before: shown once
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class SentenceCheck:
             "suggested": self.suggested,
             "attributed": self.attributed,
             "fragment": self.fragment,
+            "repeated": self.repeated,
         }
 
 
@@ -151,9 +155,10 @@ def check_answer(
 ) -> Answer:
     """The checked `Answer` for `generated` text written from `passages` (numbered from 1).
 
-    `verifier` judges support (default: the lexical one at `threshold`). `details` holds the
-    per-sentence checks, removed citations and the raw generation. With no supported sentence,
-    the answer is "Not in the sources." with the best passages.
+    `verifier` judges support (default: the lexical one at `threshold`). The answer text is the
+    supported sentences; `details` holds the per-sentence checks, the dropped sentences, removed
+    citations and the raw generation. With no supported sentence, the answer is "Not in the
+    sources." with the best passages.
     """
     verifier = verifier or LexicalVerifier(threshold)
     k = len(passages)
@@ -177,6 +182,7 @@ def check_answer(
     # per (passage, origin): its best evidence over the sentences citing it, and whether any verifies it
     best_for: dict[tuple[int, Origin], Evidence] = {}
     verified_for: dict[tuple[int, Origin], bool] = {}
+    said: set[str] = set()  # small models loop: a supported sentence repeated is shown once
     for start, end, text, plain, fragment in pieces:
         cited = tuple(dict.fromkeys(n for m in parse_citations(text) for n in m.numbers))
         evidence = [Evidence(n, 0, 0, 0.0) for n in range(1, k + 1)] if fragment else next(verdicts)
@@ -192,7 +198,10 @@ def check_answer(
         marks: list[tuple[int, Origin, bool]] = [(n, "model", n in verified) for n in cited]
         if attributed is not None:
             marks.append((attributed, "attributed", True))
-        for n, origin, ok in marks:
+        repeated = supported and plain.lower() in said
+        if supported:
+            said.add(plain.lower())
+        for n, origin, ok in marks if supported and not repeated else ():  # a dropped sentence's citations go with it
             ev = evidence[n - 1]
             if (n, origin) not in best_for or ev.score > best_for[(n, origin)].score:
                 best_for[(n, origin)] = ev
@@ -211,15 +220,20 @@ def check_answer(
                 suggested=suggested,
                 attributed=attributed,
                 fragment=fragment,
+                repeated=repeated,
             )
         )
+    shown, offsets = _supported_only(cleaned, checks)
     details: dict[str, Any] = {
         "generated": generated,
-        "sentences": [c.to_dict() for c in checks],
+        # offsets into the answer text; a dropped sentence is not in it
+        "sentences": [{**c.to_dict(), "start": at[0], "end": at[1]} for c, at in zip(checks, offsets)],
         "removed_citations": removed,
         "unsupported_sentences": [c.text for c in checks if not c.supported],
         "verifier": verifier.name,
     }
+    if verifier.note:
+        details["verifier_note"] = verifier.note
     if flagged:
         details["suspicious_passages"] = sorted(flagged)
     if declined or not any(c.supported for c in checks):
@@ -239,7 +253,7 @@ def check_answer(
     ]
     supported = [c for c in checks if c.supported]
     return Answer(
-        answer=cleaned,
+        answer=shown,
         mode="generative",
         citations=citations,
         passages=list(passages),
@@ -249,6 +263,31 @@ def check_answer(
     )
 
 
+def _supported_only(text: str, checks: Sequence[SentenceCheck]) -> tuple[str, list[tuple[int | None, int | None]]]:
+    """`text` without the sentences no source supports or that repeat an earlier one (and the
+    space after each), and every check's offsets in what is left (None for a dropped one): only
+    verified text is the answer."""
+    out: list[str] = []
+    size = 0
+    at = 0
+    offsets: list[tuple[int | None, int | None]] = []
+    for check in checks:
+        out.append(text[at : check.start])
+        size += check.start - at
+        if check.supported and not check.repeated:
+            out.append(text[check.start : check.end])
+            offsets.append((size, size + check.end - check.start))
+            size += check.end - check.start
+            at = check.end
+        else:
+            offsets.append((None, None))
+            at = check.end
+            while at < len(text) and text[at].isspace():
+                at += 1
+    out.append(text[at:])
+    return "".join(out).rstrip(), offsets
+
+
 def annotate_attributed(answer: Answer, mark: str = "*") -> str:
     """The answer text with `[n*]` after each sentence whose citation the check attributed, for
     display: the marker is not the model's, so it is never put into `Answer.answer` itself."""
@@ -256,7 +295,7 @@ def annotate_attributed(answer: Answer, mark: str = "*") -> str:
     inserts = []
     for sentence in answer.details.get("sentences", []) if answer.found else []:
         n = sentence.get("attributed")
-        if n is None:
+        if n is None or sentence["start"] is None:  # not in the answer: dropped or repeated
             continue
         end = int(sentence["end"])
         while end > int(sentence["start"]) and (text[end - 1].isspace() or text[end - 1] in ".!?"):

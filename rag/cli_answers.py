@@ -48,8 +48,11 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
         lines.append(shown)
     else:
         # the streamed text was a draft: only what the check kept is the answer
+        dropped = len(set(answer.details.get("unsupported_sentences", [])))
         if not answer.found:
             lines.append("✗ draft withdrawn: the sources do not support it")
+        elif dropped:
+            lines.append(f"✗ draft cut: {dropped} sentence(s) the sources do not support were dropped")
         lines.append(f"answer: {shown}")
     flagged = answer.details.get("suspicious_passages")
     if flagged:
@@ -60,8 +63,8 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
     removed = answer.details.get("removed_citations")
     if removed:
         lines.append(f"removed citations to sources that do not exist: {', '.join(f'[{n}]' for n in removed)}")
-    for sentence in answer.details.get("unsupported_sentences", []) if answer.found else []:
-        lines.append(f"not supported by the sources: {sentence}")
+    for sentence in dict.fromkeys(answer.details.get("unsupported_sentences", [])) if answer.found else []:
+        lines.append(f"dropped, not supported by the sources: {sentence}")
     if answer.citations:
         lines.append("")
     for c in answer.citations:
@@ -80,10 +83,13 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
             lines.append(f"[{n}] {_label(p)} — {p.source}:{p.start}-{p.end}")
             lines.append(f"    {' '.join(p.text[:300].split())}{'…' if len(p.text) > 300 else ''}")
     timings = "  ".join(f"{key.removesuffix('_ms')} {value:.0f} ms" for key, value in answer.timings.items())
-    if timings or answer.details.get("generator"):
+    if timings or answer.details.get("generator") or answer.details.get("verifier"):
         lines.append("")
     if answer.details.get("generator"):
         lines.append(f"generator: {answer.details['generator']}")
+    if answer.details.get("verifier"):
+        note = answer.details.get("verifier_note")
+        lines.append(f"verifier: {answer.details['verifier']}" + (f" ({note})" if note else ""))
     if timings:
         lines.append(timings)
     return lines
@@ -270,7 +276,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             if calibrate_articles:
                 summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, THRESHOLD_GRID, key, WEIGHT_GRID)
         else:
-            summary["verifier"] = settings.verifier
+            summary["verifier"] = pipeline.verifier.name  # what `auto` resolved to
+            summary["verifier_setting"] = settings.verifier
         if report_file is not None:
             from rag.evaluation.report import answer_report, write_report
 

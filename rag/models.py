@@ -81,7 +81,7 @@ REGISTRY: dict[str, ModelSpec] = {
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         parts=_qwen_parts(),
-        description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (491 MB), six data wheels on PyPI",
+        description="Qwen2.5-Coder-0.5B-Instruct (a code model; GGUF converted from the AWQ release), Q4_K_M (491 MB), six data wheels on PyPI",
         chat_notes="ChatML template embedded in the GGUF (system/user/assistant); follows a one-shot [n] citation example",
     ),
 }

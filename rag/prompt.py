@@ -4,7 +4,7 @@ Passages are untrusted data: they sit between markers and the instruction says t
 them is never an instruction. The rules follow the seed prompt ("say 'unanswerable'") and ask for
 `[n]` after each claim so the citation check can verify them.
 
-Small instruct models (SmolLM2-135M, Qwen2.5-0.5B) follow an example better than a rule: one
+Small instruct models (SmolLM2-135M, Qwen2.5-Coder-0.5B) follow an example better than a rule: one
 worked turn (made-up sources, a one-sentence answer ending in `[n]`) comes before the real one, and
 the question is repeated after the sources, next to where the answer starts.
 """

@@ -98,8 +98,10 @@ class Settings(BaseSettings):
     support_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="lexical verifier: support score (content-word recall) that verifies a sentence"
     )
-    verifier: Literal["lexical", "reader", "nli"] = Field(
-        "lexical", description="citation check: lexical (no model), reader (the extractive reader) or nli (cross-encoder, RAG_VERIFIER_MODEL)"
+    verifier: Literal["auto", "lexical", "reader", "nli"] = Field(
+        "auto",
+        description="citation check: auto (reader when RAG_READER_MODEL is set and loads, else lexical), lexical (no model), "
+        "reader (the extractive reader) or nli (cross-encoder, RAG_VERIFIER_MODEL)",
     )
     verifier_model: str | None = Field(
         None, description="verifier=nli: HF id or folder of a (claim, passage) -> supported sequence classifier"

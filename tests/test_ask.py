@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,14 +71,21 @@ def test_generative_mode_says_not_in_the_sources_when_the_corpus_cannot_answer(r
     assert answer.details["generated"].strip() and len(answer.passages) == 3
 
 
-def test_a_generative_answer_carries_verified_citations_and_stage_timings(runtime: Runtime) -> None:
-    answer = runtime.ask_pipeline().ask("When was Gabriel Lippmann born?", "demo", "generative", k=3)
+PIERRE = "Where was Pierre Curie born?"  # the demo's generative question
+PIERRE_RIGHT = "Pierre Curie was born in Paris on 15 May 1859."
+PIERRE_WRONG = "His father Eugène Curie, a doctor, was born in Warsaw."  # SmolLM2 adds it; no source says so
+
+
+def test_a_generative_answer_is_its_verified_sentences_with_citations_and_stage_timings(runtime: Runtime) -> None:
+    answer = runtime.ask_pipeline().ask(PIERRE, "demo", "generative")
     assert answer.mode == "generative" and answer.found
     assert set(answer.timings) == {"retrieve_ms", "generate_ms", "check_ms", "total_ms"}
     assert answer.details["generator"].startswith("llamacpp:")
-    verified = [c for c in answer.citations if c.verified]
-    assert verified and all("Bonnevoie" in c.text for c in verified)
-    assert "Bonnevoie" in answer.answer
+    assert answer.details["verifier"] == "reader"  # auto, with a reader configured
+    assert answer.answer == PIERRE_RIGHT  # the draft's other sentences are not the answer ...
+    assert PIERRE_WRONG in answer.details["generated"] and PIERRE_WRONG in answer.details["unsupported_sentences"]
+    [citation] = answer.citations  # ... nor are their citations
+    assert citation.verified and citation.text == "Pierre Curie was born in Paris on 15 May 1859."
 
 
 def test_streaming_yields_the_draft_then_the_same_checked_answer(runtime: Runtime) -> None:
@@ -108,6 +116,8 @@ def test_rag_ask_without_a_reader_falls_back_and_an_explicit_extractive_mode_fai
     assert fallback.returncode == 0, fallback.stderr
     assert fallback.stdout.startswith("draft (not yet checked): ")
     assert "note: no extractive reader could be loaded, so this answer is generative" in fallback.stdout
+    verifier = [line for line in fallback.stdout.splitlines() if line.startswith("verifier: ")]
+    assert verifier == [f"verifier: lexical (auto: the reader could not be loaded (cannot load reader model '{tmp_path / 'none'}'))"]
     explicit = run_cli("ask", UNANSWERABLE, "--collection", "demo", "--mode", "extractive", home=home, env=env)
     assert explicit.returncode == 1 and explicit.stderr.startswith("error: cannot load reader model")
     assert explicit.stdout == ""
@@ -137,6 +147,20 @@ def test_rag_ask_text_withdraws_an_unsupported_draft_and_shows_the_best_passages
     assert not any(line.startswith("answer:") for line in lines[:withdrawn])  # the draft is never called the answer
     assert "best passages:" in lines and "generator: llamacpp:SmolLM2-135M-Instruct.Q4_1.gguf" in lines
     assert "\033[1m" not in result.stdout  # not a terminal: no ANSI codes
+
+
+def test_rag_ask_text_shows_the_verified_sentences_as_the_answer_and_the_dropped_ones_labelled(runtime: Runtime, home: Path) -> None:
+    result = run_cli(
+        "ask", PIERRE, "--collection", "demo", "--mode", "generative",
+        home=home, env={"RAG_GENERATOR_MAX_TOKENS": "48", "RAG_READER_MODEL": str(NA_READER_MODEL)},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("draft (not yet checked): ")
+    cut = next(i for i, line in enumerate(lines) if line.startswith("✗ draft cut: "))
+    assert lines[cut + 1] == f"answer: {PIERRE_RIGHT[:-1]} [1*]."
+    assert f"dropped, not supported by the sources: {PIERRE_WRONG}" in lines
+    assert "verifier: reader (auto: the configured reader)" in lines
 
 
 # -- prompt injection, with the real generator -----------------------------------------------------
@@ -173,7 +197,23 @@ def test_rag_ask_shows_the_suspicious_flag(runtime: Runtime, home: Path) -> None
     assert any(line.startswith("⚠ suspicious: [") and "possible prompt injection" in line for line in result.stdout.splitlines())
 
 
-def test_sse_retracts_a_draft_the_check_rejects_before_the_final_answer(runtime: Runtime, home: Path) -> None:
+def _sse_events(client: Any, question: str) -> list[tuple[str, dict]]:
+    events: list[tuple[str, dict]] = []
+    with client.stream(
+        "POST", "/v1/ask", json={"question": question, "collection": "demo", "mode": "generative"},
+        headers={"Accept": "text/event-stream"},
+    ) as response:
+        assert response.status_code == 200
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event or "message", json.loads(line[6:])))
+    return events
+
+
+def test_sse_retracts_a_draft_the_check_rejects_or_cuts_before_the_final_answer(runtime: Runtime, home: Path) -> None:
     import httpx
 
     from tests.test_api import start_server
@@ -184,23 +224,18 @@ def test_sse_retracts_a_draft_the_check_rejects_before_the_final_answer(runtime:
     )
     _, server, thread, url = start_server(settings)
     try:
-        events: list[tuple[str, dict]] = []
-        with httpx.Client(base_url=url, timeout=300) as client, client.stream(
-            "POST", "/v1/ask", json={"question": UNANSWERABLE, "collection": "demo", "mode": "generative", "k": 3},
-            headers={"Accept": "text/event-stream"},
-        ) as response:
-            assert response.status_code == 200
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    events.append((event or "message", json.loads(line[6:])))
+        with httpx.Client(base_url=url, timeout=300) as client:
+            rejected = _sse_events(client, UNANSWERABLE)
+            cut = _sse_events(client, PIERRE)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-    kinds = [e for e, _ in events]
-    assert kinds[-2:] == ["retract", "answer"] and set(kinds[:-2]) == {"token"}, events[-1]
-    retract, final = events[-2][1], events[-1][1]
-    assert retract["draft"] == "".join(d["text"] for e, d in events if e == "token")
+    for events in (rejected, cut):
+        kinds = [e for e, _ in events]
+        assert kinds[-2:] == ["retract", "answer"] and set(kinds[:-2]) == {"token"}, events[-1]
+        assert events[-2][1]["draft"] == "".join(d["text"] for e, d in events if e == "token")
+    final = rejected[-1][1]
     assert final["found"] is False and final["answer"] == NOT_IN_SOURCES and final["citations"] == []
+    retract, final = cut[-2][1], cut[-1][1]
+    assert final["found"] is True and final["answer"] == PIERRE_RIGHT
+    assert PIERRE_WRONG in retract["dropped"] and PIERRE_WRONG in retract["draft"]

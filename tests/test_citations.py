@@ -78,12 +78,39 @@ def test_one_wrong_name_among_many_right_words_is_not_supported() -> None:
     assert not wrong.found and right.citations[0].verified
 
 
-def test_one_unsupported_sentence_is_flagged_while_the_supported_one_stands() -> None:
+def test_an_unsupported_sentence_is_dropped_from_the_answer_and_listed_as_dropped() -> None:
     text = "Marie Curie was born in Warsaw [2]. She won the 1950 Fields Medal [2]."
     answer = check_answer(QUESTION, text, SOURCES)
-    assert answer.found
+    assert answer.found and answer.answer == "Marie Curie was born in Warsaw [2]."
     assert answer.details["unsupported_sentences"] == ["She won the 1950 Fields Medal [2]."]
-    assert answer.citations[0].verified  # [2] supports the first sentence
+    assert answer.details["generated"] == text  # the draft stays in the details, labelled as such
+    assert [(c.n, c.verified) for c in answer.citations] == [(2, True)]
+
+
+def test_a_citation_only_a_dropped_sentence_makes_is_not_a_citation_of_the_answer() -> None:
+    text = "Pierre Curie won the 1950 Fields Medal [3]. Marie Curie was born in Warsaw [2]. She was a chemist [1]."
+    answer = check_answer(QUESTION, text, SOURCES)
+    assert answer.answer == "Marie Curie was born in Warsaw [2]."
+    assert [(c.n, c.verified) for c in answer.citations] == [(2, True)]
+    dropped = [s for s in answer.details["sentences"] if not s["supported"]]
+    assert [s["cited"] for s in dropped] == [[3], [1]] and all(s["start"] is None for s in dropped)
+
+
+def test_a_supported_sentence_repeated_word_for_word_is_shown_once() -> None:
+    text = "Marie Curie was born in Warsaw [2].\n\nShe won the 1950 Fields Medal.\n\nMarie Curie was born in Warsaw [2]."
+    answer = check_answer(QUESTION, text, SOURCES)
+    assert answer.answer == "Marie Curie was born in Warsaw [2]."
+    assert [s["repeated"] for s in answer.details["sentences"]] == [False, False, True]
+    assert answer.details["unsupported_sentences"] == ["She won the 1950 Fields Medal."]
+    uncited = check_answer(QUESTION, "Marie Curie was born in Warsaw.\n\nMarie Curie was born in Warsaw.", SOURCES)
+    assert annotate_attributed(uncited) == "Marie Curie was born in Warsaw [2*]."
+
+
+def test_attributed_markers_land_in_the_answer_after_dropped_sentences_are_removed() -> None:
+    text = "She won the 1950 Fields Medal. Marie Curie was born in Warsaw. She moved to Paris in 1891 [2]."
+    answer = check_answer(QUESTION, text, SOURCES)
+    assert answer.answer == "Marie Curie was born in Warsaw. She moved to Paris in 1891 [2]."
+    assert annotate_attributed(answer) == "Marie Curie was born in Warsaw [2*]. She moved to Paris in 1891 [2]."
 
 
 def test_a_question_the_sources_cannot_answer_becomes_not_found_with_the_best_passages() -> None:

@@ -27,6 +27,7 @@ async def _conversation(home: Path) -> dict[str, Any]:
         "RAG_COLLECTION": "docs",
         "RAG_READER_MODEL": str(READER_NA),
         "RAG_ANSWER_MODE": "extractive",
+        "RAG_GENERATOR_MAX_TOKENS": "48",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
@@ -38,6 +39,9 @@ async def _conversation(home: Path) -> dict[str, Any]:
         out["collections"] = await client.call_tool("list_collections", {})
         out["search"] = await client.call_tool("search", {"query": "What is the Curie temperature?", "k": 3})
         out["ask"] = await client.call_tool("ask", {"question": "Where was Marie Curie born?", "collection": "docs"})
+        out["generative"] = await client.call_tool(
+            "ask", {"question": "Where was Pierre Curie born?", "collection": "docs", "mode": "generative"}
+        )
         out["missing"] = await client.call_tool("search", {"query": "anything", "collection": "nope"})
         out["bad_k"] = await client.call_tool("search", {"query": "anything", "k": 500})
     return out
@@ -88,6 +92,13 @@ def test_ask_returns_the_checked_answer_with_its_citation(talk: dict[str, Any]) 
     assert f"[{citation['n']}]" in result["answer"]
     assert result["passages"][citation["n"] - 1]["source"].endswith("marie-curie.md")
     assert "Warsaw" in citation["text"]
+
+
+def test_a_generative_ask_returns_only_the_verified_sentences_and_names_the_dropped_ones(talk: dict[str, Any]) -> None:
+    result = talk["generative"].structured_content
+    assert result["found"] is True and result["mode"] == "generative" and result["verifier"] == "reader"
+    assert result["answer"] == "Pierre Curie was born in Paris on 15 May 1859."
+    assert "His father Eugène Curie, a doctor, was born in Warsaw." in result["dropped"]
 
 
 def test_errors_are_tool_errors_with_a_clear_message(talk: dict[str, Any]) -> None:

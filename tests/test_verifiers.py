@@ -101,8 +101,30 @@ def test_every_verifier_keeps_the_contract_one_evidence_per_claim_and_passage(ve
 
 
 def test_the_verifier_is_chosen_by_one_setting(tmp_path: Path) -> None:
-    assert build_verifier(Settings(home=tmp_path), lambda: None).name == "lexical"
     chosen = build_verifier(Settings(home=tmp_path, verifier="nli", verifier_model=str(SUPPORT_MODEL)), lambda: None)
     assert isinstance(chosen, NLIVerifier) and chosen.name == "nli"
     reader = ExtractiveReader(str(NA_READER))
     assert build_verifier(Settings(home=tmp_path, verifier="reader"), lambda: reader).name == "reader"
+    assert build_verifier(Settings(home=tmp_path, verifier="lexical", reader_model=str(NA_READER)), lambda: reader).name == "lexical"
+
+
+@pytest.fixture()
+def no_env_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RAG_VERIFIER", "RAG_READER_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_auto_the_default_checks_with_the_configured_reader(tmp_path: Path, no_env_choice: None) -> None:
+    settings = Settings(home=tmp_path, reader_model=str(NA_READER))
+    assert settings.verifier == "auto"
+    chosen = build_verifier(settings, lambda: ExtractiveReader(settings.reader_model))
+    assert isinstance(chosen, ReaderVerifier) and chosen.note == "auto: the configured reader"
+
+
+def test_auto_falls_back_to_the_lexical_check_when_no_reader_is_configured_or_loads(tmp_path: Path, no_env_choice: None) -> None:
+    missing = Settings(home=tmp_path, reader_model=str(tmp_path / "none"))
+    fallback = build_verifier(missing, lambda: ExtractiveReader(missing.reader_model))
+    assert isinstance(fallback, LexicalVerifier)
+    assert fallback.note.startswith("auto: the reader could not be loaded (cannot load reader model")
+    unset = build_verifier(Settings(home=tmp_path), lambda: pytest.fail("no reader is configured, so none is loaded"))
+    assert isinstance(unset, LexicalVerifier) and unset.note == "auto: no reader is configured (RAG_READER_MODEL)"

@@ -3,8 +3,9 @@
 The pipeline runs in a worker thread under the generation deadline; a stream's events are
 `token` ({"text"}), then `answer` (the `Answer.to_dict()` JSON), or `error` ({"error": {...}}).
 Generated tokens are a *draft*, streamed before the citation check: the `answer` event is the
-answer. When the check rejects the draft, a `retract` event ({"reason", "draft"}) comes first, so
-a client withdraws the text it showed; unverified text is never the answer.
+answer. When the check rejects the draft, or drops some of its sentences, a `retract` event
+({"reason", "draft", "dropped"}) comes first, so a client withdraws the text it showed and shows
+the `answer` event's text (the supported sentences only); unverified text is never the answer.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ router = APIRouter(prefix="/v1", tags=["ask"])
 log = logging.getLogger(__name__)
 
 _SSE_DOC = {
-    "description": "An Answer; with `Accept: text/event-stream`, SSE events `token` then `answer` (or `error`).",
+    "description": "An Answer; with `Accept: text/event-stream`, SSE events `token` (the unchecked draft), `retract` "
+    "when the check rejects or cuts the draft, then `answer` (or `error`).",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
 
@@ -139,9 +141,10 @@ async def _stream(events: Iterator[Any], timeout: float) -> AsyncIterator[bytes]
                 draft.append(item)
                 yield _sse("token", {"text": item})
             else:
-                if draft and item.mode == "generative" and not item.found:
-                    reason = item.details.get("reason", "the sources do not support it")
-                    yield _sse("retract", {"reason": reason, "draft": "".join(draft)})
+                dropped = item.details.get("unsupported_sentences", []) if item.mode == "generative" else []
+                if draft and item.mode == "generative" and (not item.found or dropped):
+                    reason = item.details.get("reason", "sentences the sources do not support were dropped")
+                    yield _sse("retract", {"reason": reason, "draft": "".join(draft), "dropped": dropped})
                 yield _sse("answer", public_answer(item.to_dict()))
     finally:
         close = getattr(events, "close", None)

@@ -3,7 +3,7 @@
 A verifier scores every claim of an answer against every passage at once (so model-based ones
 batch), and says for each pair whether the passage supports the claim, with the sentence window
 that does (for the citation's offsets). Implementations are chosen by `Settings.verifier`:
-`lexical` (no model), `reader` (the extractive reader) and `nli` (a cross-encoder).
+`lexical` (no model), `reader` (the extractive reader), `nli` (a cross-encoder), or `auto`.
 
 The guards here are shared by all of them, because each model has blind spots that a rule sees:
 a claim and its evidence must agree on negation, on numbers and the words that qualify them
@@ -67,9 +67,13 @@ class Claim:
 
 
 class Verifier(Protocol):
-    """`verify(question, claims, passages)[i][n - 1]`: passage n's evidence for claim i."""
+    """`verify(question, claims, passages)[i][n - 1]`: passage n's evidence for claim i.
+
+    `name` says which check ran (an answer's `details.verifier`); `note` why it was chosen when
+    the settings left the choice to `auto` ("" otherwise)."""
 
     name: str
+    note: str
 
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]: ...
 

@@ -32,8 +32,9 @@ def _recall(words: set[str], evidence: set[str]) -> float:
 class LexicalVerifier:
     name = "lexical"
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD) -> None:
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, note: str = "") -> None:
         self.threshold = threshold
+        self.note = note
 
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]:
         sources = [Source.of(p) for p in passages]

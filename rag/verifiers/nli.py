@@ -47,6 +47,7 @@ class NLIVerifier:
         self.max_tokens = max_tokens
         self.batch = batch
         self.name = "nli" if guards else "nli-unguarded"
+        self.note = ""
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """P(supported) for (claim, passage) pairs."""

@@ -4,7 +4,11 @@ sentence states?
 The extractive reader (with its abstention rule) reads every passage once per answer; a sentence
 is supported by passage n when n's span passed abstention, lies in a sentence of n that is not an
 instruction, appears in the claim as whole words, and the shared guards agree (names, negation,
-numbers, name order). It checks the answer to the question, not every side remark of the sentence.
+numbers, name order), and the sentence's own words are read in that sentence of n as the lexical
+verifier reads them (its support score at its threshold). The reader alone checks only the answer
+to the question: "The Romanesque architecture is characterized by the use of stone and wood" would
+pass on a passage whose answer span is "Romanesque"; the lexical score makes the rest of the
+sentence count too.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from typing import Any
 from indexes.types import Passage
 from rag.evaluation.squad import normalize_answer
 from rag.verifiers.base import Claim, Evidence, Source, conflicts, missing_names
+from rag.verifiers.lexical import DEFAULT_THRESHOLD, LexicalVerifier
 from rag.verifiers.text import content_words
 
 
 class ReaderVerifier:
     name = "reader"
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, note: str = "", threshold: float = DEFAULT_THRESHOLD) -> None:
         self.reader = reader  # rag.reader.ExtractiveReader (read(question, texts) -> spans)
+        self.note = note
+        self.words = LexicalVerifier(threshold)  # the rest of the sentence must be read in the evidence
 
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]:
         sources = [Source.of(p) for p in passages]
@@ -46,6 +53,7 @@ class ReaderVerifier:
                     and f" {answer} " in said
                     and not missing_names(claim, source, window)
                     and conflicts(claim.text, source.window_text(window), question) is None
+                    and self.words.score(claim, source, window) >= self.words.threshold
                 )
                 start, end = source.windows[window]
                 row.append(Evidence(n, start, end, score, ok))
