@@ -166,7 +166,7 @@ def bench_ingest(sizes: list[int], modes: list[str], work: Path, cpus: int) -> l
             records = make_corpus(corpus, size)
             for mode in modes:
                 home = work / f"home-{mode}-{size}"
-                cmd = [sys.executable, "-m", "rag.cli", "--home", str(home), "ingest", str(corpus), "-c", "bench", "--json"]
+                cmd = [sys.executable, "-m", "cli", "--home", str(home), "ingest", str(corpus), "-c", "bench", "--json"]
                 if mode == "ray":
                     cmd += ["--ray-address", address]
                 out, wall, peak = _run_sampled(cmd, env, with_ray_workers=mode == "ray")

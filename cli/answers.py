@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def _runtime(**overrides: Any) -> Any:
-    from rag.cli import _runtime as runtime
+    from cli.main import _runtime as runtime
 
     return runtime(**overrides)
 
@@ -90,7 +90,7 @@ def render(answer: Answer, tty: bool, streamed: str | None = None) -> list[str]:
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    from rag.cli import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
+    from cli.main import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
 
     @app.command()
     def ask(
