@@ -30,7 +30,7 @@ COPY ingest ./ingest
 COPY rag ./rag
 COPY api ./api
 RUN pip install --no-cache-dir ".[api,formats,postgres]" \
-    && python -c "import torch, faiss, fastapi, rag.cli, api.app; assert torch.__version__.startswith('2.13.0')"
+    && python -c "import torch, faiss, fastapi, cli.main, api.app; assert torch.__version__.startswith('2.13.0')"
 
 RUN useradd --create-home --uid 10001 rag && mkdir -p /data /models && chown rag:rag /data
 USER rag

@@ -80,7 +80,7 @@ def status_for(exc: RagError) -> int:
     for kind, status in RAG_STATUS:
         if isinstance(exc, kind):
             return status
-    if getattr(exc, "code", "") == "load_error":
+    if exc.code == "load_error":
         return 422
     return 400
 

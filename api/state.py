@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -17,6 +17,10 @@ from api.metrics import Metrics
 from indexes.errors import RagError
 from rag.runtime import Runtime
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from api.batching import MicroBatcher
+    from rag.qa import AskPipeline
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,9 @@ class ApiState:
     jobs: JobManager
     limiter: RateLimiter
     metrics: Metrics
+    pipeline: AskPipeline  # shared: its reader and generator load once
     models: dict[str, Any] = field(default_factory=dict)
-    pipeline: Any = None  # rag.qa.AskPipeline, shared: its reader and generator load once
-    search_batcher: Any = None  # api.batching.MicroBatcher; None when RAG_SEARCH_BATCH_MAX=0 (the default)
+    search_batcher: MicroBatcher | None = None  # None when RAG_SEARCH_BATCH_MAX=0 (the default)
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> ApiState:
@@ -63,14 +67,13 @@ class ApiState:
                 models[f"embedder:{name}"] = runtime.encoder_for(store.collection(name)).spec.model
             except RagError as exc:
                 log.warning("collection %s: %s", name, exc)
-        pipeline = runtime.ask_pipeline() if hasattr(runtime, "ask_pipeline") else None
-        if pipeline is not None:
-            try:
-                pipeline.reader  # loads the extractive reader now, not on the first question
-                models["reader"] = True
-            except RagError as exc:
-                models["reader"] = f"not loaded: {exc}"
-                log.warning("extractive reader not loaded: %s", exc)
+        pipeline = runtime.ask_pipeline()
+        try:
+            pipeline.reader  # loads the extractive reader now, not on the first question
+            models["reader"] = True
+        except RagError as exc:
+            models["reader"] = f"not loaded: {exc}"
+            log.warning("extractive reader not loaded: %s", exc)
         return cls(
             settings=settings,
             runtime=runtime,

@@ -216,7 +216,7 @@ def bench_ingest(
         home.mkdir(parents=True, exist_ok=True)
         if not (home / "models").exists():
             (home / "models").symlink_to(models)
-        cmd = [sys.executable, "-m", "rag.cli", "--home", str(home), "ingest", str(corpus), "-c", "bench", "--json", *extra]
+        cmd = [sys.executable, "-m", "cli", "--home", str(home), "ingest", str(corpus), "-c", "bench", "--json", *extra]
         out, wall, peak = _run_sampled(cmd, env, ray_root)
         return json.loads(out), wall, peak
 

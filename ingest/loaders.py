@@ -46,7 +46,7 @@ class InputLimits:
     """What one input file may amount to. Each limit names the setting that raises it."""
 
     max_file_bytes: int = 50 * MIB  # RAG_MAX_FILE_MB: bytes as stored or uploaded
-    max_expanded_bytes: int = 256 * MIB  # RAG_MAX_EXPANDED_MB: bytes after decompression (.gz, .docx)
+    max_expanded_bytes: int = 256 * MIB  # RAG_MAX_EXPANDED_MB: bytes after decompression (.gz, .docx, PDF streams)
     max_records: int = 1_000_000  # RAG_MAX_RECORDS: documents (lines, paragraphs) per file
     max_document_chars: int = 20_000_000  # RAG_MAX_DOCUMENT_CHARS: characters per document
     max_json_depth: int = 32  # RAG_MAX_JSON_DEPTH: nesting of a record's metadata
@@ -155,38 +155,6 @@ def load_html(data: bytes, name: str) -> Iterator[Document]:
     ]
     text = "\n\n".join(b for b in blocks if b) or body.get_text("\n", strip=True)
     yield Document(source=name, text=_clean(text), title=title or Path(name).stem)
-
-
-def load_pdf(data: bytes, name: str) -> Iterator[Document]:
-    try:
-        from pypdf import PdfReader
-        from pypdf.errors import PyPdfError
-    except ImportError as exc:
-        raise MissingDependency("PDF needs pypdf: pip install 'rag[formats]'") from exc
-    try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            raise LoadError(f"{name}: the PDF is encrypted")
-        pages = [page.extract_text() or "" for page in reader.pages]
-        title = ""
-        if reader.metadata and reader.metadata.title:
-            title = str(reader.metadata.title)
-    except LoadError:
-        raise
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError) as exc:
-        raise LoadError(f"{name}: not a readable PDF ({type(exc).__name__}: {exc})") from None
-    # Form feeds mark page breaks; page starts are kept so a citation can name its page.
-    page_starts: list[int] = []
-    parts: list[str] = []
-    offset = 0
-    for text in pages:
-        page_starts.append(offset)
-        cleaned = _clean(text)
-        parts.append(cleaned)
-        offset += len(cleaned) + 2
-    yield Document(
-        source=name, text="\n\n".join(parts), title=title or Path(name).stem, metadata={"page_starts": page_starts}
-    )
 
 
 def load_docx(data: bytes, name: str) -> Iterator[Document]:
@@ -404,6 +372,8 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
             raise LoadError(f"{name}: the file is empty once decompressed")
     elif suffix == ".docx":
         _check_zip(data, name, limits)
+    elif suffix == ".pdf" and pdf.inflated_bytes(data, limits.max_expanded_bytes) > limits.max_expanded_bytes:
+        raise limits.expanded_error(name)
     single = suffix in SINGLE_DOCUMENT
     parsed = Parsed(documents=[])
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -172,6 +173,39 @@ def _page_boxes(page: Any, pdfium: Any) -> tuple[float, list[Box]]:
         rules.append((left, height - top, right, height - bottom))
     tables, rest = ruled_tables(rules, boxes)
     return height, tables + rest
+
+
+_STREAM = re.compile(rb"stream\r?\n")
+_STEP = 1 << 16
+
+
+def inflated_bytes(data: bytes, limit: int) -> int:
+    """What the file's Flate streams inflate to, counted in steps and never past `limit`.
+
+    PDFium inflates a page's content streams in memory to draw it, so a 100 kB file can cost
+    gigabytes. Every `stream` keyword is tried as the start of a zlib stream (objects inside
+    object streams included, since those are streams too); what does not inflate is another
+    filter or not a stream at all, and fails on its first bytes. Input and output both move in
+    64 kB steps, so memory stays flat and a file costs CPU up to the limit at most.
+    Returns more than `limit` as soon as the total passes it.
+    """
+    total = 0
+    for match in _STREAM.finditer(data):
+        inflate = zlib.decompressobj()
+        position, pending = match.end(), b""
+        try:
+            while not inflate.eof:
+                if not pending:
+                    if position >= len(data):
+                        break
+                    pending, position = data[position : position + _STEP], position + _STEP
+                total += len(inflate.decompress(pending, _STEP))
+                pending = inflate.unconsumed_tail
+                if total > limit:
+                    return total
+        except zlib.error:
+            continue
+    return total
 
 
 def read_pdf(data: bytes, name: str) -> tuple[list[str], str]:

@@ -102,12 +102,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def invoke(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `rag.cli.main` in this process (models stay loaded) with its own argv, environment
+    """Run `cli.main.main` in this process (models stay loaded) with its own argv, environment
     and captured output; returns what a subprocess would."""
     import contextlib
     import io
 
-    from rag.cli import main
+    from cli.main import main
 
     environment = {"RAG_HOME": str(home), **(env or {})}
     saved_env = {key: os.environ.get(key) for key in environment}

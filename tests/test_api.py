@@ -534,8 +534,6 @@ INJECTION = (
 
 
 def _needs_answers(server: Server) -> None:
-    if server.state.pipeline is None:
-        pytest.skip("rag.qa (the answer pipeline) is not in this build")
     if server.state.models.get("reader") is not True:
         pytest.skip(f"no extractive reader: {server.state.models.get('reader')}")
 

@@ -224,7 +224,7 @@ def test_a_blank_line_ends_a_sentence() -> None:
 
 
 def test_rag_ask_text_marks_attributed_citations_with_a_star_and_a_legend() -> None:
-    from rag.cli_answers import render
+    from cli.answers import render
 
     text = "Marie Curie was born in Warsaw. She moved to Paris in 1891 [2]."
     lines = render(check_answer(QUESTION, text, SOURCES), tty=False, streamed=text)

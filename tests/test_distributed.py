@@ -28,7 +28,7 @@ from tests.conftest import SCIFACT
 ray = pytest.importorskip("ray", reason="Ray is the `rag[ray]` extra; scripts/bootstrap installs it with dev")
 
 RECORDS = 100
-RAG = [sys.executable, "-m", "rag.cli"]
+RAG = [sys.executable, "-m", "cli"]
 QUERIES = [
     "0-dimensional biomaterials show inductive properties.",
     "ALDH1 expression is associated with poorer prognosis for breast cancer primary tumors.",
@@ -116,7 +116,7 @@ def _cpu_seconds(pid: int) -> float:
 def test_plain_ingest_does_not_import_ray(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("Ray is only imported when asked for.", encoding="utf-8")
     code = (
-        "import sys\nfrom rag.cli import main\nsys.argv = ['rag', 'ingest', sys.argv[1], '--json']\n"
+        "import sys\nfrom cli.main import main\nsys.argv = ['rag', 'ingest', sys.argv[1], '--json']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
         "assert 'ray' not in sys.modules, 'a plain ingest imported Ray'\n"
     )

@@ -71,3 +71,40 @@ def test_broken_and_password_protected_pdfs_are_clear_errors() -> None:
     writer.write(buffer)
     with pytest.raises(LoadError, match="encrypted"):
         list(load_bytes(buffer.getvalue(), "locked.pdf"))
+
+
+def flate_bomb_pdf(inflated_bytes: int) -> bytes:
+    """A one-page PDF whose content stream is a small Flate stream that inflates to
+    `inflated_bytes` of PDF comments: what PDFium would inflate in memory to draw the page."""
+    import zlib
+
+    content = zlib.compress(b"%" + b" " * (inflated_bytes - 2) + b"\n", 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(content) + content + b"\nendstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_a_pdf_whose_streams_inflate_past_the_limit_is_refused_before_it_is_rendered() -> None:
+    from ingest.loaders import InputLimits
+
+    limits = InputLimits(max_expanded_bytes=8 << 20)
+    bomb = flate_bomb_pdf(40 << 20)
+    assert len(bomb) < 100_000  # 40 MiB of content in under 100 kB
+    with pytest.raises(LoadError, match=r"bomb\.pdf: expands to over the 8 MiB limit when decompressed \(RAG_MAX_EXPANDED_MB\)"):
+        load_bytes(bomb, "bomb.pdf", limits)
+    # the same file under a limit it fits is parsed (and has no text): the check counts, it does not guess
+    with pytest.raises(LoadError, match="no text could be extracted"):
+        load_bytes(bomb, "bomb.pdf", InputLimits(max_expanded_bytes=64 << 20))

@@ -71,7 +71,7 @@ def _open(browser: Any, server: Server) -> Any:
 def test_ask_streams_an_answer_and_a_citation_opens_its_highlighted_passage(
     web_server: Server, browser: Any, tmp_path: Path
 ) -> None:
-    if web_server.state.pipeline is None or web_server.state.models.get("reader") is not True:
+    if web_server.state.models.get("reader") is not True:
         pytest.skip(f"no extractive reader in this build: {web_server.state.models.get('reader')}")
     page = _open(browser, web_server)
     assert page.title().startswith("rag")
@@ -97,7 +97,7 @@ def test_ask_streams_an_answer_and_a_citation_opens_its_highlighted_passage(
 
 
 def test_hostile_passages_are_shown_as_text(web_server: Server, browser: Any) -> None:
-    if web_server.state.pipeline is None or web_server.state.models.get("reader") is not True:
+    if web_server.state.models.get("reader") is not True:
         pytest.skip("no extractive reader in this build")
     page = _open(browser, web_server)
     page.select_option("#collection", "docs")

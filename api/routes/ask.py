@@ -10,7 +10,6 @@ the `answer` event's text (the supported sentences only); unverified text is nev
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
@@ -45,21 +44,14 @@ def _pipeline(state: ApiState, body: AskRequest) -> Any:
     """The shared pipeline, or for a filtered request one whose retriever applies the filters
     (same reader and generator objects, so nothing loads twice)."""
     base = state.pipeline
-    if base is None:
-        raise ApiError(501, "not_implemented", "this server has no answer pipeline (rag.qa is not installed)")
     filters = body.filters
     if filters is None or all(v is None for v in filters.model_dump().values()):
         return base
     return base.with_retriever(lambda name, kind: FilteredRetriever(state, name, kind, filters))
 
 
-def _call_args(method: Any, body: AskRequest, question: str, collection: str, k: int) -> dict[str, Any]:
-    args: dict[str, Any] = {"question": question, "collection": collection, "mode": body.mode, "k": k}
-    if body.retriever is not None:
-        if "retriever" not in inspect.signature(method).parameters:
-            raise ApiError(422, "invalid_request", "this server's answer pipeline has one retriever only")
-        args["retriever"] = body.retriever
-    return args
+def _call_args(body: AskRequest, question: str, collection: str, k: int) -> dict[str, Any]:
+    return {"question": question, "collection": collection, "mode": body.mode, "k": k, "retriever": body.retriever}
 
 
 def _sse(event: str, payload: Any) -> bytes:
@@ -96,19 +88,19 @@ async def ask(body: AskRequest, request: Request, principal: Principal = Depends
     state = api_state(request)
     collection = state.collection_for(principal, body.collection)
     question = validate_query(body.question, state.settings.max_query_chars)
-    k = body.k or int(getattr(state.settings, "answer_k", 5))
+    k = body.k or state.settings.answer_k
     await run_in_threadpool(state.runtime.collection, collection)  # 404 before anything starts
     pipeline = _pipeline(state, body)
     timeout = state.settings.generation_timeout_s
     if "text/event-stream" in request.headers.get("accept", ""):
-        args = _call_args(pipeline.stream, body, question, collection, k)
+        args = _call_args(body, question, collection, k)
         events = await run_in_threadpool(lambda: iter(pipeline.stream(**args)))
         return StreamingResponse(
             _stream(events, timeout),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-    args = _call_args(pipeline.ask, body, question, collection, k)
+    args = _call_args(body, question, collection, k)
     try:
         with anyio.fail_after(timeout):
             answer = await anyio.to_thread.run_sync(lambda: pipeline.ask(**args), abandon_on_cancel=True)

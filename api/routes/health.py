@@ -51,11 +51,10 @@ def info(request: Request) -> dict[str, Any]:
         "auth": state.settings.auth,
         "default_collection": state.settings.collection,
         "modes": ["extractive", "generative"],
-        "ask_available": state.pipeline is not None,
         "limits": {
             "max_query_chars": state.settings.max_query_chars,
             "max_k": state.settings.max_k,
-            "answer_k": getattr(state.settings, "answer_k", 5),
+            "answer_k": state.settings.answer_k,
             "max_upload_files": state.settings.max_upload_files,
             "max_file_mb": state.settings.max_file_mb,
             "max_body_mb": state.settings.max_body_mb,

@@ -88,8 +88,6 @@ def _collection(state: ApiState, principal: Principal, model: str) -> str:
 
 def _ask(state: ApiState, collection: str, asked: ChatQuestion, body: ChatRequest) -> Answer:
     base = state.pipeline
-    if base is None:
-        raise ApiError(501, "not_implemented", "this server has no answer pipeline")
     pipeline = base.with_retriever(
         lambda name, kind: ContextRetriever(get_retriever(state, name or collection, kind), asked.retrieval_query)
     )

@@ -9,7 +9,7 @@ import typer
 
 
 def _settings(**overrides: Any) -> Any:
-    from rag.cli import _State
+    from cli.main import _State
     from rag.settings import load_settings
 
     return load_settings(**{**_State.overrides, **overrides})

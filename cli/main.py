@@ -353,7 +353,7 @@ def _retrieval_report(
 
 # Commands that live in their own modules: each module defines `register(app, eval_app)` and
 # imports nothing heavy at module level. Add a module by appending its name here.
-COMMAND_MODULES: list[str] = ["rag.cli_serve", "rag.cli_answers", "rag.cli_reader", "rag.cli_models", "rag.cli_mcp"]
+COMMAND_MODULES: list[str] = ["cli.serve", "cli.answers", "cli.reader", "cli.models", "cli.mcp"]
 
 
 def _register_command_modules() -> None:

@@ -12,7 +12,7 @@ import typer
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    from rag.cli import JsonOpt, _print_json, _runtime
+    from cli.main import JsonOpt, _print_json, _runtime
 
     @eval_app.command("reader")
     def eval_reader(

@@ -6,7 +6,7 @@ import typer
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    from rag.cli import JsonOpt, _print_json, _runtime
+    from cli.main import JsonOpt, _print_json, _runtime
 
     models_app = typer.Typer(help="Optional generator models: list them, fetch one (verified by sha256).", no_args_is_help=True)
     app.add_typer(models_app, name="models")

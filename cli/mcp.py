@@ -9,7 +9,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @app.command()
     def mcp() -> None:
         """Serve the search, ask and list_collections tools over MCP (stdio), for agents and IDEs."""
-        from rag.cli import _runtime
+        from cli.main import _runtime
 
         try:
             from api.mcp_server import serve_stdio

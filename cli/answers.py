@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def _runtime(**overrides: Any) -> Any:
-    from rag.cli import _runtime as runtime
+    from cli.main import _runtime as runtime
 
     return runtime(**overrides)
 
@@ -100,7 +100,7 @@ WEIGHT_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)  # retrieval weights tried by the calibr
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    from rag.cli import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
+    from cli.main import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
 
     @app.command()
     def ask(

@@ -1,0 +1,1 @@
+"""The `rag` command line: an entry point beside `api/`, built on `rag/`, never imported by it."""
