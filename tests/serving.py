@@ -96,3 +96,17 @@ def wait_job(client: httpx.Client, job: dict[str, Any], timeout: float = 180) ->
         time.sleep(0.1)
         job = client.get(f"/v1/jobs/{job['id']}").json()
     return job
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, Any]]:
+    """The (event, data) pairs of a text/event-stream response, read as they arrive."""
+    import json
+
+    events: list[tuple[str, Any]] = []
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            events.append((event or "message", json.loads(line[6:])))
+    return events

@@ -554,7 +554,8 @@ def test_ask_returns_the_answer_schema_with_verifiable_citations(server: Server)
 
 def test_ask_streams_sse_tokens_then_the_final_answer(server: Server) -> None:
     _needs_answers(server)
-    events: list[tuple[str, Any]] = []
+    from tests.serving import sse_events
+
     with server.client("read") as client:
         with client.stream(
             "POST", "/v1/ask", json={"question": "Where was Gabriel Lippmann born?", "collection": "docs"},
@@ -562,12 +563,7 @@ def test_ask_streams_sse_tokens_then_the_final_answer(server: Server) -> None:
         ) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    events.append((event or "message", json.loads(line[6:])))
+            events = sse_events(response)
     kinds = [e for e, _ in events]
     assert kinds[-1] == "answer" and set(kinds[:-1]) <= {"token"}
     final = events[-1][1]

@@ -198,19 +198,14 @@ def test_rag_ask_shows_the_suspicious_flag(runtime: Runtime, home: Path) -> None
 
 
 def _sse_events(client: Any, question: str) -> list[tuple[str, dict]]:
-    events: list[tuple[str, dict]] = []
+    from tests.serving import sse_events
+
     with client.stream(
         "POST", "/v1/ask", json={"question": question, "collection": "demo", "mode": "generative"},
         headers={"Accept": "text/event-stream"},
     ) as response:
         assert response.status_code == 200
-        event = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                events.append((event or "message", json.loads(line[6:])))
-    return events
+        return sse_events(response)
 
 
 def test_sse_retracts_a_draft_the_check_rejects_or_cuts_before_the_final_answer(runtime: Runtime, home: Path) -> None:
