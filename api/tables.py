@@ -13,7 +13,7 @@ from sqlalchemy import JSON, DateTime, Integer, String, Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from indexes.schema import utcnow
+from indexes.schema import create_schema, utcnow
 
 
 class ApiBase(DeclarativeBase):
@@ -57,4 +57,4 @@ class JobRow(ApiBase):
 
 
 def create_tables(engine: Engine) -> None:
-    ApiBase.metadata.create_all(engine)
+    create_schema(ApiBase.metadata, engine)

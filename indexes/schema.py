@@ -118,6 +118,23 @@ class RunRow(Base):
     errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
 
 
+_SCHEMA_LOCK = 0x7261_6773  # "rags": the advisory lock key of schema creation
+
+
+def create_schema(metadata: Any, engine: Engine) -> None:
+    """Create `metadata`'s missing tables, one process at a time on PostgreSQL.
+
+    `create_all` checks then creates, so two processes starting together on one PostgreSQL
+    database (API replicas) race and one fails with a unique violation in `pg_type`; a
+    transaction-level advisory lock makes the second wait and then find the tables made.
+    (On SQLite the data home's file lock, held by `Store`, serialises processes.)
+    """
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        metadata.create_all(connection)
+
+
 def configure_sqlite(engine: Engine) -> None:
     """WAL lets readers search while a writer commits; foreign keys make cascades real."""
     if engine.dialect.name != "sqlite":

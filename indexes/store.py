@@ -27,7 +27,7 @@ from indexes.collection import Collection, CollectionElsewhere
 from indexes.config import CollectionConfig, SearchParams
 from indexes.errors import CollectionNotFound, InvalidInput, RagError
 from indexes.locking import WriterLock
-from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, configure_sqlite
+from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, configure_sqlite, create_schema
 from indexes.writer import NewDocument
 
 # Re-exported: what callers import from `indexes.store` (the catalog is their entry point).
@@ -52,7 +52,7 @@ class Store:
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         configure_sqlite(self.engine)
         with FileLock(str(self.home / ".schema.lock")):
-            Base.metadata.create_all(self.engine)
+            create_schema(Base.metadata, self.engine)
             self.home_id = self._home_id()
         columns = {c["name"] for c in inspect(self.engine).get_columns("documents")}
         if "added_gen" not in columns:
