@@ -89,38 +89,43 @@ def run_baseline(corpus: Path, quality: bool) -> dict[str, float]:
     return result
 
 
-# variant -> (encoder runtime, int8); "auto" is RAG_ENCODER_RUNTIME=auto with RAG_QUANTIZE unset
-RUNTIMES: dict[str, tuple[str, bool | None]] = {
-    "auto": ("auto", None),
-    "torch": ("torch", False),
-    "torch-int8": ("torch", True),
-    "onnx": ("onnx", False),
-    "onnx-int8": ("onnx", True),
-    "openvino": ("openvino", False),
+# variant -> (encoder runtime, int8, precision); "auto" is RAG_ENCODER_RUNTIME=auto with RAG_QUANTIZE
+# and RAG_PRECISION unset (here: OpenVINO bf16 on a CPU with native bf16, else ONNX Runtime int8)
+RUNTIMES: dict[str, tuple[str, bool | None, str]] = {
+    "auto": ("auto", None, "auto"),
+    "torch": ("torch", False, "auto"),
+    "torch-int8": ("torch", True, "auto"),
+    "onnx": ("onnx", False, "auto"),
+    "onnx-int8": ("onnx", True, "auto"),
+    "openvino": ("openvino", False, "auto"),
+    "openvino-fp32": ("openvino", False, "float32"),
 }
 
 
-def run_ours(corpus: Path, variant: str, quality: bool, models: Path) -> dict[str, float]:
+def run_ours(corpus: Path, variant: str, quality: bool, models: Path) -> dict[str, float | str]:
     from rag.evaluation.retrieval import evaluate_retrieval, read_beir
     from rag.runtime import Runtime
     from rag.settings import Settings
 
-    encoder_runtime, quantize = RUNTIMES[variant]
+    encoder_runtime, quantize, precision = RUNTIMES[variant]
     home = Path(tempfile.mkdtemp(prefix="rag-bench-"))
     # The exported ONNX graphs are made once per bench run (a one-off cost, like a download).
     (home / "models").symlink_to(models, target_is_directory=True)
-    runtime = Runtime(Settings(home=home, quantize=quantize, encoder_runtime=encoder_runtime, retriever="dense"))
+    runtime = Runtime(Settings(home=home, quantize=quantize, encoder_runtime=encoder_runtime, precision=precision, retriever="dense"))
     collection = runtime.writable_collection("scifact")
     ingestor = runtime.ingestor(collection)  # loads the encoder: not timed, as for the baseline
     started = time.perf_counter()
     report = ingestor.ingest_paths([str(corpus)])
     seconds = time.perf_counter() - started
-    result: dict[str, float] = {
+    described = runtime.encoder_for(collection).describe()
+    result: dict[str, float | str] = {
         "documents": report.documents_added,
         "passages": report.chunks_added,
         "seconds": seconds,
         "embed_seconds": report.embed_seconds,
         "peak_rss_mb": _peak_rss_mb(),
+        "encoder": " ".join(str(described[k]) for k in ("runtime", "precision") if k in described)
+        + (" int8" if described["quantized"] else ""),
     }
     if quality:
         data = read_beir(SCIFACT, "train")
@@ -263,7 +268,7 @@ def main() -> None:
                 "".join(f", {k} {v:.4f}" for k, v in r.items() if k.endswith("ndcg@10") and k != "ndcg@10")
                 if quality else ""
             )
-            print(f"round {round_no + 1} {variant:>10}: {r['documents']} docs, {r['passages']} passages in "
+            print(f"round {round_no + 1} {variant:>10}{' (' + str(r['encoder']) + ')' if 'encoder' in r else ''}: {r['documents']} docs, {r['passages']} passages in "
                   f"{r['seconds']:.1f}s -> {r['documents'] / r['seconds']:.2f} docs/s, "
                   f"{r['passages'] / r['seconds']:.1f} passages/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
                   f"load {r['load_before']:.1f}->{r['load_after']:.1f}"

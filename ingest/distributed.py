@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from indexes.config import CollectionConfig
-from indexes.encoder import load_encoder
+from indexes.encoder import choose_runtime, load_encoder
 from indexes.errors import RagError
 from indexes.store import NewDocument
 from indexes.types import Chunk, Document
@@ -67,8 +67,11 @@ class WorkerConfig:
 
     collection: CollectionConfig
     limits: InputLimits
-    encoder_runtime: str = "torch"
-    quantize: bool = False
+    # As requested (RAG_ENCODER_RUNTIME, RAG_QUANTIZE, RAG_PRECISION): `auto` is resolved by each
+    # actor for its own node's device and CPU, as a single-process ingest resolves it for its own.
+    encoder_runtime: str = "auto"
+    quantize: bool | None = None
+    precision: str = "auto"
     cache_dir: str | None = None  # exported ONNX/OpenVINO graphs (RAG_HOME/models, on every node)
 
 
@@ -154,12 +157,17 @@ class Embedder:
     """The collection's encoder, loaded once per actor; adds each document's vectors as bytes."""
 
     def __init__(self, config: WorkerConfig, device: str, threads: int) -> None:
+        runtime, quantize = choose_runtime(config.encoder_runtime, device, config.quantize)
+        if runtime == "openvino":
+            dtype = config.precision
+        else:
+            dtype = "float32" if device == "cpu" else "float16"
         self.encoder = load_encoder(
             config.collection.encoder,
-            config.encoder_runtime,
+            runtime,
             device=device,
-            dtype="float32" if device == "cpu" else "float16",
-            quantize=config.quantize,
+            dtype=dtype,
+            quantize=quantize,
             threads=threads,
             cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         )
@@ -195,8 +203,9 @@ class DistributedIngestor(Ingestor):
         self,
         *args: Any,
         ray: RayOptions,
-        encoder_runtime: str = "torch",
-        quantize: bool = False,
+        encoder_runtime: str = "auto",
+        quantize: bool | None = None,
+        precision: str = "auto",
         cache_dir: Path | None = None,
         **kwargs: Any,
     ) -> None:
@@ -207,6 +216,7 @@ class DistributedIngestor(Ingestor):
             limits=self.limits,
             encoder_runtime=encoder_runtime,
             quantize=quantize,
+            precision=precision,
             cache_dir=str(cache_dir) if cache_dir else None,
         )
 

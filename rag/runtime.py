@@ -44,14 +44,16 @@ def resolve_device(requested: str, cuda_available: bool) -> str:
 
 
 def resolve_precision(requested: str, device: str, bf16_supported: bool = False) -> str:
-    """`auto` is half precision on a GPU (bfloat16 where supported, else float16), float32 on
-    the CPU, where half precision is slower and less exact."""
+    """The torch dtype: `auto` is half precision on a GPU (bfloat16 where supported, else
+    float16) and float32 on the CPU (the reader and reranker are calibrated in float32; the
+    encoder's own CPU speed-up is OpenVINO's bf16, chosen by OpenVINO). bfloat16 may be asked
+    for on a CPU (fast with AMX); float16 may not (torch's CPU float16 kernels are slow)."""
     if requested == "auto":
         if device == "cpu":
             return "float32"
         return "bfloat16" if bf16_supported else "float16"
-    if requested != "float32" and device == "cpu":
-        raise InvalidInput(f"RAG_PRECISION={requested} is for GPUs; the CPU runs float32 (or int8: RAG_QUANTIZE)")
+    if requested == "float16" and device == "cpu":
+        raise InvalidInput("RAG_PRECISION=float16 is for GPUs; on the CPU use float32 or bfloat16 (or int8: RAG_QUANTIZE)")
     return requested
 
 
@@ -108,18 +110,20 @@ class Runtime:
     def encoder(self, spec: EncoderSpec) -> Encoder:
         s = self.settings
         runtime, quantize = choose_runtime(s.encoder_runtime, self.device, s.quantize)
-        key = spec.identity() + (spec.max_tokens, runtime, self.device, self.precision, quantize, s.threads)
+        # OpenVINO resolves `auto` itself (bf16 where the CPU computes it natively).
+        dtype = s.precision if runtime == "openvino" else self.precision
+        key = spec.identity() + (spec.max_tokens, runtime, self.device, dtype, quantize, s.threads)
         if key not in _ENCODERS:
             if s.encoder_runtime == "auto" and runtime == "torch" and self.device == "cpu":
-                log.warning("onnxruntime is not installed: encoding with torch; pip install 'rag[speed]' to embed ~1.7x faster (int8)")
+                log.warning("neither openvino nor onnxruntime is installed: encoding with torch; pip install 'rag[speed]' to embed 1.7-3.9x faster")
             _ENCODERS[key] = load_encoder(
                 spec,
                 runtime,
                 device=self.device,
-                dtype=self.precision,
+                dtype=dtype,
                 quantize=quantize,
                 threads=s.threads,
-                cache_dir=s.home / "models",
+                cache_dir=s.graph_dir,
             )
         return _ENCODERS[key]
 
@@ -174,10 +178,6 @@ class Runtime:
                 gpus_per_actor=s.ray_gpus_per_actor,
                 threads=s.threads,
             )
-            # `auto` resolved for the actors' device: an actor with a GPU share embeds with torch.
-            actor_runtime, actor_quantize = choose_runtime(
-                s.encoder_runtime, "cuda" if s.ray_gpus_per_actor > 0 else "cpu", s.quantize
-            )
             return DistributedIngestor(
                 collection,
                 encoder,
@@ -186,9 +186,10 @@ class Runtime:
                 batch_chunks=s.batch_chunks,
                 show_progress=show_progress,
                 ray=ray,
-                encoder_runtime=actor_runtime,
-                quantize=actor_quantize,
-                cache_dir=s.home / "models",
+                encoder_runtime=s.encoder_runtime,
+                quantize=s.quantize,
+                precision=s.precision,
+                cache_dir=s.graph_dir,
             )
         return Ingestor(
             collection,

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=_default_home, description="data home: SQLite file, FAISS indexes, locks")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///HOME/rag.db")
+    graph_cache: Path | None = Field(
+        None, description="exported ONNX/OpenVINO encoder graphs (fingerprinted by model files, so data homes may share one); default HOME/models"
+    )
     collection: str = Field("default", description="collection used when a command names none")
 
     embedding_model: str = Field(DEFAULT_EMBEDDER, description="HF id or local folder of the encoder")
@@ -41,10 +44,10 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     device: str = Field("auto", description="auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:N")
     precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="torch dtype of encoder, reader and reranker; auto: float16 on CUDA, float32 on CPU"
+        "auto", description="dtype of encoder, reader and reranker; auto: float16/bfloat16 on CUDA, float32 on CPU, except the openvino encoder, where auto is OpenVINO's choice (bf16 on CPUs with native bf16)"
     )
     encoder_runtime: Literal["auto", "torch", "onnx", "openvino"] = Field(
-        "torch", description="what runs the encoder: torch (reference, any device), onnx or openvino (CPU), auto (onnx int8 on the CPU when installed, else torch)"
+        "auto", description="what runs the encoder: auto (on the CPU: openvino bf16 where the CPU computes bf16 natively, else onnx int8 when installed, else torch; torch on a GPU), torch (the reference, any device), onnx or openvino (CPU)"
     )
 
     chunk_tokens: int = Field(200, ge=8, le=8192)
@@ -155,6 +158,10 @@ class Settings(BaseSettings):
     @property
     def sql_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'rag.db'}"
+
+    @property
+    def graph_dir(self) -> Path:
+        return self.graph_cache or self.home / "models"
 
     @property
     def max_file_bytes(self) -> int:

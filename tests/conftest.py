@@ -15,6 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The encoder graph (OpenVINO/ONNX, RAG_ENCODER_RUNTIME=auto) is exported once per test session
+# and shared by every data home the tests make, CLI and server subprocesses included.
+os.environ.setdefault("RAG_GRAPH_CACHE", tempfile.mkdtemp(prefix="rag-test-graphs-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -28,13 +31,15 @@ SQUAD_DEV = DATA / "squad" / "squad-v1.1-dev-articles-01-24.json"
 
 @pytest.fixture(scope="session")
 def encoder():  # type: ignore[no-untyped-def]
-    """The embedded default embedder (all-MiniLM-L6-v2 from its PyPI package), loaded once and
-    shared with every Runtime the tests build (the runtime's process-wide cache)."""
+    """The embedded default embedder (all-MiniLM-L6-v2 from its PyPI package) on the reference
+    runtime (torch fp32), loaded once and shared with every Runtime the tests build that asks for
+    torch (the runtime's process-wide cache)."""
     from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
     from rag.runtime import Runtime
     from rag.settings import Settings
 
-    return Runtime(Settings(home=Path(tempfile.mkdtemp()))).encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
+    reference = Runtime(Settings(home=Path(tempfile.mkdtemp()), encoder_runtime="torch"))
+    return reference.encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
 
 
 @pytest.fixture()

@@ -185,38 +185,58 @@ def test_auto_precision_is_half_on_a_gpu_and_float32_on_the_cpu() -> None:
     assert resolve_precision("auto", "cuda", bf16_supported=True) == "bfloat16"
     assert resolve_precision("auto", "cuda:0", bf16_supported=False) == "float16"
     assert resolve_precision("float32", "cuda") == "float32"
-    with pytest.raises(InvalidInput, match="for GPUs"):
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"  # torch on an AMX CPU, asked for
+    with pytest.raises(InvalidInput, match="float16 is for GPUs"):
         resolve_precision("float16", "cpu")
 
 
 def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder(tmp_path: Path, onnx_cache: Path) -> None:
     import torch
 
+    from indexes.encoder import choose_runtime, cpu_computes_bf16
     from rag.runtime import Runtime
     from rag.settings import Settings
 
     (tmp_path / "models").symlink_to(onnx_cache, target_is_directory=True)  # the session's export
-    runtime = Runtime(Settings(home=tmp_path, device="auto", encoder_runtime="auto"))
+    # RAG_ENCODER_RUNTIME's default (auto); graph_cache None: the graphs go to RAG_HOME/models.
+    runtime = Runtime(Settings(home=tmp_path, device="auto", graph_cache=None))
     assert runtime.device == ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = runtime.encoder(runtime.requested_spec())
-    if runtime.device == "cpu":
-        assert (encoder.runtime, encoder.quantized) == ("onnx", True)
+    assert (encoder.runtime, encoder.quantized) == choose_runtime("auto", runtime.device, None, cpu_computes_bf16())
+    if encoder.runtime != "torch":
         assert (tmp_path / "models" / "onnx").is_dir()  # RAG_HOME/models holds the graph, not a download
-    else:
-        assert (encoder.runtime, encoder.quantized) == ("torch", False)
+    if encoder.runtime == "openvino":
+        assert encoder.describe()["precision"] == "bfloat16"  # OpenVINO's own choice on this CPU
 
 
-def test_auto_runtime_is_onnx_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
+def test_auto_runtime_is_openvino_bf16_or_onnx_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
     from indexes.encoder import choose_runtime
 
     # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None): int8 only where auto picks onnx.
-    assert choose_runtime("auto", "cpu", None) == ("onnx", True)
-    assert choose_runtime("auto", "cpu", False) == ("onnx", False)
-    assert choose_runtime("auto", "cuda:0", None) == ("torch", False)
+    assert choose_runtime("auto", "cpu", None, cpu_bf16=True) == ("openvino", False)
+    assert choose_runtime("auto", "cpu", True, cpu_bf16=True) == ("onnx", True)  # int8 asked for
+    assert choose_runtime("auto", "cpu", None, cpu_bf16=False) == ("onnx", True)
+    assert choose_runtime("auto", "cpu", False, cpu_bf16=False) == ("onnx", False)
+    assert choose_runtime("auto", "cuda:0", None, cpu_bf16=True) == ("torch", False)
     assert choose_runtime("onnx", "cpu", None) == ("onnx", False)
     assert choose_runtime("torch", "cpu", True) == ("torch", True)
     with pytest.raises(InvalidInput, match="unknown encoder runtime"):
         choose_runtime("tensorrt", "cpu", None)
+
+
+def test_openvino_bf16_stays_within_cosine_0999_of_torch(encoder: Encoder, onnx_cache: Path) -> None:
+    from indexes.encoder import cpu_computes_bf16
+
+    if not cpu_computes_bf16():
+        pytest.skip("this CPU has no native bf16 (AMX/AVX512-BF16), so OpenVINO would not run bf16 (auto picks onnx int8)")
+    bf16 = load_encoder(encoder.spec, "openvino", dtype="auto", cache_dir=onnx_cache)
+    assert bf16.describe()["precision"] == "bfloat16"
+    texts = _scifact_texts(48) + ["short", "Marie Curie was born in Warsaw."]
+    cosine = np.sum(bf16.encode(texts) * encoder.encode(texts), axis=1)
+    assert cosine.min() >= 0.999
+    assert cosine.min() < 0.999999  # bf16 really ran: not fp32 compared with itself
+    queries = ["what causes ALS?", "x"]
+    assert np.sum(bf16.encode(queries, kind="query") * encoder.encode(queries, kind="query"), axis=1).min() >= 0.999
 
 
 def test_a_collection_built_with_torch_is_searched_with_onnx(tmp_path: Path) -> None:

@@ -104,6 +104,9 @@ def _export_plain(spec: EncoderSpec, target: Path) -> None:
     try:
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line CLI output
     except ImportError as exc:  # pragma: no cover - install problem
         raise ModelLoadError(f"exporting the encoder to ONNX needs torch and transformers: {exc}") from exc
     from indexes.encoder.pooling import PooledModel

@@ -1,4 +1,8 @@
-"""OpenVINO on the CPU: the plain exported graph, compiled with OpenVINO's own fusions (fp32)."""
+"""OpenVINO on the CPU: the plain exported graph, compiled with OpenVINO's own fusions.
+
+Precision `auto` leaves the choice to OpenVINO: bf16 on CPUs with native bf16 (AMX), where it
+runs MiniLM 2.9x faster than fp32 at cosine 0.99997 to the torch reference; fp32 elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ from indexes.encoder.spec import EncoderSpec, available_cores, load_tokenizer, r
 from indexes.errors import InvalidInput, ModelLoadError
 
 
+# RAG_PRECISION -> OpenVINO's inference precision hint; "" leaves the choice to OpenVINO.
+_PRECISIONS = {"auto": "", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
 class OpenVinoEncoder(Encoder):
     runtime = "openvino"
 
@@ -26,6 +34,7 @@ class OpenVinoEncoder(Encoder):
         quantize: bool = False,
         threads: int | None = None,
         device: str = "cpu",
+        precision: str = "auto",
         max_batch_tokens: int = 16384,
         max_batch_size: int = 128,
     ) -> None:
@@ -35,6 +44,8 @@ class OpenVinoEncoder(Encoder):
             # ONNX Runtime's dynamic int8 graph runs slower than fp32 in OpenVINO (measured);
             # int8 here would need a calibrated static quantisation.
             raise InvalidInput("int8 (RAG_QUANTIZE) is offered by the onnx and torch runtimes, not openvino")
+        if precision not in _PRECISIONS:
+            raise InvalidInput(f"openvino precision must be one of {', '.join(_PRECISIONS)}, not {precision!r}")
         try:
             import openvino as ov
         except ImportError as exc:  # pragma: no cover - install problem
@@ -43,15 +54,13 @@ class OpenVinoEncoder(Encoder):
         dim, limit = model_shape(spec)
         self.path = exported_model(spec, cache_dir, "plain")
         core = ov.Core()
-        self.compiled = core.compile_model(
-            core.read_model(str(self.path)),
-            "CPU",
-            {
-                "INFERENCE_PRECISION_HINT": "f32",  # the vectors must match the torch reference
-                "INFERENCE_NUM_THREADS": max(1, int(threads or available_cores())),
-                "PERFORMANCE_HINT": "LATENCY",
-            },
-        )
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": max(1, int(threads or available_cores())), "PERFORMANCE_HINT": "LATENCY"}
+        if _PRECISIONS[precision]:
+            config["INFERENCE_PRECISION_HINT"] = _PRECISIONS[precision]
+        self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
+        # What OpenVINO chose (for `auto`) or was told, as torch names it: f32 -> float32.
+        chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.precision = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}.get(chosen, chosen)
         # An infer request is not thread-safe: one per calling thread.
         self._local = threading.local()
         super().__init__(
@@ -60,7 +69,7 @@ class OpenVinoEncoder(Encoder):
         )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "graph": str(self.path)}
+        return {**super().describe(), "graph": str(self.path), "precision": self.precision}
 
     def _embed(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         request = getattr(self._local, "request", None)
