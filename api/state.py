@@ -52,7 +52,7 @@ class ApiState:
     metrics: Metrics
     pipeline: AskPipeline  # shared: its reader and generator load once
     models: dict[str, Any] = field(default_factory=dict)
-    search_batcher: MicroBatcher | None = None  # None when RAG_SEARCH_BATCH_MAX=0 (the default)
+    search_batcher: MicroBatcher | None = None  # None when RAG_SEARCH_BATCH_MAX=0 (default 32)
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> ApiState:

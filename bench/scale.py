@@ -5,9 +5,8 @@ in passages is reached; every run is `rag ingest` in its own subprocess, once in
 with `--ray-address` against a `ray start --head` cluster on loopback started here. Reported:
 passages/s and peak memory (below). Flat passages/s and flat RSS across sizes is the streaming claim; the Ray/single
 throughput ratio is the overhead of Ray on one machine. The encoder runtime is the same for both
-modes (`--encoder-runtime onnx --quantize`, the fastest the project has, by default: which encoder
-runs does not change whether rates and memory stay flat), and its exported graph is cached once
-for all runs. With `--lock FILE`, each run holds `flock FILE` (released between runs, so a shared
+modes (`--encoder-runtime auto`, the project's default, by default: which encoder runs does not
+change whether rates and memory stay flat), and its exported graph is cached once for all runs. With `--lock FILE`, each run holds `flock FILE` (released between runs, so a shared
 machine's other timing runs are not blocked for the whole bench); the load average is
 recorded before and after every run, and its median while the run lasts.
 
@@ -26,7 +25,7 @@ baseline with everything but the index loaded, and the data file's mapped pages,
 probe more lists), recall@10 against exact search (computed shard by shard), p50 latency.
 
     python bench/scale.py [--sizes 10000,20000,40000] [--modes single,ray] [--ivf 1000000]
-                          [--encoder-runtime onnx] [--quantize | --no-quantize] [--lock /tmp/bench.lock]
+                          [--encoder-runtime auto] [--quantize | --no-quantize] [--lock /tmp/bench.lock]
 """
 
 from __future__ import annotations
@@ -420,8 +419,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,20000,40000", help="passages per ingest run ('' to skip)")
     parser.add_argument("--modes", default="single,ray")
-    parser.add_argument("--encoder-runtime", default="onnx", choices=["torch", "onnx", "openvino"], help="RAG_ENCODER_RUNTIME of every ingest run")
-    parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True, help="RAG_QUANTIZE of every ingest run")
+    parser.add_argument("--encoder-runtime", default="auto", choices=["auto", "torch", "onnx", "openvino"], help="RAG_ENCODER_RUNTIME of every ingest run")
+    parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None, help="RAG_QUANTIZE of every ingest run (default: unset)")
     parser.add_argument("--lock", help="hold `flock LOCK` during each ingest run")
     parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the loopback Ray head node")
     parser.add_argument("--ivf", type=int, default=1_000_000, help="synthetic vectors for the on-disk IVF (0 to skip)")
@@ -441,7 +440,7 @@ def main() -> None:
         return
     print(f"load average at start: {os.getloadavg()}", flush=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    encoder = {"RAG_ENCODER_RUNTIME": args.encoder_runtime, "RAG_QUANTIZE": "1" if args.quantize else "0"}
+    encoder = {"RAG_ENCODER_RUNTIME": args.encoder_runtime, **({} if args.quantize is None else {"RAG_QUANTIZE": "1" if args.quantize else "0"})}
     rows = bench_ingest(sizes, args.modes.split(","), work, args.ray_cpus, encoder, args.lock) if sizes else []
     by = {(r["mode"], r["records"]): r for r in rows}
     for (mode, records), row in by.items():
