@@ -129,7 +129,7 @@ def test_a_crash_at_each_step_of_a_write_loses_nothing_and_the_rerun_completes(t
 
 def test_kill_9_at_random_moments_of_a_long_ingest(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
-    records = _scifact(60)
+    records = _scifact(400)  # ~900 chunks: seconds of embedding even with a bf16 encoder, so a kill can land mid-ingest
     _write_corpus(corpus, records)
     home = tmp_path / "home"
     env = {**os.environ, "RAG_HOME": str(home), "RAG_BATCH_CHUNKS": "8", "HF_HUB_OFFLINE": "1"}
