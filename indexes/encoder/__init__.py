@@ -1,6 +1,6 @@
 """Text to vectors: one contract (`Encoder`), runtimes behind it, chosen by one setting.
 
-- `torch` (the default, the reference): the HF model in torch; CPU or GPU, fp32/fp16/bf16,
+- `torch` (the reference): the HF model in torch; CPU or GPU, fp32/fp16/bf16,
   optional int8 dynamic quantisation on the CPU.
 - `onnx`: ONNX Runtime on the CPU with transformer fusions; fp32, or int8 weights (`quantize`).
 - `openvino`: OpenVINO on the CPU, fp32, or bf16 where the CPU computes it natively (AMX).
