@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import logging
 import sys
 import time
@@ -55,9 +56,9 @@ class RayOptions:
     address: str = "auto"  # "auto" (RAY_ADDRESS or a `ray start` on this node), "local", or host:port
     embed_actors: int = 1  # actor pool size (`concurrency` of the embedding stage)
     batch_size: int = 32  # documents per embedding call
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.5  # with the chunking stage's 0.5, a 2-CPU node runs one of each
     gpus_per_actor: float = 0.0  # > 0: each embedding actor takes that share of a GPU and runs on cuda
-    threads: int | None = None  # torch threads per actor; default: its CPU share
+    threads: int | None = None  # encoder threads per actor; default: its CPU share, rounded up
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,10 @@ class DistributedIngestor(Ingestor):
         context.print_on_execution_start = False
         started = time.perf_counter()
         gpu = self.ray.gpus_per_actor > 0
-        threads = self.ray.threads or max(1, int(self.ray.cpus_per_actor))
+        # Threads rounded up from the reservation: 1.5 CPUs run 2 encoder threads, as the chunking
+        # stage's 0.5 is mostly waiting on the actor (one thread gave x0.37 of a single process on 2
+        # cores, two x0.61-0.65: README, Scaling out).
+        threads = self.ray.threads or max(1, math.ceil(self.ray.cpus_per_actor))
         dataset = (
             ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
             .map_batches(

@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, description="Ray cluster for ingestion: 'auto', 'local' or HOST:PORT; unset: in-process")
     ray_embed_actors: int = Field(1, ge=1, description="embedding actors (each loads the encoder once)")
     ray_batch_size: int = Field(32, ge=1, description="documents per embedding call on an actor")
-    ray_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each embedding actor reserves (and its torch threads)")
+    ray_cpus_per_actor: float = Field(
+        1.5, gt=0, description="CPUs each embedding actor reserves; it runs that many encoder threads, rounded up (1.5 leaves the chunking stage 0.5 of a 2-CPU node)"
+    )
     ray_gpus_per_actor: float = Field(0.0, ge=0, description="GPU share per embedding actor; > 0 embeds on cuda")
 
     # Retrieval: which retriever answers, how hybrid fuses, and optional reranking and diversity.
