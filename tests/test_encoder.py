@@ -209,6 +209,16 @@ def test_the_runtime_resolves_auto_on_this_machine_and_builds_the_chosen_encoder
         assert encoder.describe()["precision"] == "bfloat16"  # OpenVINO's own choice on this CPU
 
 
+def test_rag_graph_cache_holds_the_exported_graph_instead_of_the_data_home(tmp_path: Path, onnx_cache: Path) -> None:
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    runtime = Runtime(Settings(home=tmp_path / "home", graph_cache=onnx_cache, encoder_runtime="openvino", precision="float32"))
+    encoder = runtime.encoder(runtime.requested_spec())
+    assert Path(encoder.describe()["graph"]).is_relative_to(onnx_cache)
+    assert not (tmp_path / "home" / "models").exists()
+
+
 def test_auto_runtime_is_openvino_bf16_or_onnx_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
     from indexes.encoder import choose_runtime
 
