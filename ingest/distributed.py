@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from indexes.config import CollectionConfig
-from indexes.encoder import choose_runtime, load_encoder
+from indexes.encoder import choose_runtime, encoder_dtype, load_encoder
 from indexes.errors import RagError
 from indexes.store import NewDocument
 from indexes.types import Chunk, Document
@@ -159,15 +159,11 @@ class Embedder:
 
     def __init__(self, config: WorkerConfig, device: str, threads: int) -> None:
         runtime, quantize = choose_runtime(config.encoder_runtime, device, config.quantize)
-        if runtime == "openvino":
-            dtype = config.precision
-        else:
-            dtype = "float32" if device == "cpu" else "float16"
         self.encoder = load_encoder(
             config.collection.encoder,
             runtime,
             device=device,
-            dtype=dtype,
+            dtype=encoder_dtype(runtime, config.precision, device),
             quantize=quantize,
             threads=threads,
             cache_dir=Path(config.cache_dir) if config.cache_dir else None,

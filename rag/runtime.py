@@ -9,7 +9,7 @@ import logging
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from indexes.encoder import Encoder, EncoderSpec, choose_runtime, load_encoder, set_threads
+from indexes.encoder import Encoder, EncoderSpec, choose_runtime, encoder_dtype, load_encoder, set_threads, torch_precision
 from indexes.errors import CollectionNotFound, InvalidInput
 from indexes.store import Collection, CollectionConfig, SearchParams, Store
 from ingest.chunking import SentenceWindowChunker
@@ -43,20 +43,6 @@ def resolve_device(requested: str, cuda_available: bool) -> str:
     raise InvalidInput(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
 
 
-def resolve_precision(requested: str, device: str, bf16_supported: bool = False) -> str:
-    """The torch dtype: `auto` is half precision on a GPU (bfloat16 where supported, else
-    float16) and float32 on the CPU (the reader and reranker are calibrated in float32; the
-    encoder's own CPU speed-up is OpenVINO's bf16, chosen by OpenVINO). bfloat16 may be asked
-    for on a CPU (fast with AMX); float16 may not (torch's CPU float16 kernels are slow)."""
-    if requested == "auto":
-        if device == "cpu":
-            return "float32"
-        return "bfloat16" if bf16_supported else "float16"
-    if requested == "float16" and device == "cpu":
-        raise InvalidInput("RAG_PRECISION=float16 is for GPUs; on the CPU use float32 or bfloat16 (or int8: RAG_QUANTIZE)")
-    return requested
-
-
 def _cuda_available() -> bool:
     import torch
 
@@ -78,12 +64,7 @@ class Runtime:
     @cached_property
     def precision(self) -> str:
         """The torch dtype of the encoder, reader and reranker on `device`."""
-        bf16 = False
-        if self.device != "cpu" and self.settings.precision == "auto":
-            import torch
-
-            bf16 = bool(torch.cuda.is_bf16_supported())
-        return resolve_precision(self.settings.precision, self.device, bf16)
+        return torch_precision(self.settings.precision, self.device)
 
     def _to_precision(self, model: object) -> None:
         """Cast a loaded torch model (reader, reranker) to `precision` on a GPU."""
@@ -110,8 +91,7 @@ class Runtime:
     def encoder(self, spec: EncoderSpec) -> Encoder:
         s = self.settings
         runtime, quantize = choose_runtime(s.encoder_runtime, self.device, s.quantize)
-        # OpenVINO resolves `auto` itself (bf16 where the CPU computes it natively).
-        dtype = s.precision if runtime == "openvino" else self.precision
+        dtype = encoder_dtype(runtime, s.precision, self.device)
         key = spec.identity() + (spec.max_tokens, runtime, self.device, dtype, quantize, s.threads)
         if key not in _ENCODERS:
             if s.encoder_runtime == "auto" and runtime == "torch" and self.device == "cpu":

@@ -134,6 +134,25 @@ def test_plain_ingest_does_not_import_ray(tmp_path: Path) -> None:
     assert '"documents_added": 1' in done.stdout
 
 
+def test_an_embedding_actor_loads_the_encoder_a_single_process_loads(tmp_path: Path) -> None:
+    """RAG_PRECISION and RAG_ENCODER_RUNTIME mean the same in a Ray actor as in `rag ingest`: the
+    actor's encoder (built here as each actor builds it, without a cluster) runs what the runtime's does."""
+    from indexes.config import CollectionConfig
+    from ingest.distributed import Embedder, WorkerConfig
+    from ingest.loaders import InputLimits
+
+    settings = Settings(home=tmp_path, device="cpu", encoder_runtime="torch", precision="bfloat16")
+    runtime = Runtime(settings)
+    spec = runtime.requested_spec()
+    single = runtime.encoder(spec)
+    actor = Embedder(
+        WorkerConfig(CollectionConfig(spec, 384), InputLimits(), encoder_runtime="torch", precision="bfloat16"), "cpu", 1
+    )
+    assert actor.encoder.describe() == single.describe() == {
+        "runtime": "torch", "device": "cpu", "quantized": False, "dtype": "bfloat16"
+    }
+
+
 def test_ray_ingest_survives_a_killed_worker_and_equals_a_single_process_ingest(
     cluster: str, corpus: Path, single: Runtime, tmp_path: Path
 ) -> None:

@@ -179,7 +179,7 @@ def test_auto_device_is_cuda_only_when_torch_sees_one() -> None:
 
 
 def test_auto_precision_is_half_on_a_gpu_and_float32_on_the_cpu() -> None:
-    from rag.runtime import resolve_precision
+    from indexes.encoder import resolve_precision
 
     assert resolve_precision("auto", "cpu") == "float32"
     assert resolve_precision("auto", "cuda", bf16_supported=True) == "bfloat16"

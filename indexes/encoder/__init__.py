@@ -48,10 +48,13 @@ __all__ = [
     "available_cores",
     "choose_runtime",
     "cpu_computes_bf16",
+    "encoder_dtype",
     "load_encoder",
     "load_tokenizer",
     "resolve_model_path",
+    "resolve_precision",
     "set_threads",
+    "torch_precision",
 ]
 
 
@@ -88,6 +91,40 @@ def choose_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16:
     if requested not in ENCODER_RUNTIMES:
         raise InvalidInput(f"unknown encoder runtime {requested!r}; use auto or one of {', '.join(ENCODER_RUNTIMES)}")
     return requested, bool(quantize)
+
+
+def resolve_precision(requested: str, device: str, bf16_supported: bool = False) -> str:
+    """The torch dtype for RAG_PRECISION: `auto` is half precision on a GPU (bfloat16 where
+    supported, else float16) and float32 on the CPU (the reader and reranker are calibrated in
+    float32; the encoder's own CPU speed-up is OpenVINO's bf16, chosen by OpenVINO). bfloat16 may
+    be asked for on a CPU (fast with AMX); float16 may not (torch's CPU float16 kernels are slow)."""
+    if requested == "auto":
+        if device == "cpu":
+            return "float32"
+        return "bfloat16" if bf16_supported else "float16"
+    if requested == "float16" and device == "cpu":
+        raise InvalidInput("RAG_PRECISION=float16 is for GPUs; on the CPU use float32 or bfloat16 (or int8: RAG_QUANTIZE)")
+    return requested
+
+
+def torch_precision(requested: str, device: str) -> str:
+    """`resolve_precision` with bf16 support asked of torch for this device (only needed for `auto` on a GPU)."""
+    bf16 = False
+    if device != "cpu" and requested == "auto":
+        import torch
+
+        bf16 = bool(torch.cuda.is_bf16_supported())
+    return resolve_precision(requested, device, bf16)
+
+
+def encoder_dtype(runtime: str, requested: str, device: str) -> str:
+    """The `dtype` that `load_encoder` gets for RAG_PRECISION on `runtime`, in every process that
+    loads an encoder (the API, `rag ingest`, each Ray actor): OpenVINO takes the request as it is
+    (it resolves `auto` itself, bf16 where the CPU computes it natively); torch gets the dtype
+    resolved for the device; ONNX Runtime runs fp32 or int8 and ignores it."""
+    if runtime == "openvino":
+        return requested
+    return torch_precision(requested, device)
 
 
 def load_encoder(
