@@ -270,7 +270,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if chosen == "extractive":
             summary["reader"] = settings.reader_model
             summary["abstention"] = settings.reader_abstention
-            summary["threshold"] = settings.reader_null_threshold if settings.reader_abstention == "null" else settings.reader_span_threshold
+            summary["threshold"] = rt.reader().threshold  # None when abstention is off
             key = "span_logit" if settings.reader_abstention == "span" else "margin"
             summary["curve"] = threshold_curve(rows, THRESHOLD_GRID, key, settings.reader_retrieval_weight)
             if calibrate_articles:

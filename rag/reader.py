@@ -107,7 +107,7 @@ class ExtractiveReader:
     no-answer examples, SQuAD 2.0 style; evidence = margin over the no-answer logit) answers only
     when that value exceeds `null_threshold`; "span" (readers without a no-answer head, whose CLS
     is untrained; evidence = the span's own start + end logit) when it exceeds `span_threshold`;
-    "off" always answers. Read alone (`read`), a passage's span is `found` when its own margin
+    "off" chooses as "null" does and always answers. Read alone (`read`), a passage's span is `found` when its own margin
     (or span logit) passes the threshold: the same rule for one passage. Thresholds and weight are
     chosen on data by `rag eval grounding-replay`. `null_threshold=None` is the same as "off"
     (kept for the parity tests of SQuAD 1.1 readers).
@@ -270,9 +270,11 @@ class ExtractiveReader:
 
     def passage_values(self, spans: Sequence[Span], retrieval_scores: Sequence[float]) -> np.ndarray:
         """Each passage's evidence for its best span, in logits, plus `retrieval_weight` x its
-        standardised retrieval score. The evidence is the margin over the no-answer logit for readers
-        with a no-answer head (abstention "null"), else the span's own start + end logit."""
-        evidence = [s.margin if self.abstention == "null" else s.span_logit for s in spans]
+        standardised retrieval score. The evidence is the span's own start + end logit for readers
+        without a no-answer head (abstention "span"), else the margin over the no-answer logit: "off"
+        chooses as "null" does and only never abstains, so turning abstention off keeps every answer
+        the default gives."""
+        evidence = [s.span_logit if self.abstention == "span" else s.margin for s in spans]
         return np.asarray(evidence, dtype=np.float64) + self.retrieval_weight * standardised(retrieval_scores)
 
     def keeps(self, span_logit: float, null_logit: float) -> bool:

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     reader_abstention: Literal["null", "span", "off"] = Field(
         "null",
         description="when the reader says 'not in the sources': null (no-answer head, SQuAD 2.0 readers), "
-        "span (span-logit threshold, readers without one) or off (always answer)",
+        "span (span-logit threshold, readers without one) or off (choose as null does, always answer)",
     )
     reader_null_threshold: float = Field(
         DEFAULT_NULL_THRESHOLD,

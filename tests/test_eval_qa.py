@@ -159,3 +159,25 @@ def test_grounding_replay_refuses_a_file_without_records(tmp_path: Path) -> None
     path.write_text(json.dumps({"crag_score": 0.1}), encoding="utf-8")
     result = invoke("eval", "grounding-replay", str(path), home=tmp_path / "home")
     assert result.returncode != 0 and "records" in result.stderr
+
+
+def test_a_recorded_grounding_run_replays_to_its_own_scores_and_names_no_threshold_when_off(tmp_path: Path) -> None:
+    """`rag eval grounding` end to end on one article with the abstaining reader, abstention off (how
+    the calibration runs are recorded): no threshold is reported, and replaying the records with the
+    reader's own rule and no threshold gives the run's own EM."""
+    from rag.evaluation.grounding import threshold_curve
+    from tests.conftest import NA_READER_MODEL, SQUAD_DEV, invoke
+
+    env = {"RAG_READER_MODEL": str(NA_READER_MODEL), "RAG_READER_ABSTENTION": "off", "HF_HUB_OFFLINE": "1"}
+    args = ("eval", "grounding", "--squad", str(SQUAD_DEV), "--articles", "1", "--remove", "8", "--limit", "6")
+    result = invoke(*args, "--mode", "extractive", "--json", home=tmp_path / "home", env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["abstention"] == "off" and summary["threshold"] is None
+    assert (summary["answerable"], summary["unanswerable"]) == (6, 6)
+    assert (summary["abstention_unanswerable"], summary["answered_answerable"]) == (0.0, 1.0)
+    records = summary["records"]
+    assert all(len(r["candidates"]) == 5 for r in records)
+    replayed = threshold_curve(records, [None], "margin", 3.0)[0]  # RAG_READER_RETRIEVAL_WEIGHT's default
+    assert replayed["em_answerable"] == summary["em_answerable"]
+    assert replayed["answered_answerable"] == 1.0
