@@ -3,7 +3,7 @@
 Baseline: sentence-transformers `encode(batch_size=64)` on "title text" + `faiss.IndexFlatIP`,
 the ten lines a user would write, over the same all-MiniLM-L6-v2 folder.
 Ours: `rag` ingestion (parse, chunk, embed, SQL + FAISS writes) with each encoder runtime:
-`auto` (RAG_ENCODER_RUNTIME=auto: ONNX Runtime int8 on the CPU when installed), `torch` (the reference),
+`auto` (RAG_ENCODER_RUNTIME=auto: OpenVINO bf16 on CPUs with native bf16, else ONNX Runtime fp32), `torch` (the reference),
 `onnx` (ONNX Runtime, fp32), `onnx-int8`, `openvino`, `torch-int8`.
 
 Each variant runs in its own subprocess (its own peak RSS, no warm caches shared). The machine
@@ -90,7 +90,7 @@ def run_baseline(corpus: Path, quality: bool) -> dict[str, float]:
 
 
 # variant -> (encoder runtime, int8, precision); "auto" is RAG_ENCODER_RUNTIME=auto with RAG_QUANTIZE
-# and RAG_PRECISION unset (here: OpenVINO bf16 on a CPU with native bf16, else ONNX Runtime int8)
+# and RAG_PRECISION unset (here: OpenVINO bf16 on a CPU with native bf16, else ONNX Runtime fp32)
 RUNTIMES: dict[str, tuple[str, bool | None, str]] = {
     "auto": ("auto", None, "auto"),
     "torch": ("torch", False, "auto"),

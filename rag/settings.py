@@ -40,14 +40,14 @@ class Settings(BaseSettings):
     max_tokens: int | None = Field(None, ge=8, le=8192)
     query_prefix: str = ""
     passage_prefix: str = ""
-    quantize: bool | None = Field(None, description="int8 weights for the encoder (CPU; torch and onnx runtimes); unset: int8 only where RAG_ENCODER_RUNTIME=auto picks onnx")
+    quantize: bool | None = Field(None, description="int8 weights for the encoder (CPU; torch and onnx runtimes); unset: no int8 (ONNX Runtime int8 vectors move with their batch neighbours)")
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     device: str = Field("auto", description="auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:N")
     precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="dtype of encoder, reader and reranker; auto: float16/bfloat16 on CUDA, float32 on CPU, except the openvino encoder, where auto is OpenVINO's choice (bf16 on CPUs with native bf16)"
     )
     encoder_runtime: Literal["auto", "torch", "onnx", "openvino"] = Field(
-        "auto", description="what runs the encoder: auto (on the CPU: openvino bf16 where the CPU computes bf16 natively, else onnx int8 when installed, else torch; torch on a GPU), torch (the reference, any device), onnx or openvino (CPU)"
+        "auto", description="what runs the encoder: auto (on the CPU: openvino bf16 where the CPU computes bf16 natively, else onnx fp32 when installed, else torch; torch on a GPU), torch (the reference, any device), onnx or openvino (CPU)"
     )
 
     chunk_tokens: int = Field(200, ge=8, le=8192)

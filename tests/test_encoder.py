@@ -219,14 +219,14 @@ def test_rag_graph_cache_holds_the_exported_graph_instead_of_the_data_home(tmp_p
     assert not (tmp_path / "home" / "models").exists()
 
 
-def test_auto_runtime_is_openvino_bf16_or_onnx_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
+def test_auto_runtime_is_openvino_bf16_or_onnx_fp32_on_the_cpu_and_torch_on_a_gpu() -> None:
     from indexes.encoder import choose_runtime
 
-    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None): int8 only where auto picks onnx.
+    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None): never int8 (batch-dependent).
     assert choose_runtime("auto", "cpu", None, cpu_bf16=True) == ("openvino", False)
     assert choose_runtime("auto", "cpu", True, cpu_bf16=True) == ("onnx", True)  # int8 asked for
-    assert choose_runtime("auto", "cpu", None, cpu_bf16=False) == ("onnx", True)
-    assert choose_runtime("auto", "cpu", False, cpu_bf16=False) == ("onnx", False)
+    assert choose_runtime("auto", "cpu", None, cpu_bf16=False) == ("onnx", False)
+    assert choose_runtime("auto", "cpu", True, cpu_bf16=False) == ("onnx", True)
     assert choose_runtime("auto", "cuda:0", None, cpu_bf16=True) == ("torch", False)
     assert choose_runtime("onnx", "cpu", None) == ("onnx", False)
     assert choose_runtime("torch", "cpu", True) == ("torch", True)
@@ -238,7 +238,7 @@ def test_openvino_bf16_stays_within_cosine_0999_of_torch(encoder: Encoder, onnx_
     from indexes.encoder import cpu_computes_bf16
 
     if not cpu_computes_bf16():
-        pytest.skip("this CPU has no native bf16 (AMX/AVX512-BF16), so OpenVINO would not run bf16 (auto picks onnx int8)")
+        pytest.skip("this CPU has no native bf16 (AMX/AVX512-BF16), so OpenVINO would not run bf16 (auto picks onnx fp32)")
     bf16 = load_encoder(encoder.spec, "openvino", dtype="auto", cache_dir=onnx_cache)
     assert bf16.describe()["precision"] == "bfloat16"
     texts = _scifact_texts(48) + ["short", "Marie Curie was born in Warsaw."]

@@ -5,8 +5,8 @@
 - `onnx`: ONNX Runtime on the CPU with transformer fusions; fp32, or int8 weights (`quantize`).
 - `openvino`: OpenVINO on the CPU, fp32, or bf16 where the CPU computes it natively (AMX).
 - `auto` (resolved by `choose_runtime`): on a CPU with native bf16, `openvino` in bf16 (cosine
-  0.99997 to torch fp32, ~3.9x faster here); on other CPUs `onnx` with int8 weights when
-  onnxruntime is installed; else, and on a GPU, `torch`.
+  0.99997 to torch fp32, ~3.9x faster here); on other CPUs `onnx` in fp32 when onnxruntime is
+  installed (int8 is batch-dependent, so only on request); else, and on a GPU, `torch`.
 
 The ONNX graphs are exported from the local weights once and cached (`indexes.encoder.export`).
 Every runtime computes the same recipe (`EncoderSpec`, pooled by `indexes.encoder.pooling`); fp32
@@ -72,13 +72,15 @@ def cpu_computes_bf16() -> bool:
 def choose_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16: bool | None = None) -> tuple[str, bool]:
     """(runtime, int8) for a requested runtime (`auto` or one of `ENCODER_RUNTIMES`) on `device`.
 
-    `auto` is the fastest CPU runtime measured at equal quality first: OpenVINO in bf16 where the
-    CPU computes bf16 natively (`cpu_bf16`; None asks `cpu_computes_bf16`), 3.9x torch fp32 per
-    token on an AMX Xeon at cosine 0.99997; elsewhere ONNX Runtime with int8 weights when
-    installed (~1.7x torch per token; costs 0.001-0.003 nDCG@10 on SciFact, README, Ingestion),
-    else torch; torch on a GPU. `quantize` None means int8 only where `auto` picked ONNX Runtime;
-    `quantize` True makes `auto` take the int8 path; a runtime named explicitly runs without int8
-    unless `quantize` is True.
+    `auto` is the fastest CPU runtime measured at equal quality whose vectors do not depend on
+    their batch neighbours: OpenVINO in bf16 where the CPU computes bf16 natively (`cpu_bf16`;
+    None asks `cpu_computes_bf16`), 3.9x torch fp32 per token on an AMX Xeon at cosine 0.99997;
+    elsewhere ONNX Runtime in fp32 when installed, else torch; torch on a GPU. int8 (`quantize`
+    True) is faster on such CPUs but never chosen by `auto`: ONNX Runtime quantises activations
+    per batch tensor, so a text's vector moves with what it is batched with (cosine down to 0.981
+    between a query alone and in a batch of 20), and the API's micro-batching would let one
+    user's query change another's results. `quantize` True makes `auto` take the int8 path; a
+    runtime named explicitly runs without int8 unless `quantize` is True.
     """
     if requested == "auto":
         if device != "cpu":
@@ -86,7 +88,7 @@ def choose_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16:
         if not quantize and (cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16):
             return "openvino", False
         if importlib.util.find_spec("onnxruntime") is not None:
-            return "onnx", True if quantize is None else quantize
+            return "onnx", bool(quantize)
         return "torch", bool(quantize)
     if requested not in ENCODER_RUNTIMES:
         raise InvalidInput(f"unknown encoder runtime {requested!r}; use auto or one of {', '.join(ENCODER_RUNTIMES)}")
