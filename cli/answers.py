@@ -270,9 +270,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if chosen == "extractive":
             summary["reader"] = settings.reader_model
             summary["abstention"] = settings.reader_abstention
-            summary["threshold"] = rt.reader().threshold  # None when abstention is off
-            key = "span_logit" if settings.reader_abstention == "span" else "margin"
-            summary["curve"] = threshold_curve(rows, THRESHOLD_GRID, key, settings.reader_retrieval_weight)
+            reader = rt.reader()
+            summary["threshold"] = reader.threshold  # None when abstention is off
+            key = reader.evidence
+            summary["curve"] = threshold_curve(rows, THRESHOLD_GRID, key, reader.retrieval_weight)
             if calibrate_articles:
                 summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, THRESHOLD_GRID, key, WEIGHT_GRID)
         else:

@@ -268,13 +268,19 @@ class ExtractiveReader:
             return self.span_threshold
         return None
 
+    @property
+    def evidence(self) -> Literal["margin", "span_logit"]:
+        """Which `Span` number is a passage's evidence (also the candidate field that
+        `rag.evaluation.grounding.threshold_curve` replays): the span's own start + end logit for
+        readers without a no-answer head (abstention "span"), else the margin over the no-answer
+        logit: "off" chooses as "null" does and only never abstains, so turning abstention off
+        keeps every answer the default gives."""
+        return "span_logit" if self.abstention == "span" else "margin"
+
     def passage_values(self, spans: Sequence[Span], retrieval_scores: Sequence[float]) -> np.ndarray:
-        """Each passage's evidence for its best span, in logits, plus `retrieval_weight` x its
-        standardised retrieval score. The evidence is the span's own start + end logit for readers
-        without a no-answer head (abstention "span"), else the margin over the no-answer logit: "off"
-        chooses as "null" does and only never abstains, so turning abstention off keeps every answer
-        the default gives."""
-        evidence = [s.span_logit if self.abstention == "span" else s.margin for s in spans]
+        """Each passage's evidence for its best span (`evidence`), in logits, plus
+        `retrieval_weight` x its standardised retrieval score."""
+        evidence = [s.span_logit if self.evidence == "span_logit" else s.margin for s in spans]
         return np.asarray(evidence, dtype=np.float64) + self.retrieval_weight * standardised(retrieval_scores)
 
     def keeps(self, span_logit: float, null_logit: float) -> bool:

@@ -166,6 +166,7 @@ def test_a_recorded_grounding_run_replays_to_its_own_scores_and_names_no_thresho
     the calibration runs are recorded): no threshold is reported, and replaying the records with the
     reader's own rule and no threshold gives the run's own EM."""
     from rag.evaluation.grounding import threshold_curve
+    from rag.reader import DEFAULT_RETRIEVAL_WEIGHT
     from tests.conftest import NA_READER_MODEL, SQUAD_DEV, invoke
 
     env = {"RAG_READER_MODEL": str(NA_READER_MODEL), "RAG_READER_ABSTENTION": "off", "HF_HUB_OFFLINE": "1"}
@@ -178,6 +179,6 @@ def test_a_recorded_grounding_run_replays_to_its_own_scores_and_names_no_thresho
     assert (summary["abstention_unanswerable"], summary["answered_answerable"]) == (0.0, 1.0)
     records = summary["records"]
     assert all(len(r["candidates"]) == 5 for r in records)
-    replayed = threshold_curve(records, [None], "margin", 3.0)[0]  # RAG_READER_RETRIEVAL_WEIGHT's default
+    replayed = threshold_curve(records, [None], "margin", DEFAULT_RETRIEVAL_WEIGHT)[0]
     assert replayed["em_answerable"] == summary["em_answerable"]
     assert replayed["answered_answerable"] == 1.0
