@@ -144,7 +144,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs become the corpus"),
         mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
         k: int = typer.Option(5, "-k", "--top-k", callback=k_between(1, 50), help="passages retrieved and read per question"),
-        limit: Optional[int] = typer.Option(None, "--limit", help="questions, evenly spaced through the file"),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="questions, evenly spaced through the file"),
         collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: squad-FILESTEM"),
         retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
         out: Optional[Path] = typer.Option(None, "--out", help="write every question's record as JSON lines"),
@@ -213,10 +213,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         remove: int = typer.Option(100, "--remove", help="gold paragraphs removed from the corpus (their questions become unanswerable)"),
         seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
         articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),
-        limit: Optional[int] = typer.Option(None, "--limit", help="answerable and unanswerable questions asked, each (evenly spread)"),
-        limit_answerable: Optional[int] = typer.Option(None, "--limit-answerable", help="answerable questions asked [default: --limit]"),
+        limit: Optional[int] = typer.Option(None, "--limit", min=0, help="answerable and unanswerable questions asked, each (evenly spread)"),
+        limit_answerable: Optional[int] = typer.Option(None, "--limit-answerable", min=0, help="answerable questions asked [default: --limit]"),
         calibrate_articles: Optional[int] = typer.Option(
-            None, "--calibrate-articles", help="extractive: choose the threshold on the first N articles' questions, score the rest at it"
+            None, "--calibrate-articles", min=1, help="extractive: choose the threshold on the first N articles' questions, score the rest at it"
         ),
         collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
         retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
@@ -275,7 +275,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             key = reader.evidence
             summary["curve"] = threshold_curve(rows, THRESHOLD_GRID, key, reader.retrieval_weight)
             if calibrate_articles:
-                summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, THRESHOLD_GRID, key, WEIGHT_GRID)
+                try:
+                    summary["calibration"] = calibrate_on_articles(rows, calibrate_articles, THRESHOLD_GRID, key, WEIGHT_GRID)
+                except RagError as exc:  # the answers are recorded: report them, and say why there is no calibration
+                    summary["calibration_error"] = str(exc)
+                    typer.echo(f"warning: no calibration: {exc}", err=True)
         else:
             summary["verifier"] = pipeline.verifier.name  # what `auto` resolved to
             summary["verifier_setting"] = settings.verifier
@@ -316,7 +320,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @eval_app.command("grounding-replay")
     def eval_grounding_replay(
         records_file: Path = typer.Argument(..., help="`rag eval grounding --mode extractive --json` output, or its records as JSON lines"),
-        calibrate_articles: int = typer.Option(12, "--calibrate-articles", help="choose on the first N articles' questions, score the rest"),
+        calibrate_articles: int = typer.Option(12, "--calibrate-articles", min=1, help="choose on the first N articles' questions, score the rest"),
         key: str = typer.Option("margin", "--key", help="margin (abstention=null) | span_logit (abstention=span)"),
         weight: Optional[float] = typer.Option(None, "--retrieval-weight", help="curve at this weight [default: the calibrated one]"),
         as_json: bool = JsonOpt,

@@ -53,6 +53,7 @@ def test_a_limited_sample_is_spread_over_the_whole_file() -> None:
     picked = spread(questions, 4)
     assert [q.paragraph for q in picked] == [0, 25, 50, 75]
     assert spread(questions, None) == questions
+    assert spread(questions, 0) == []  # `--limit-answerable 0`: ask only the unanswerable questions
 
 
 # -- grounding: the unanswerable set, its scores and the threshold curve ------------------------------
@@ -159,6 +160,25 @@ def test_grounding_replay_refuses_a_file_without_records(tmp_path: Path) -> None
     path.write_text(json.dumps({"crag_score": 0.1}), encoding="utf-8")
     result = invoke("eval", "grounding-replay", str(path), home=tmp_path / "home")
     assert result.returncode != 0 and "records" in result.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    result = invoke("eval", "grounding-replay", str(empty), home=tmp_path / "home")
+    assert result.returncode == 1 and "no records" in result.stderr
+
+
+def test_grounding_replay_refuses_to_calibrate_on_articles_without_both_kinds_of_question(tmp_path: Path) -> None:
+    """A threshold chosen on no unanswerable (or no answerable) question is no choice: say so."""
+    from tests.conftest import invoke
+
+    rows = [
+        {"article": 0, "answerable": True, "gold": ["Oslo"], "candidates": [{"n": 1, "text": "Oslo", "margin": 8.0, "retrieval_score": 0.9, "suspicious": False}]},
+        {"article": 1, "answerable": False, "gold": ["Nice"], "candidates": [{"n": 1, "text": "Lille", "margin": 9.0, "retrieval_score": 0.6, "suspicious": False}]},
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    result = invoke("eval", "grounding-replay", str(path), "--calibrate-articles", "1", home=tmp_path / "home")
+    assert result.returncode == 1
+    assert "articles < 1 hold 1 answerable and 0 unanswerable questions" in result.stderr
 
 
 def test_a_recorded_grounding_run_replays_to_its_own_scores_and_names_no_threshold_when_off(tmp_path: Path) -> None:

@@ -335,8 +335,17 @@ def calibrate_on_articles(
     """Choose threshold and retrieval weight on the questions of the first `articles` articles
     (`choose_threshold` over the grid x weights) and score the other articles' questions at them:
     calibration and evaluation never share questions."""
+    from indexes.errors import InvalidInput
+
     calibration = [r for r in rows if r["article"] < articles]
     held_out = [r for r in rows if r["article"] >= articles]
+    answerable = sum(bool(r["answerable"]) for r in calibration)
+    if not answerable or answerable == len(calibration):
+        # the rule trades one rate against the other: without both there is nothing to choose on
+        raise InvalidInput(
+            f"articles < {articles} hold {answerable} answerable and {len(calibration) - answerable} unanswerable "
+            "questions; calibration needs both (choose another --calibrate-articles)"
+        )
     chosen = choose_threshold([row for w in weights for row in threshold_curve(calibration, grid, key, w)])
     weight = chosen["retrieval_weight"]
     return {
@@ -361,10 +370,12 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError:
         try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            data = {"records": [json.loads(line) for line in text.splitlines() if line.strip()]}
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"{path}: neither a JSON document nor JSON lines ({exc})") from exc
     records = data.get("records") if isinstance(data, dict) else None
     if not isinstance(records, list):
         raise InvalidInput(f"{path}: no 'records' list (expected `rag eval grounding --json` output)")
+    if not records:
+        raise InvalidInput(f"{path}: no records to replay")
     return records

@@ -100,6 +100,8 @@ def spread(questions: Sequence[SquadQuestion], limit: int | None) -> list[SquadQ
     (the first N would all come from the first article)."""
     if limit is None or limit >= len(questions):
         return list(questions)
+    if limit <= 0:
+        return []
     step = len(questions) / limit
     return [questions[int(i * step)] for i in range(limit)]
 
