@@ -22,11 +22,14 @@ from indexes.types import Passage
 from rag.verifiers.text import (
     NEGATIONS,
     RELATIONS,
+    STOP_WORDS,
     content_words,
     is_instruction,
     name_words,
     raw_words,
     sentence_spans,
+    strip_citations,
+    tagged_stems,
 )
 
 FRAGMENT_WORDS = 3
@@ -135,16 +138,7 @@ def _sides(text: str) -> tuple[set[str], set[str]]:
     """Names before and after the first lower-case content word that follows a name (the verb,
     roughly): "Pierre Curie taught Marie Curie" -> ({pierre}, {marie}). Names that occur twice
     (a family name shared by two people) are no cue."""
-    from rag.verifiers.text import _BOILERPLATE, _STOP, _WORD, _stemmer
-
-    seq: list[tuple[str, bool]] = []  # (stem, is_name)
-    for w in _WORD.findall(text):
-        low = w.lower().rstrip(".")
-        if low.endswith("'s"):
-            low = low[:-2]
-        if low in _STOP or low in _BOILERPLATE or len(low) < 2 or low[:1].isdigit():
-            continue
-        seq.append((_stemmer().stemWord(low), w[:1].isupper()))
+    seq = tagged_stems(text)
     names = [stem for stem, is_name in seq if is_name]
     single = {n for n in names if names.count(n) == 1}
     subject: set[str] = set()
@@ -179,12 +173,10 @@ def missing_names(claim: Claim, source: Source, window: int) -> set[str]:
 def is_fragment(text: str, last: bool) -> bool:
     """A piece that cannot be a claim: it ends on a function word ("... the Nobel Prize in"), or it
     is the last sentence and stops without a full stop or a citation (cut by the token limit)."""
-    from rag.verifiers.text import _STOP, strip_citations  # the same stop list as content words
-
     words = raw_words(strip_citations(text))
     if not words:
         return True
 
-    if words[-1] in _STOP and words[-1] not in NEGATIONS:
+    if words[-1] in STOP_WORDS and words[-1] not in NEGATIONS:
         return True
     return last and not _COMPLETE.search(text)

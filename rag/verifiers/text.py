@@ -32,7 +32,7 @@ _NOT_FOUND_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 
-_STOP = frozenset(
+STOP_WORDS = frozenset(
     """a an the and or but if then else of to in on at by for with from as into onto over under about
     above below up down out off than so too very can could would should will shall may might must do
     does did done doing be is are was were been being am have has had having i me my we our you your
@@ -47,29 +47,6 @@ _BOILERPLATE = frozenset(
     according mention mentions mentioned state states stated say says said provide provides provided
     given question information based""".split()
 )
-
-
-@lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer  # PyStemmer (Snowball), a dependency of the keyword index
-
-    return Stemmer.Stemmer("english")
-
-
-def content_words(text: str) -> set[str]:
-    """Stemmed, lower-cased content words; numbers kept as written (without separators)."""
-    words = []
-    for raw in _WORD.findall(text):
-        word = raw.lower().replace("’", "'").rstrip(".")
-        if word.endswith("'s"):
-            word = word[:-2]
-        if not word or word in _STOP or word in _BOILERPLATE:
-            continue
-        if word.replace(".", "").isdigit():
-            words.append(word.replace(".", ""))
-        elif len(word) > 1 or word.isdigit():
-            words.append(word)
-    return set(_stemmer().stemWords([w for w in words if not w.isdigit()])) | {w for w in words if w.isdigit()}
 
 
 @lru_cache(maxsize=1)
@@ -113,7 +90,7 @@ def content_words(text: str) -> set[str]:
         if word.endswith("'s"):
             word = word[:-2]
         word = NUMBER_WORDS.get(word, word)
-        if not word or word in _STOP or word in _BOILERPLATE or word == "n't":
+        if not word or word in STOP_WORDS or word in _BOILERPLATE or word == "n't":
             continue
         if word.replace(".", "").replace(",", "").isdigit():
             words.append(word.replace(".", "").replace(",", ""))
@@ -131,9 +108,23 @@ def name_sequence(text: str) -> list[str]:
         low = w.lower().rstrip(".")
         if low.endswith("'s"):
             low = low[:-2]
-        if low in _STOP or low in _BOILERPLATE or len(low) < 2:
+        if low in STOP_WORDS or low in _BOILERPLATE or len(low) < 2:
             continue
         out.append(low.replace(",", "") if low[:1].isdigit() else _stemmer().stemWord(low))
+    return out
+
+
+def tagged_stems(text: str) -> list[tuple[str, bool]]:
+    """Stems of the words that are neither stop words, boilerplate nor numbers, in order, each with
+    whether it was capitalised (a name): the order in which a sentence names who did what."""
+    out = []
+    for w in _WORD.findall(text):
+        low = w.lower().rstrip(".")
+        if low.endswith("'s"):
+            low = low[:-2]
+        if low in STOP_WORDS or low in _BOILERPLATE or len(low) < 2 or low[:1].isdigit():
+            continue
+        out.append((_stemmer().stemWord(low), w[:1].isupper()))
     return out
 
 
