@@ -210,9 +210,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs, minus a removed sample, become the corpus"),
         mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
         k: int = typer.Option(5, "-k", "--top-k", callback=k_between(1, 50), help="passages retrieved and read per question"),
-        remove: int = typer.Option(100, "--remove", help="gold paragraphs removed from the corpus (their questions become unanswerable)"),
+        remove: int = typer.Option(100, "--remove", min=0, help="gold paragraphs removed from the corpus (their questions become unanswerable)"),
         seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
-        articles: Optional[int] = typer.Option(None, "--articles", help="use only the first N articles of the file"),
+        articles: Optional[int] = typer.Option(None, "--articles", min=1, help="use only the first N articles of the file"),
         limit: Optional[int] = typer.Option(None, "--limit", min=0, help="answerable and unanswerable questions asked, each (evenly spread)"),
         limit_answerable: Optional[int] = typer.Option(None, "--limit-answerable", min=0, help="answerable questions asked [default: --limit]"),
         calibrate_articles: Optional[int] = typer.Option(

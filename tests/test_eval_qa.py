@@ -76,6 +76,22 @@ def test_the_grounding_set_removes_paragraphs_and_keeps_only_truly_unanswerable_
     assert build_grounding_set(SQUAD_DEV, remove=10, seed=4, articles=3).corpus != data.corpus
 
 
+def test_a_grounding_set_that_would_remove_every_paragraph_or_a_negative_number_is_refused() -> None:
+    """Said before anything is indexed, not as "no text could be extracted" from an empty corpus."""
+    import pytest
+
+    from indexes.errors import InvalidInput
+    from rag.evaluation.grounding import build_grounding_set
+    from tests.conftest import SQUAD_DEV
+
+    paragraphs = len(build_grounding_set(SQUAD_DEV, remove=0, articles=1).corpus["data"][0]["paragraphs"])
+    with pytest.raises(InvalidInput, match=f"--remove {paragraphs} leaves no paragraph to index"):
+        build_grounding_set(SQUAD_DEV, remove=paragraphs, articles=1)
+    with pytest.raises(InvalidInput, match="--remove must be 0 or more"):
+        build_grounding_set(SQUAD_DEV, remove=-5, articles=1)
+    assert build_grounding_set(SQUAD_DEV, remove=paragraphs - 1, articles=1).removed_paragraphs == paragraphs - 1
+
+
 def test_grounding_scores_count_abstention_crag_and_verified_citation_precision() -> None:
     from rag.evaluation.grounding import GroundingRecord, score_grounding
 

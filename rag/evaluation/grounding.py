@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from indexes.errors import InvalidInput
 from rag.answer import Answer
 from rag.evaluation.qa import contains_answer, prediction_text
 from rag.evaluation.squad import SquadQuestion, best_over_golds, load_squad_json, normalize_answer
@@ -69,7 +70,14 @@ def build_grounding_set(path: str | Path, remove: int, seed: int = 0, articles: 
     """Remove `remove` random paragraphs (seeded) from the SQuAD file (its first `articles` articles)."""
     data = load_squad_json(path)["data"][:articles]
     paragraphs = [(a, p) for a, article in enumerate(data) for p in range(len(article.get("paragraphs", [])))]
-    removed = set(random.Random(seed).sample(paragraphs, min(remove, len(paragraphs))))
+    if remove < 0:
+        raise InvalidInput(f"--remove must be 0 or more (got {remove})")
+    if remove >= len(paragraphs):
+        raise InvalidInput(
+            f"--remove {remove} leaves no paragraph to index: {path} has {len(paragraphs)} paragraphs"
+            + (f" in its first {articles} articles" if articles else "")
+        )
+    removed = set(random.Random(seed).sample(paragraphs, remove))
     kept_text = " ".join(
         normalize_answer(data[a]["paragraphs"][p]["context"]) for a, p in paragraphs if (a, p) not in removed
     )
@@ -198,7 +206,6 @@ def threshold_curve(
     (`rag.reader.choose_passage`): each candidate's value is its `key` ("margin" for abstention=null,
     "span_logit" for abstention=span) plus `weight` x its standardised retrieval score; the answer is
     the allowed candidate of highest value when that value beats the threshold."""
-    from indexes.errors import InvalidInput
     from rag.reader import choose_passage, standardised
 
     decided = []
@@ -335,8 +342,6 @@ def calibrate_on_articles(
     """Choose threshold and retrieval weight on the questions of the first `articles` articles
     (`choose_threshold` over the grid x weights) and score the other articles' questions at them:
     calibration and evaluation never share questions."""
-    from indexes.errors import InvalidInput
-
     calibration = [r for r in rows if r["article"] < articles]
     held_out = [r for r in rows if r["article"] >= articles]
     answerable = sum(bool(r["answerable"]) for r in calibration)
@@ -360,8 +365,6 @@ def calibrate_on_articles(
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Per-question records from `rag eval grounding --json` output (its "records") or JSON lines of them."""
-    from indexes.errors import InvalidInput
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
