@@ -80,6 +80,14 @@ def test_not_squad_is_refused(tmp_path: Path) -> None:
     bad.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(InvalidInput):
         read_squad(bad)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'\xff\xfe{"data": []}')  # not UTF-8: an error that names the file, not a traceback
+    with pytest.raises(InvalidInput, match="latin.json is not SQuAD JSON: not valid UTF-8"):
+        read_squad(latin)
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(gzip.compress(b'{"data": []}')[:-12])  # a truncated download
+    with pytest.raises(InvalidInput, match="cut.json.gz is not SQuAD JSON"):
+        read_squad(cut)
 
 
 def test_eval_reader_command_prints_em_and_f1_as_json(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def build_grounding_set(path: str | Path, remove: int, seed: int = 0, articles: 
         raise InvalidInput(f"--remove must be 0 or more (got {remove})")
     if remove >= len(paragraphs):
         raise InvalidInput(
-            f"--remove {remove} leaves no paragraph to index: {path} has {len(paragraphs)} paragraphs"
+            f"--remove {remove} leaves no paragraph to index: {path} has {len(paragraphs)} paragraph{'' if len(paragraphs) == 1 else 's'}"
             + (f" in its first {articles} articles" if articles else "")
         )
     removed = set(random.Random(seed).sample(paragraphs, remove))

@@ -92,7 +92,9 @@ def load_squad_json(path: str | Path) -> dict[str, Any]:
     try:
         with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
             data: dict[str, Any] = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not SQuAD JSON: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}); convert it to UTF-8") from exc
+    except (OSError, EOFError, json.JSONDecodeError) as exc:  # EOFError: a truncated .gz
         raise InvalidInput(f"{path} is not SQuAD JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise InvalidInput(f"{path} is not SQuAD JSON: no top-level 'data' list")
