@@ -128,3 +128,20 @@ def test_auto_falls_back_to_the_lexical_check_when_no_reader_is_configured_or_lo
     assert fallback.note.startswith("auto: the reader could not be loaded (cannot load reader model")
     unset = build_verifier(Settings(home=tmp_path), lambda: pytest.fail("no reader is configured, so none is loaded"))
     assert isinstance(unset, LexicalVerifier) and unset.note == "auto: no reader is configured (RAG_READER_MODEL)"
+
+
+def test_a_cases_file_that_is_missing_empty_or_not_utf8_is_refused_clearly(tmp_path: Path) -> None:
+    """`rag eval verifiers --cases FILE`: a clear error naming the file, never a traceback or a
+    table of nothing."""
+    from indexes.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="no verifier cases at"):
+        read_cases(tmp_path / "missing.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(InvalidInput, match="empty.jsonl: no verifier cases"):
+        read_cases(empty)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"id": "x", "question": "caf\xe9?"}\n')
+    with pytest.raises(InvalidInput, match="latin.jsonl: not valid UTF-8"):
+        read_cases(latin)

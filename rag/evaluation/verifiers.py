@@ -44,8 +44,18 @@ class VerifierCase:
 
 
 def read_cases(path: str | Path) -> list[VerifierCase]:
+    """The labelled cases of a JSON-lines file; a file without any is an error, not an empty table."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"no verifier cases at {path} (give --cases FILE, e.g. examples/verifier-cases.jsonl of the repository)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); convert it to UTF-8") from exc
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from exc
     cases = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -58,6 +68,8 @@ def read_cases(path: str | Path) -> list[VerifierCase]:
             )
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise InvalidInput(f"{path}:{number}: not a verifier case ({exc})") from exc
+    if not cases:
+        raise InvalidInput(f"{path}: no verifier cases")
     return cases
 
 
