@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """How undecodable input reads to a user: which byte, where, and what to do."""
+    return f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); convert it to UTF-8"
+
+
 class RagError(Exception):
     """Base of every error the library raises on purpose. The message is meant for the user."""
 

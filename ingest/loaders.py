@@ -12,7 +12,6 @@ records per file, characters per document and metadata nesting are checked as do
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import re
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexes.errors import MissingDependency, RagError
+from indexes.errors import MissingDependency, RagError, not_utf8
 from indexes.types import Document
 from ingest import pdf
 
@@ -112,7 +111,7 @@ def _decode(data: bytes, name: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LoadError(
-            f"{name}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); convert it to UTF-8"
+            f"{name}: {not_utf8(exc)}"
         ) from None
     if "\x00" in text:
         raise LoadError(f"{name}: contains NUL bytes; it looks like a binary file, not text")
@@ -214,7 +213,7 @@ def load_jsonl(data: bytes, name: str) -> Iterator[Document | BadRecord]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield BadRecord(where, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})")
+            yield BadRecord(where, not_utf8(exc))
             continue
         try:
             record = json.loads(line)

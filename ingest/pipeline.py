@@ -27,7 +27,7 @@ from indexes.errors import RagError
 from indexes.store import Collection, NewDocument
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
-from ingest.loaders import InputLimits, LoadError, is_supported, parse, suffix_of
+from ingest.loaders import InputLimits, is_supported, parse, suffix_of
 from ingest.progress import progress_bar
 from ingest.sources import ingest_label, labelled
 

@@ -22,7 +22,6 @@ import pytest
 
 from tests.conftest import invoke
 from tests.serving import served, wait_job
-from tests.test_loaders import make_docx
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "examples" / "corpus"

@@ -8,7 +8,7 @@ import pytest
 
 from indexes.errors import InvalidInput
 from indexes.store import CollectionConfig, Store
-from indexes.types import Document, Passage
+from indexes.types import Passage
 from ingest.chunking import SentenceWindowChunker
 from ingest.pipeline import Ingestor
 from rag.fusion import convex_combination, normalize_scores, reciprocal_rank_fusion

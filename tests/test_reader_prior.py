@@ -4,7 +4,6 @@ passage probability (`passage_prior`)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -13,9 +13,8 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
-import numpy as np
 
 from indexes.errors import ModelLoadError
 

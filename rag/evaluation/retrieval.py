@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from indexes.errors import InvalidInput
+from indexes.errors import InvalidInput, not_utf8
 from indexes.types import Passage
 from rag.evaluation.report import CUTOFFS, PassageRef, QueryRecord, RetrieverResult
 
@@ -28,6 +28,7 @@ class BeirData:
 
 
 def read_beir(folder: Path, split: str = "test") -> BeirData:
+    """Queries that have judgements, and the qrels of `split`; the corpus is ingested by its path."""
     folder = Path(folder)
     corpus = folder / "corpus.jsonl"
     queries_path = folder / "queries.jsonl"
@@ -36,22 +37,34 @@ def read_beir(folder: Path, split: str = "test") -> BeirData:
         if not needed.is_file():
             raise InvalidInput(f"not a BEIR folder: {needed} is missing")
     qrels: dict[str, dict[str, int]] = {}
-    with qrels_path.open(encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header and header[0] != "query-id":  # files without a header
-            qrels.setdefault(header[0], {})[header[1]] = int(header[2])
-        for row in reader:
-            if len(row) >= 3:
-                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    for number, row in enumerate(csv.reader(_lines(qrels_path), delimiter="\t"), start=1):
+        if len(row) < 3 or (number == 1 and row[0] == "query-id"):  # files with and without a header
+            continue
+        try:
+            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+        except ValueError:
+            raise InvalidInput(f"{qrels_path}:{number}: the score {row[2]!r} is not an integer") from None
     queries: dict[str, str] = {}
-    with queries_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                if str(record["_id"]) in qrels:
-                    queries[str(record["_id"])] = record["text"]
+    for number, line in enumerate(_lines(queries_path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            query_id, text = str(record["_id"]), str(record["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InvalidInput(f"{queries_path}:{number}: not a BEIR query ({type(exc).__name__}: {exc})") from None
+        if query_id in qrels:
+            queries[query_id] = text
+    if not queries:
+        raise InvalidInput(f"no query of {queries_path} has a judgement in {qrels_path}: nothing to evaluate")
     return BeirData(corpus=corpus, queries=queries, qrels=qrels)
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: {not_utf8(exc)}") from None
 
 
 def documents_from_passages(passages: list[Passage]) -> dict[str, float]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexes.errors import InvalidInput
+from indexes.errors import InvalidInput, not_utf8
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -88,12 +88,11 @@ def load_squad_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"no SQuAD file at {path}")
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-            data: dict[str, Any] = json.load(handle)
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        data: dict[str, Any] = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path} is not SQuAD JSON: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}); convert it to UTF-8") from exc
+        raise InvalidInput(f"{path} is not SQuAD JSON: {not_utf8(exc)}") from exc
     except (OSError, EOFError, json.JSONDecodeError) as exc:  # EOFError: a truncated .gz
         raise InvalidInput(f"{path} is not SQuAD JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):

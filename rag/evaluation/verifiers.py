@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexes.errors import InvalidInput
+from indexes.errors import InvalidInput, not_utf8
 from indexes.types import Passage
 from rag.citations import check_answer
 from rag.verifiers.base import Verifier
@@ -51,7 +51,7 @@ def read_cases(path: str | Path) -> list[VerifierCase]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); convert it to UTF-8") from exc
+        raise InvalidInput(f"{path}: {not_utf8(exc)}") from exc
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from exc
     cases = []
