@@ -180,6 +180,23 @@ def test_grounding_replay_refuses_a_file_without_records(tmp_path: Path) -> None
     empty.write_text("\n", encoding="utf-8")
     result = invoke("eval", "grounding-replay", str(empty), home=tmp_path / "home")
     assert result.returncode == 1 and "no records" in result.stderr
+    # generative records keep no candidates to replay; a record that is not an object is no record
+    for records, message in (
+        ([{"article": 0, "answerable": True, "gold": ["x"], "generated": "X [1]."}], "record 1 has no 'candidates'"),
+        ([{"article": 0, "answerable": True, "gold": ["x"], "candidates": []}, 7], "record 2 is not an object"),
+        ([{"article": 0, "candidates": []}], "record 1 has no 'answerable'"),
+        (
+            [
+                {"id": "q9", "article": 0, "answerable": True, "gold": ["x"], "candidates": [{"text": "x", "suspicious": False}]},
+                {"id": "q10", "article": 0, "answerable": False, "gold": ["y"], "candidates": []},
+            ],
+            "a candidate of question 'q9' lacks 'margin'",
+        ),
+    ):
+        path = tmp_path / "bad-records.json"
+        path.write_text(json.dumps({"records": records}), encoding="utf-8")
+        result = invoke("eval", "grounding-replay", str(path), home=tmp_path / "home")
+        assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
 def test_grounding_replay_refuses_to_calibrate_on_articles_without_both_kinds_of_question(tmp_path: Path) -> None:

@@ -213,6 +213,8 @@ def threshold_curve(
         candidates = r.get("candidates", [])
         if weight and candidates and any("retrieval_score" not in c for c in candidates):
             raise InvalidInput("these records have no retrieval scores (recorded before they were kept); replay at weight 0")
+        if any(not isinstance(c, dict) or not {key, "text", "suspicious"} <= c.keys() for c in candidates):
+            raise InvalidInput(f"a candidate of question {r.get('id', '?')!r} lacks {key!r}, 'text' or 'suspicious' (--key margin | span_logit)")
         z = standardised([c.get("retrieval_score", 0.0) for c in candidates])
         values = [(c[key] if c[key] is not None else float("-inf")) + weight * zi for c, zi in zip(candidates, z)]
         allowed = [bool(c["text"]) and not c["suspicious"] for c in candidates]
@@ -363,8 +365,12 @@ def calibrate_on_articles(
     }
 
 
+REPLAYED_FIELDS = ("article", "answerable", "gold", "candidates")
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Per-question records from `rag eval grounding --json` output (its "records") or JSON lines of them."""
+    """Per-question extractive records from `rag eval grounding --json` output (its "records") or
+    JSON lines of them, each with the fields a replay reads (`REPLAYED_FIELDS`)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -381,4 +387,13 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise InvalidInput(f"{path}: no 'records' list (expected `rag eval grounding --json` output)")
     if not records:
         raise InvalidInput(f"{path}: no records to replay")
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise InvalidInput(f"{path}: record {number} is not an object")
+        for name in REPLAYED_FIELDS:
+            if name not in record:
+                raise InvalidInput(
+                    f"{path}: record {number} has no {name!r}"
+                    + (" (generative records keep no candidates: replay `rag eval grounding --mode extractive` output)" if "generated" in record else "")
+                )
     return records
