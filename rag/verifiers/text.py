@@ -8,6 +8,7 @@ Words are lower-cased and Snowball-stemmed, stop words and answer boilerplate ("
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -99,33 +100,28 @@ def content_words(text: str) -> set[str]:
     return set(_stemmer().stemWords([w for w in words if not w.isdigit()])) | {w for w in words if w.isdigit()}
 
 
+def _kept_words(text: str) -> Iterator[tuple[str, str]]:
+    """(word as written, lower-cased without "'s") for each word that is not a stop word,
+    boilerplate or a single character: what the name readers below look at."""
+    for w in _WORD.findall(text):
+        low = w.lower().rstrip(".").removesuffix("'s")
+        if low not in STOP_WORDS and low not in _BOILERPLATE and len(low) >= 2:
+            yield w, low
+
+
 def name_sequence(text: str) -> list[str]:
     """Stems of capitalised words (not sentence-initial function words) and numbers, in order."""
-    out = []
-    for w in _WORD.findall(text):
-        if not (w[:1].isupper() or w[:1].isdigit()):
-            continue
-        low = w.lower().rstrip(".")
-        if low.endswith("'s"):
-            low = low[:-2]
-        if low in STOP_WORDS or low in _BOILERPLATE or len(low) < 2:
-            continue
-        out.append(low.replace(",", "") if low[:1].isdigit() else _stemmer().stemWord(low))
-    return out
+    return [
+        low.replace(",", "") if low[:1].isdigit() else _stemmer().stemWord(low)
+        for w, low in _kept_words(text)
+        if w[:1].isupper() or w[:1].isdigit()
+    ]
 
 
 def tagged_stems(text: str) -> list[tuple[str, bool]]:
     """Stems of the words that are neither stop words, boilerplate nor numbers, in order, each with
     whether it was capitalised (a name): the order in which a sentence names who did what."""
-    out = []
-    for w in _WORD.findall(text):
-        low = w.lower().rstrip(".")
-        if low.endswith("'s"):
-            low = low[:-2]
-        if low in STOP_WORDS or low in _BOILERPLATE or len(low) < 2 or low[:1].isdigit():
-            continue
-        out.append((_stemmer().stemWord(low), w[:1].isupper()))
-    return out
+    return [(_stemmer().stemWord(low), w[:1].isupper()) for w, low in _kept_words(text) if not low[:1].isdigit()]
 
 
 def name_words(text: str) -> set[str]:
