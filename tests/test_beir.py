@@ -12,7 +12,7 @@ from rag.evaluation.retrieval import read_beir
 
 
 def beir(tmp_path: Path, qrels: bytes, queries: bytes = b'{"_id": "q1", "text": "hi"}\n') -> Path:
-    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels").mkdir(parents=True)
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "hello"}\n', encoding="utf-8")
     (tmp_path / "queries.jsonl").write_bytes(queries)
     (tmp_path / "qrels" / "test.tsv").write_bytes(qrels)
@@ -20,8 +20,10 @@ def beir(tmp_path: Path, qrels: bytes, queries: bytes = b'{"_id": "q1", "text": 
 
 
 def test_a_well_formed_folder_reads_with_or_without_a_qrels_header(tmp_path: Path) -> None:
-    data = read_beir(beir(tmp_path, b"q1\td1\t1\n"))
-    assert (data.queries, data.qrels) == ({"q1": "hi"}, {"q1": {"d1": 1}})
+    bare = read_beir(beir(tmp_path / "bare", b"q1\td1\t1\n"))
+    headed = read_beir(beir(tmp_path / "headed", b"query-id\tcorpus-id\tscore\nq1\td1\t1\n"))
+    for data in (bare, headed):
+        assert (data.queries, data.qrels) == ({"q1": "hi"}, {"q1": {"d1": 1}})
 
 
 @pytest.mark.parametrize(

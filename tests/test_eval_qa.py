@@ -180,6 +180,10 @@ def test_grounding_replay_refuses_a_file_without_records(tmp_path: Path) -> None
     empty.write_text("\n", encoding="utf-8")
     result = invoke("eval", "grounding-replay", str(empty), home=tmp_path / "home")
     assert result.returncode == 1 and "no records" in result.stderr
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"article": 0, "gold": ["caf\xe9"]}\n')
+    result = invoke("eval", "grounding-replay", str(latin), home=tmp_path / "home")
+    assert result.returncode == 1 and "latin.jsonl: not valid UTF-8 (byte 0xe9 at offset 28)" in result.stderr
     # generative records keep no candidates to replay; a record that is not an object is no record
     for records, message in (
         ([{"article": 0, "answerable": True, "gold": ["x"], "generated": "X [1]."}], "record 1 has no 'candidates'"),

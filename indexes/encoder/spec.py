@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-
 from indexes.errors import ModelLoadError
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ import numpy as np
 
 from indexes.errors import InvalidInput
 from rag.answer import Answer
+from rag.evaluation.files import read_utf8
 from rag.evaluation.qa import contains_answer, prediction_text
 from rag.evaluation.squad import SquadQuestion, best_over_golds, load_squad_json, normalize_answer
 
@@ -371,10 +372,7 @@ REPLAYED_FIELDS = ("article", "answerable", "gold", "candidates")
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Per-question extractive records from `rag eval grounding --json` output (its "records") or
     JSON lines of them, each with the fields a replay reads (`REPLAYED_FIELDS`)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
+    text = read_utf8(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from indexes.errors import InvalidInput, not_utf8
+from indexes.errors import InvalidInput
 from indexes.types import Passage
+from rag.evaluation.files import read_utf8
 from rag.evaluation.report import CUTOFFS, PassageRef, QueryRecord, RetrieverResult
 
 
@@ -37,7 +38,7 @@ def read_beir(folder: Path, split: str = "test") -> BeirData:
         if not needed.is_file():
             raise InvalidInput(f"not a BEIR folder: {needed} is missing")
     qrels: dict[str, dict[str, int]] = {}
-    for number, row in enumerate(csv.reader(_lines(qrels_path), delimiter="\t"), start=1):
+    for number, row in enumerate(csv.reader(read_utf8(qrels_path).splitlines(), delimiter="\t"), start=1):
         if len(row) < 3 or (number == 1 and row[0] == "query-id"):  # files with and without a header
             continue
         try:
@@ -45,7 +46,7 @@ def read_beir(folder: Path, split: str = "test") -> BeirData:
         except ValueError:
             raise InvalidInput(f"{qrels_path}:{number}: the score {row[2]!r} is not an integer") from None
     queries: dict[str, str] = {}
-    for number, line in enumerate(_lines(queries_path), start=1):
+    for number, line in enumerate(read_utf8(queries_path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -58,13 +59,6 @@ def read_beir(folder: Path, split: str = "test") -> BeirData:
     if not queries:
         raise InvalidInput(f"no query of {queries_path} has a judgement in {qrels_path}: nothing to evaluate")
     return BeirData(corpus=corpus, queries=queries, qrels=qrels)
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path}: {not_utf8(exc)}") from None
 
 
 def documents_from_passages(passages: list[Passage]) -> dict[str, float]:

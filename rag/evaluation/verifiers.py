@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexes.errors import InvalidInput, not_utf8
+from indexes.errors import InvalidInput
 from indexes.types import Passage
 from rag.citations import check_answer
+from rag.evaluation.files import read_utf8
 from rag.verifiers.base import Verifier
 
 
@@ -48,14 +49,8 @@ def read_cases(path: str | Path) -> list[VerifierCase]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"no verifier cases at {path} (give --cases FILE, e.g. examples/verifier-cases.jsonl of the repository)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path}: {not_utf8(exc)}") from exc
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
     cases = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
