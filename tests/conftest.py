@@ -15,9 +15,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The encoder graph (OpenVINO/ONNX, RAG_ENCODER_RUNTIME=auto) is exported once per test session
-# and shared by every data home the tests make, CLI and server subprocesses included.
-os.environ.setdefault("RAG_GRAPH_CACHE", tempfile.mkdtemp(prefix="rag-test-graphs-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -27,10 +24,28 @@ NA_READER_MODEL = SHARED / "models" / "reader-minilm-l6-squad-na"  # stronger, a
 SUPPORT_MODEL = SHARED / "models" / "verifier-minilm-l6-support"
 SCIFACT = DATA / "beir" / "scifact"
 SQUAD_DEV = DATA / "squad" / "squad-v1.1-dev-articles-01-24.json"
+_GRAPH_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The encoder graph (OpenVINO/ONNX, RAG_ENCODER_RUNTIME=auto) is exported once per test
+    session into one folder shared by every data home the tests make, CLI and server
+    subprocesses included (they inherit the variable); removed when the session ends."""
+    if "RAG_GRAPH_CACHE" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="rag-test-graphs-")
+        os.environ["RAG_GRAPH_CACHE"] = folder
+        config.stash[_GRAPH_CACHE] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_GRAPH_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("RAG_GRAPH_CACHE", None)
 
 
 @pytest.fixture(scope="session")
-def encoder():  # type: ignore[no-untyped-def]
+def encoder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The embedded default embedder (all-MiniLM-L6-v2 from its PyPI package) on the reference
     runtime (torch fp32), loaded once and shared with every Runtime the tests build that asks for
     torch (the runtime's process-wide cache)."""
@@ -38,7 +53,7 @@ def encoder():  # type: ignore[no-untyped-def]
     from rag.runtime import Runtime
     from rag.settings import Settings
 
-    reference = Runtime(Settings(home=Path(tempfile.mkdtemp()), encoder_runtime="torch"))
+    reference = Runtime(Settings(home=tmp_path_factory.mktemp("reference-home"), encoder_runtime="torch"))
     return reference.encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
 
 
