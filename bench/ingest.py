@@ -19,9 +19,11 @@ document: use it on the whole corpus or with --limit, which always keeps the jud
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +35,7 @@ SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
 sys.path.insert(0, str(REPO))
 
 
-def _corpus(limit: int | None, judged: bool = True) -> Path:
+def _corpus(limit: int | None, work: Path, judged: bool = True) -> Path:
     """SciFact's corpus, or its first `limit` documents (plus every document the qrels need when
     `judged`, so nDCG stays comparable)."""
     if not limit:
@@ -41,7 +43,7 @@ def _corpus(limit: int | None, judged: bool = True) -> Path:
     from rag.evaluation.retrieval import read_beir
 
     needed = {d for docs in read_beir(SCIFACT, "train").qrels.values() for d in docs} if judged else set()
-    out = Path(tempfile.mkdtemp()) / "corpus.jsonl"
+    out = work / "corpus.jsonl"
     with (SCIFACT / "corpus.jsonl").open() as src, out.open("w") as dst:
         for i, line in enumerate(src):
             if i < limit or json.loads(line)["_id"] in needed:
@@ -102,13 +104,13 @@ RUNTIMES: dict[str, tuple[str, bool | None, str]] = {
 }
 
 
-def run_ours(corpus: Path, variant: str, quality: bool, models: Path) -> dict[str, float | str]:
+def run_ours(corpus: Path, variant: str, quality: bool, models: Path, work: Path) -> dict[str, float | str]:
     from rag.evaluation.retrieval import evaluate_retrieval, read_beir
     from rag.runtime import Runtime
     from rag.settings import Settings
 
     encoder_runtime, quantize, precision = RUNTIMES[variant]
-    home = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
     # The exported ONNX graphs are made once per bench run (a one-off cost, like a download).
     (home / "models").symlink_to(models, target_is_directory=True)
     runtime = Runtime(Settings(home=home, quantize=quantize, encoder_runtime=encoder_runtime, precision=precision, retriever="dense"))
@@ -143,12 +145,13 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _prepare_models(variants: list[str]) -> Path:
+def _prepare_models(variants: list[str], work: Path) -> Path:
     """Export the ONNX graphs the variants need, once, before anything is timed."""
     from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec, choose_runtime
     from indexes.encoder.export import exported_model
 
-    models = Path(tempfile.mkdtemp(prefix="rag-bench-models-"))
+    models = work / "models"
+    models.mkdir()
     spec = EncoderSpec.detect(DEFAULT_EMBEDDER)
     for variant in variants:
         if variant in RUNTIMES:
@@ -165,7 +168,6 @@ def run_growth(total: int, step: int, home: Path) -> list[dict[str, float]]:
     chunk per document, written through `CollectionWriter.write` in batches of 1,000 documents, so
     what is timed is SQL + segments + BM25 + publish, the part whose cost could grow with size."""
     import json
-    import tempfile
 
     import numpy as np
 
@@ -217,11 +219,15 @@ def main() -> None:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.work:  # child process: the parent's folder
+        work = Path(args.work)
+    else:  # everything this run writes, removed when it ends
+        work = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     if args.growth:
-        import tempfile
-
-        rows = run_growth(args.growth, args.step, Path(tempfile.gettempdir()))
+        rows = run_growth(args.growth, args.step, work)
         first = rows[0]["seconds_per_1000"]
         print("| documents | s per 1,000 docs (last step) | ratio to first | segments |")
         print("| --- | --- | --- | --- |")
@@ -236,7 +242,7 @@ def main() -> None:
         if args.variant == "baseline":
             result = run_baseline(corpus, args.quality)
         else:
-            result = run_ours(corpus, args.variant, args.quality, Path(args.models))
+            result = run_ours(corpus, args.variant, args.quality, Path(args.models), work)
         print(json.dumps(result))
         return
 
@@ -244,8 +250,8 @@ def main() -> None:
     unknown = [v for v in variants if v != "baseline" and v not in RUNTIMES]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; use baseline or {', '.join(RUNTIMES)}")
-    corpus = _corpus(args.limit, args.quality)
-    models = _prepare_models(variants)
+    corpus = _corpus(args.limit, work, args.quality)
+    models = _prepare_models(variants, work)
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for round_no in range(args.rounds):
         order = variants[round_no % len(variants):] + variants[: round_no % len(variants)]
@@ -253,7 +259,7 @@ def main() -> None:
             quality = args.quality and round_no == 0
             load_before = os.getloadavg()[0]
             child = subprocess.run(
-                [sys.executable, __file__, "--variant", variant, "--corpus", str(corpus), "--models", str(models)]
+                [sys.executable, __file__, "--variant", variant, "--corpus", str(corpus), "--models", str(models), "--work", str(work)]
                 + (["--quality"] if quality else []),
                 capture_output=True, text=True,
             )

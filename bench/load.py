@@ -22,6 +22,7 @@ never share a GIL.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
@@ -214,6 +215,8 @@ def _timed_run(
 def _compare(args: argparse.Namespace, collection: str, corpus: Path) -> dict[str, Any]:
     """Before/after in one run: the same home served by each configuration, interleaved."""
     home = args.home or Path(tempfile.mkdtemp(prefix="rag-load-"))
+    if not args.home:  # a home of our own: gone when the run ends
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
 
     def env(threads: int) -> dict[str, str]:
         return {"RAG_ENCODER_RUNTIME": args.encoder_runtime, **({"RAG_THREADS": str(threads)} if threads else {})}

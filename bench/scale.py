@@ -31,12 +31,14 @@ probe more lists), recall@10 against exact search (computed shard by shard), p50
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import fcntl
 import itertools
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -179,14 +181,14 @@ def start_head(cpus: int) -> tuple[subprocess.Popen[bytes], str, dict[str, str],
     deadline = time.monotonic() + 120
     while subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode:
         if time.monotonic() > deadline:
-            stop_head(head)
+            stop_head(head, temp)
             raise RuntimeError("the Ray head node did not come up")
         time.sleep(2)
     return head, address, env, temp
 
 
-def stop_head(head: subprocess.Popen[bytes]) -> None:
-    """Stop the head node started by start_head and every process it started."""
+def stop_head(head: subprocess.Popen[bytes], temp: Path) -> None:
+    """Stop the head node started by start_head and every process it started; remove its temp folder."""
     tree = [head.pid, *_below(head.pid, _process_table())]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in tree:
@@ -196,6 +198,7 @@ def stop_head(head: subprocess.Popen[bytes]) -> None:
                 pass
         time.sleep(3)
     head.wait(timeout=30)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def bench_ingest(
@@ -206,7 +209,7 @@ def bench_ingest(
     env = dict(os.environ)
     address = ""
     if "ray" in modes:
-        head, address, env, _ = start_head(cpus)
+        head, address, env, temp = start_head(cpus)
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **encoder)
     models = work / "models"  # the exported encoder graph, shared by every run's data home
     models.mkdir(parents=True, exist_ok=True)
@@ -251,7 +254,7 @@ def bench_ingest(
                 print(json.dumps(row), flush=True)
     finally:
         if head is not None:
-            stop_head(head)
+            stop_head(head, temp)
     return results
 
 
@@ -432,6 +435,8 @@ def main() -> None:
     parser.add_argument("--child", choices=["build", "search"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="rag-scale-"))
+    if not args.dir:  # a folder of our own (children get it as --dir): gone when the run ends
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     if args.child == "build":
         child_build(work, args.ivf, args.shard, args.ivf_factory)
         return

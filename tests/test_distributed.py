@@ -57,7 +57,7 @@ def cluster() -> Iterator[str]:
     try:
         yield address
     finally:
-        stop_head(head)
+        stop_head(head, temp)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
