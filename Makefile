@@ -13,4 +13,4 @@ test: bootstrap
 	@.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: bootstrap
-	@.venv/bin/python -m ruff check . || true
+	@.venv/bin/python -m ruff check .

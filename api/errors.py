@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexes.collection import CollectionElsewhere
 from indexes.errors import (
     CollectionNotFound,
     DocumentNotFound,
@@ -25,7 +26,6 @@ from indexes.errors import (
     RagError,
     StoreInconsistent,
 )
-from indexes.collection import CollectionElsewhere
 from indexes.locking import WriterBusy
 from indexes.store import CollectionUnusable
 

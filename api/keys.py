@@ -18,10 +18,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from api.tables import ApiKeyRow, create_tables
 from indexes.errors import InvalidInput, RagError
 from indexes.schema import utcnow
 from indexes.store import Store
-from api.tables import ApiKeyRow, create_tables
 
 Scope = Literal["read", "write"]
 SCOPES: tuple[str, ...] = ("read", "write")

@@ -69,7 +69,7 @@ class ApiState:
                 log.warning("collection %s: %s", name, exc)
         pipeline = runtime.ask_pipeline()
         try:
-            pipeline.reader  # loads the extractive reader now, not on the first question
+            pipeline.reader  # noqa: B018 - the property loads the extractive reader now, not on the first question
             models["reader"] = True
         except RagError as exc:
             models["reader"] = f"not loaded: {exc}"

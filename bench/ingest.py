@@ -274,7 +274,8 @@ def main() -> None:
                 "".join(f", {k} {v:.4f}" for k, v in r.items() if k.endswith("ndcg@10") and k != "ndcg@10")
                 if quality else ""
             )
-            print(f"round {round_no + 1} {variant:>10}{' (' + str(r['encoder']) + ')' if 'encoder' in r else ''}: {r['documents']} docs, {r['passages']} passages in "
+            encoder = f" ({r['encoder']})" if "encoder" in r else ""
+            print(f"round {round_no + 1} {variant:>10}{encoder}: {r['documents']} docs, {r['passages']} passages in "
                   f"{r['seconds']:.1f}s -> {r['documents'] / r['seconds']:.2f} docs/s, "
                   f"{r['passages'] / r['seconds']:.1f} passages/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
                   f"load {r['load_before']:.1f}->{r['load_after']:.1f}"

@@ -6,7 +6,8 @@ with `--ray-address` against a `ray start --head` cluster on loopback started he
 passages/s and peak memory (below). Flat passages/s and flat RSS across sizes is the streaming claim; the Ray/single
 throughput ratio is the overhead of Ray on one machine. The encoder runtime is the same for both
 modes (`--encoder-runtime auto`, the project's default, by default: which encoder runs does not
-change whether rates and memory stay flat), and its exported graph is cached once for all runs. With `--lock FILE`, each run holds `flock FILE` (released between runs, so a shared
+change whether rates and memory stay flat), and its exported graph is cached once for all runs.
+With `--lock FILE`, each run holds `flock FILE` (released between runs, so a shared
 machine's other timing runs are not blocked for the whole bench); the load average is
 recorded before and after every run, and its median while the run lasts.
 
@@ -45,8 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np

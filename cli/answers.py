@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -105,12 +105,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @app.command()
     def ask(
         question: str = typer.Argument(..., callback=text_argument, help="the question"),
-        collection: Optional[str] = CollectionOpt,
-        mode: Optional[str] = typer.Option(
+        collection: str | None = CollectionOpt,
+        mode: str | None = typer.Option(
             None, "--mode", "-m", callback=_one_of("extractive", "generative"), help="extractive | generative [env RAG_ANSWER_MODE]"
         ),
-        k: Optional[int] = typer.Option(None, "-k", "--top-k", callback=k_between(1, 50), help="passages to read [env RAG_ANSWER_K, default 5]"),
-        retriever: Optional[str] = RetrieverOpt,
+        k: int | None = typer.Option(None, "-k", "--top-k", callback=k_between(1, 50), help="passages to read [env RAG_ANSWER_K, default 5]"),
+        retriever: str | None = RetrieverOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Answer QUESTION from a collection, with citations to the passages it came from."""
@@ -142,13 +142,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @eval_app.command("qa")
     def eval_qa(
         squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs become the corpus"),
-        mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
+        mode: str | None = typer.Option(None, "--mode", "-m", help="extractive | generative"),
         k: int = typer.Option(5, "-k", "--top-k", callback=k_between(1, 50), help="passages retrieved and read per question"),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="questions, evenly spaced through the file"),
-        collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: squad-FILESTEM"),
-        retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
-        out: Optional[Path] = typer.Option(None, "--out", help="write every question's record as JSON lines"),
-        report_file: Optional[Path] = ReportOpt,
+        limit: int | None = typer.Option(None, "--limit", min=1, help="questions, evenly spaced through the file"),
+        collection: str | None = typer.Option(None, "--collection", "-c", help="default: squad-FILESTEM"),
+        retriever: str | None = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        out: Path | None = typer.Option(None, "--out", help="write every question's record as JSON lines"),
+        report_file: Path | None = ReportOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Ingest a SQuAD file's paragraphs, ask its questions: top-k accuracy, EM/F1, citations, latency."""
@@ -208,19 +208,19 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @eval_app.command("grounding")
     def eval_grounding(
         squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON: its paragraphs, minus a removed sample, become the corpus"),
-        mode: Optional[str] = typer.Option(None, "--mode", "-m", help="extractive | generative"),
+        mode: str | None = typer.Option(None, "--mode", "-m", help="extractive | generative"),
         k: int = typer.Option(5, "-k", "--top-k", callback=k_between(1, 50), help="passages retrieved and read per question"),
         remove: int = typer.Option(100, "--remove", min=0, help="gold paragraphs removed from the corpus (their questions become unanswerable)"),
         seed: int = typer.Option(0, "--seed", help="seed of the removed sample"),
-        articles: Optional[int] = typer.Option(None, "--articles", min=1, help="use only the first N articles of the file"),
-        limit: Optional[int] = typer.Option(None, "--limit", min=0, help="answerable and unanswerable questions asked, each (evenly spread)"),
-        limit_answerable: Optional[int] = typer.Option(None, "--limit-answerable", min=0, help="answerable questions asked [default: --limit]"),
-        calibrate_articles: Optional[int] = typer.Option(
+        articles: int | None = typer.Option(None, "--articles", min=1, help="use only the first N articles of the file"),
+        limit: int | None = typer.Option(None, "--limit", min=0, help="answerable and unanswerable questions asked, each (evenly spread)"),
+        limit_answerable: int | None = typer.Option(None, "--limit-answerable", min=0, help="answerable questions asked [default: --limit]"),
+        calibrate_articles: int | None = typer.Option(
             None, "--calibrate-articles", min=1, help="extractive: choose the threshold on the first N articles' questions, score the rest at it"
         ),
-        collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
-        retriever: Optional[str] = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
-        report_file: Optional[Path] = ReportOpt,
+        collection: str | None = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
+        retriever: str | None = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        report_file: Path | None = ReportOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Abstention on unanswerable questions, EM/F1 on answerable ones, CRAG score, verified-citation precision."""
@@ -322,7 +322,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         records_file: Path = typer.Argument(..., help="`rag eval grounding --mode extractive --json` output, or its records as JSON lines"),
         calibrate_articles: int = typer.Option(12, "--calibrate-articles", min=1, help="choose on the first N articles' questions, score the rest"),
         key: str = typer.Option("margin", "--key", help="margin (abstention=null) | span_logit (abstention=span)"),
-        weight: Optional[float] = typer.Option(None, "--retrieval-weight", help="curve at this weight [default: the calibrated one]"),
+        weight: float | None = typer.Option(None, "--retrieval-weight", help="curve at this weight [default: the calibrated one]"),
         as_json: bool = JsonOpt,
     ) -> None:
         """Replay recorded extractive answers under the reader's rule at every threshold and retrieval
@@ -348,7 +348,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @eval_app.command("verifiers")
     def eval_verifiers(
         cases: Path = typer.Option(Path("examples/verifier-cases.jsonl"), "--cases", help="labelled (question, answer, passage) cases, JSON lines"),
-        verifier: Optional[list[str]] = typer.Option(None, "--verifier", help="lexical | reader | nli | nli-unguarded (repeatable; default: all that load)"),
+        verifier: list[str] | None = typer.Option(None, "--verifier", help="lexical | reader | nli | nli-unguarded (repeatable; default: all that load)"),
         as_json: bool = JsonOpt,
     ) -> None:
         """Accuracy of each support verifier on labelled cases, with the cases it gets wrong."""

@@ -13,7 +13,7 @@ import logging
 import sys
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -37,7 +37,7 @@ ReportOpt = typer.Option(
     None, "--report", help="also write a self-contained HTML report (plots, per-question table); a copy goes to RAG_HOME/reports"
 )
 def _one_of(*choices: str) -> Any:
-    def check(value: Optional[str]) -> Optional[str]:
+    def check(value: str | None) -> str | None:
         if value is not None and value not in choices:
             raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
         return value
@@ -59,8 +59,8 @@ class _State:
 
 @app.callback()
 def _global(
-    home: Optional[Path] = typer.Option(None, "--home", help="data home [env RAG_HOME]"),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL [env RAG_DATABASE_URL]"),
+    home: Path | None = typer.Option(None, "--home", help="data home [env RAG_HOME]"),
+    database_url: str | None = typer.Option(None, "--database-url", help="SQLAlchemy URL [env RAG_DATABASE_URL]"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
 ) -> None:
     logging.basicConfig(
@@ -94,7 +94,7 @@ def text_argument(value: str) -> str:
 def k_between(low: int, high: int) -> Any:
     """An option callback refusing a passage count outside [low, high] as a usage error (exit 2)."""
 
-    def check(value: Optional[int]) -> Optional[int]:
+    def check(value: int | None) -> int | None:
         if value is not None and not low <= value <= high:
             raise typer.BadParameter(f"k must be between {low} and {high}, not {value}")
         return value
@@ -109,15 +109,15 @@ def _print_json(payload: Any) -> None:
 @app.command()
 def ingest(
     paths: list[str] = typer.Argument(..., help="files, folders (recursive) or globs"),
-    collection: Optional[str] = CollectionOpt,
-    model: Optional[str] = typer.Option(None, "--model", help="embedding model for a new collection [env RAG_EMBEDDING_MODEL]"),
-    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", min=8, max=8192, help="tokens per chunk for a new collection"),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", min=0, help="overlap in tokens for a new collection"),
-    index: Optional[str] = typer.Option(None, "--index", help="FAISS factory string for a new collection"),
-    quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize", help="int8 encoder (CPU)"),
+    collection: str | None = CollectionOpt,
+    model: str | None = typer.Option(None, "--model", help="embedding model for a new collection [env RAG_EMBEDDING_MODEL]"),
+    chunk_tokens: int | None = typer.Option(None, "--chunk-tokens", min=8, max=8192, help="tokens per chunk for a new collection"),
+    chunk_overlap: int | None = typer.Option(None, "--chunk-overlap", min=0, help="overlap in tokens for a new collection"),
+    index: str | None = typer.Option(None, "--index", help="FAISS factory string for a new collection"),
+    quantize: bool | None = typer.Option(None, "--quantize/--no-quantize", help="int8 encoder (CPU)"),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="delete documents whose files vanished from a re-ingested folder"),
     ray: bool = typer.Option(False, "--ray", help="parse, chunk and embed on a Ray cluster [address: env RAG_RAY_ADDRESS, else auto]"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (implies --ray): auto, local or HOST:PORT"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster (implies --ray): auto, local or HOST:PORT"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Ingest files into a collection: unchanged files are skipped, changed ones replaced.
@@ -157,12 +157,12 @@ def ingest_exit_code(errors: list[dict[str, str]], documents_ok: int) -> int:
 @app.command()
 def search(
     query: str = typer.Argument(..., callback=text_argument, help="the question or keywords"),
-    collection: Optional[str] = CollectionOpt,
+    collection: str | None = CollectionOpt,
     k: int = typer.Option(10, "-k", "--top-k", help="passages to return [1 to RAG_MAX_K]"),
-    retriever: Optional[str] = RetrieverOpt,
-    fusion: Optional[str] = FusionOpt,
-    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else ~sqrt(nlist)]"),
-    ef_search: Optional[int] = typer.Option(None, "--ef-search", min=1, help="HNSW candidate list [default: the collection's, else 64]"),
+    retriever: str | None = RetrieverOpt,
+    fusion: str | None = FusionOpt,
+    nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else ~sqrt(nlist)]"),
+    ef_search: int | None = typer.Option(None, "--ef-search", min=1, help="HNSW candidate list [default: the collection's, else 64]"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the passages most similar to QUERY."""
@@ -218,7 +218,7 @@ def collections_delete(name: str = typer.Argument(..., help="collection to delet
 
 
 @app.command()
-def stats(collection: Optional[str] = CollectionOpt, as_json: bool = JsonOpt) -> None:
+def stats(collection: str | None = CollectionOpt, as_json: bool = JsonOpt) -> None:
     """Documents, chunks and vectors counted from SQL and from FAISS."""
     info = _runtime().collection(collection).stats()
     if as_json:
@@ -235,7 +235,7 @@ def delete(
     sources: list[str] = typer.Argument(None, help="source paths (or record sources such as file.jsonl#id)"),
     ids: list[int] = typer.Option([], "--id", help="internal document id (repeatable)"),
     external_ids: list[str] = typer.Option([], "--external-id", help="external id from the input, e.g. a BEIR _id (repeatable)"),
-    collection: Optional[str] = CollectionOpt,
+    collection: str | None = CollectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Remove documents from SQL and the indexes together; each reference says what it is."""
@@ -254,7 +254,7 @@ def delete(
 
 @app.command()
 def doctor(
-    collection: Optional[str] = CollectionOpt,
+    collection: str | None = CollectionOpt,
     repair: bool = typer.Option(True, "--repair/--check-only", help="fix drift (re-embed missing vectors); --check-only reads and changes nothing"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -290,11 +290,11 @@ def doctor(
 def eval_retrieval(
     beir: Path = typer.Option(..., "--beir", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv"),
     split: str = typer.Option("test", "--split"),
-    collection: Optional[str] = typer.Option(None, "--collection", "-c", help="default: beir-FOLDERNAME"),
-    retriever: Optional[str] = RetrieverOpt,
-    fusion: Optional[str] = FusionOpt,
-    report_file: Optional[Path] = ReportOpt,
-    compare: Optional[str] = typer.Option(
+    collection: str | None = typer.Option(None, "--collection", "-c", help="default: beir-FOLDERNAME"),
+    retriever: str | None = RetrieverOpt,
+    fusion: str | None = FusionOpt,
+    report_file: Path | None = ReportOpt,
+    compare: str | None = typer.Option(
         None, "--compare", help="with --report: more retrievers to draw, comma-separated (e.g. dense,bm25)"
     ),
     as_json: bool = JsonOpt,

@@ -6,7 +6,7 @@ Torch and transformers are imported inside the commands, so `rag --help` stays i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -17,9 +17,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @eval_app.command("reader")
     def eval_reader(
         squad: Path = typer.Option(..., "--squad", help="SQuAD v1.1 JSON (.json or .json.gz)"),
-        model: Optional[str] = typer.Option(None, "--model", help="reader model, HF id or folder [env RAG_READER_MODEL]"),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
-        paragraphs_per_article: Optional[int] = typer.Option(
+        model: str | None = typer.Option(None, "--model", help="reader model, HF id or folder [env RAG_READER_MODEL]"),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="only the first N questions"),
+        paragraphs_per_article: int | None = typer.Option(
             None, "--paragraphs-per-article", min=1, help="only the first N paragraphs of each article"
         ),
         as_json: bool = JsonOpt,
@@ -48,12 +48,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         train: Path = typer.Option(..., "--train", help="SQuAD-format training JSON (.json or .json.gz)"),
         base: str = typer.Option(..., "--base", help="encoder to fine-tune: HF id or folder"),
         out: Path = typer.Option(..., "--out", help="output folder; a checkpoint there is resumed"),
-        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="stop (and checkpoint) after this long"),
-        eval_file: Optional[Path] = typer.Option(None, "--eval", help="SQuAD JSON to score the result on (EM/F1)"),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="train on the first N questions only"),
-        eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1, help="score the first N eval questions only"),
+        max_minutes: float | None = typer.Option(None, "--max-minutes", min=0, help="stop (and checkpoint) after this long"),
+        eval_file: Path | None = typer.Option(None, "--eval", help="SQuAD JSON to score the result on (EM/F1)"),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="train on the first N questions only"),
+        eval_limit: int | None = typer.Option(None, "--eval-limit", min=1, help="score the first N eval questions only"),
         epochs: int = typer.Option(1, "--epochs", min=1),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="optimizer steps [default: epochs over the data]"),
+        max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="optimizer steps [default: epochs over the data]"),
         batch_size: int = typer.Option(32, "--batch-size", min=1),
         lr: float = typer.Option(1e-4, "--lr", min=0),
         warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", min=0, max=1),

@@ -3,7 +3,7 @@ so `rag --help` stays instant and the CLI never depends on `api` at import time.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -29,8 +29,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
     @app.command()
     def serve(
-        host: Optional[str] = typer.Option(None, "--host", help="interface to bind [env RAG_API_HOST, default 127.0.0.1]"),
-        port: Optional[int] = typer.Option(None, "--port", help="port [env RAG_API_PORT, default 8000]"),
+        host: str | None = typer.Option(None, "--host", help="interface to bind [env RAG_API_HOST, default 127.0.0.1]"),
+        port: int | None = typer.Option(None, "--port", help="port [env RAG_API_PORT, default 8000]"),
         no_auth: bool = typer.Option(False, "--no-auth", help="no API keys: local development on loopback only"),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
     ) -> None:
@@ -60,7 +60,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def keys_create(
         name: str = typer.Option(..., "--name", help="who or what uses the key"),
         scope: str = typer.Option("read", "--scope", help="read (search, ask) or write (also ingest, delete)"),
-        collection: Optional[str] = typer.Option(None, "--collection", "-c", help="limit the key to one collection"),
+        collection: str | None = typer.Option(None, "--collection", "-c", help="limit the key to one collection"),
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
     ) -> None:
         """Create a key and print it once; only its SHA-256 is stored."""

@@ -35,8 +35,8 @@ from indexes.errors import InvalidInput, RagError
 from indexes.failpoints import failpoint
 from indexes.keyword import KeywordSpec
 from indexes.locking import WriterLock
-from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow
 from indexes.ondisk import DATA_SUFFIX
+from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow
 from indexes.segments import Manifest, Segment, SegmentMissing, merge, ondisk_template, plan_merges, segment_files
 from indexes.snapshot import batched
 from indexes.types import Chunk, Document

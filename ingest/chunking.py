@@ -43,7 +43,7 @@ class SentenceWindowChunker:
         spans = self._sentence_spans(text, token_ends)
         windows = self._pack(spans)
         chunks = []
-        for ordinal, (start, end) in enumerate(windows):
+        for start, end in windows:
             # Trim surrounding whitespace so offsets point at text, not at gaps.
             while start < end and text[start].isspace():
                 start += 1

@@ -38,7 +38,7 @@ from indexes.store import NewDocument
 from indexes.types import Chunk, Document
 from ingest.chunking import SentenceWindowChunker
 from ingest.loaders import InputLimits
-from ingest.pipeline import FileScan, IngestReport, Ingestor, scan_file
+from ingest.pipeline import FileScan, Ingestor, IngestReport, scan_file
 from ingest.sources import ingest_label
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from rag.answer import NOT_IN_SOURCES, Answer, Mode
 from rag.citations import DEFAULT_THRESHOLD, check_answer, suspicious_passages
 from rag.generation.base import Generator
 from rag.prompt import build_messages
-from rag.verifiers import LexicalVerifier, Verifier
 from rag.retrieval import Retriever
+from rag.verifiers import LexicalVerifier, Verifier
 
 MODES: tuple[Mode, ...] = ("extractive", "generative")
 
@@ -119,7 +119,7 @@ class AskPipeline:
         chosen = self._mode(mode)
         if chosen == "extractive" and mode is None and self.fallback_to_generative:
             try:
-                self.reader
+                self.reader  # noqa: B018 - the property loads the reader; a failure here decides the mode
             except (ModelLoadError, MissingDependency) as exc:
                 return "generative", f"no extractive reader could be loaded, so this answer is generative ({str(exc).split(' (')[0]})"
         return chosen, None

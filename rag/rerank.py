@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 
 from indexes.errors import InvalidInput, ModelLoadError

@@ -40,14 +40,28 @@ class Settings(BaseSettings):
     max_tokens: int | None = Field(None, ge=8, le=8192)
     query_prefix: str = ""
     passage_prefix: str = ""
-    quantize: bool | None = Field(None, description="int8 weights for the encoder (CPU; torch and onnx runtimes); unset: no int8 (ONNX Runtime int8 vectors move with their batch neighbours)")
+    quantize: bool | None = Field(
+        None,
+        description=(
+            "int8 weights for the encoder (CPU; torch and onnx runtimes); unset: no int8 "
+            "(ONNX Runtime int8 vectors move with their batch neighbours)"
+        ),
+    )
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     device: str = Field("auto", description="auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:N")
     precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="dtype of encoder, reader and reranker; auto: float16/bfloat16 on CUDA, float32 on CPU, except the openvino encoder, where auto is OpenVINO's choice (bf16 on CPUs with native bf16)"
+        "auto",
+        description=(
+            "dtype of encoder, reader and reranker; auto: float16/bfloat16 on CUDA, float32 on CPU, except the "
+            "openvino encoder, where auto is OpenVINO's choice (bf16 on CPUs with native bf16)"
+        ),
     )
     encoder_runtime: Literal["auto", "torch", "onnx", "openvino"] = Field(
-        "auto", description="what runs the encoder: auto (on the CPU: openvino bf16 where the CPU computes bf16 natively, else onnx fp32 when installed, else torch; torch on a GPU), torch (the reference, any device), onnx or openvino (CPU)"
+        "auto",
+        description=(
+            "what runs the encoder: auto (on the CPU: openvino bf16 where the CPU computes bf16 natively, else onnx "
+            "fp32 when installed, else torch; torch on a GPU), torch (the reference, any device), onnx or openvino (CPU)"
+        ),
     )
 
     chunk_tokens: int = Field(200, ge=8, le=8192)
@@ -63,7 +77,9 @@ class Settings(BaseSettings):
     ray_embed_actors: int = Field(1, ge=1, description="embedding actors (each loads the encoder once)")
     ray_batch_size: int = Field(32, ge=1, description="documents per embedding call on an actor")
     ray_cpus_per_actor: float = Field(
-        1.5, gt=0, description="CPUs each embedding actor reserves; it runs that many encoder threads, rounded up (1.5 leaves the chunking stage 0.5 of a 2-CPU node)"
+        1.5,
+        gt=0,
+        description="CPUs each embedding actor reserves; it runs that many encoder threads, rounded up (1.5 leaves the chunking stage 0.5 of a 2-CPU node)",
     )
     ray_gpus_per_actor: float = Field(0.0, ge=0, description="GPU share per embedding actor; > 0 embeds on cuda")
 
@@ -124,7 +140,12 @@ class Settings(BaseSettings):
     generation_timeout_s: float = Field(60.0, gt=0, description="longest an answer may take before 504")
     job_workers: int = Field(2, ge=1, description="threads running ingestion jobs")
     search_batch_max: int = Field(
-        32, ge=0, description="API: up to this many searches arriving together share one batched retrieval (x1.7-1.9 searches/s at 16 clients on a quiet 2-core machine); 0: off"
+        32,
+        ge=0,
+        description=(
+            "API: up to this many searches arriving together share one batched retrieval "
+            "(x1.7-1.9 searches/s at 16 clients on a quiet 2-core machine); 0: off"
+        ),
     )
     search_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest a search waits for others to batch with")
 

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,15 @@ SUPPORT_MODEL = SHARED / "models" / "verifier-minilm-l6-support"
 SCIFACT = DATA / "beir" / "scifact"
 SQUAD_DEV = DATA / "squad" / "squad-v1.1-dev-articles-01-24.json"
 _GRAPH_CACHE = pytest.StashKey[str]()
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, never a downloaded browser
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,6 +65,18 @@ def encoder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 
     reference = Runtime(Settings(home=tmp_path_factory.mktemp("reference-home"), encoder_runtime="torch"))
     return reference.encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Playwright: the web page and report tests."""
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium; scripts/bootstrap does it as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    with sync_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture()

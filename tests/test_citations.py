@@ -4,8 +4,8 @@ of citing badly is written down here with the verdict it must get."""
 from __future__ import annotations
 
 from indexes.types import Passage
-from rag.citations import annotate_attributed, check_answer, content_words, parse_citations, sentence_spans, strip_invalid
 from rag.answer import NOT_IN_SOURCES
+from rag.citations import annotate_attributed, check_answer, content_words, parse_citations, sentence_spans, strip_invalid
 from rag.prompt import EXAMPLE_QUESTION, EXAMPLE_SOURCES, NOT_FOUND, build_messages
 
 QUESTION = "Where was Marie Curie born?"
@@ -20,7 +20,11 @@ def passage(n: int, title: str, text: str, doc_start: int = 100) -> Passage:
 
 SOURCES = [
     passage(1, "Gabriel Lippmann", "Gabriel Lippmann, who supervised Marie Curie's doctoral research, was born in Bonnevoie, Luxembourg."),
-    passage(2, "Marie Curie", "Maria Sklodowska was a physicist. Marie Curie was born in Warsaw, in what was then the Kingdom of Poland. She moved to Paris in 1891."),
+    passage(
+        2,
+        "Marie Curie",
+        "Maria Sklodowska was a physicist. Marie Curie was born in Warsaw, in what was then the Kingdom of Poland. She moved to Paris in 1891.",
+    ),
     passage(3, "Pierre Curie", "Born in Paris on 15 May 1859, Pierre Curie was the son of Eugène Curie, a doctor."),
 ]
 

@@ -123,7 +123,6 @@ def test_doctor_check_only_changes_nothing(tmp_path: Path) -> None:
     leaves every file and row exactly as it found them."""
     import hashlib
 
-
     from sqlalchemy import func, select
 
     from indexes.schema import ChunkRow, DocumentRow, RunRow

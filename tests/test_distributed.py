@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.scale import start_head, stop_head
 from rag.runtime import Runtime
 from rag.settings import Settings
-from bench.scale import start_head, stop_head
 from tests.conftest import SCIFACT
 
 ray = pytest.importorskip("ray", reason="Ray is the `rag[ray]` extra; scripts/bootstrap installs it with dev")

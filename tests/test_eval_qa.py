@@ -97,8 +97,14 @@ def test_grounding_scores_count_abstention_crag_and_verified_citation_precision(
 
     warsaw = passage("Marie Curie was born in Warsaw.")
     paris = passage("Pierre Curie was born in Paris.")
-    q_ok = SquadQuestion(id="a", question="Where was Marie Curie born?", context="Marie Curie was born in Warsaw.", answers=("Warsaw",), answer_starts=(24,), title="t", article=0, paragraph=0)
-    q_no = SquadQuestion(id="u", question="Where was Maria born?", context="Maria was born in Lyon.", answers=("Lyon",), answer_starts=(18,), title="t", article=0, paragraph=1)
+    q_ok = SquadQuestion(
+        id="a", question="Where was Marie Curie born?", context="Marie Curie was born in Warsaw.", answers=("Warsaw",), answer_starts=(24,),
+        title="t", article=0, paragraph=0,
+    )
+    q_no = SquadQuestion(
+        id="u", question="Where was Maria born?", context="Maria was born in Lyon.", answers=("Lyon",), answer_starts=(18,),
+        title="t", article=0, paragraph=1,
+    )
     records = [
         GroundingRecord(q_ok, True, Answer("Warsaw", "extractive", [citation(1, True)], [warsaw])),  # right: +1
         GroundingRecord(q_ok, True, Answer("Paris", "extractive", [citation(1, True)], [paris])),  # wrong: -1, imprecise citation
@@ -208,8 +214,14 @@ def test_grounding_replay_refuses_to_calibrate_on_articles_without_both_kinds_of
     from tests.conftest import invoke
 
     rows = [
-        {"article": 0, "answerable": True, "gold": ["Oslo"], "candidates": [{"n": 1, "text": "Oslo", "margin": 8.0, "retrieval_score": 0.9, "suspicious": False}]},
-        {"article": 1, "answerable": False, "gold": ["Nice"], "candidates": [{"n": 1, "text": "Lille", "margin": 9.0, "retrieval_score": 0.6, "suspicious": False}]},
+        {
+            "article": 0, "answerable": True, "gold": ["Oslo"],
+            "candidates": [{"n": 1, "text": "Oslo", "margin": 8.0, "retrieval_score": 0.9, "suspicious": False}],
+        },
+        {
+            "article": 1, "answerable": False, "gold": ["Nice"],
+            "candidates": [{"n": 1, "text": "Lille", "margin": 9.0, "retrieval_score": 0.6, "suspicious": False}],
+        },
     ]
     path = tmp_path / "records.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")

@@ -53,7 +53,7 @@ def make_docx(paragraphs: list[str], title: str = "") -> bytes:
 
 
 def test_plain_text_keeps_its_text_and_normalises_newlines() -> None:
-    [doc] = load_bytes("line one\r\nline two\n".encode(), "/c/notes.txt")
+    [doc] = load_bytes(b"line one\r\nline two\n", "/c/notes.txt")
     assert doc.text == "line one\nline two\n"
     assert doc.title == "notes" and doc.source == "/c/notes.txt"
 

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from tests.conftest import SCIFACT, SQUAD_DEV, invoke
-from tests.test_web import browser  # noqa: F401 - the page tests' Chromium fixture, shared
 
 pytest.importorskip("matplotlib", reason="matplotlib is in the report extra (dev includes it)")
 

@@ -13,15 +13,6 @@ import pytest
 
 from tests.test_api import CORPUS, Server, api_settings, start_server, upload, wait_job
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # A passage that is markup and instructions: the page must show it as text and run nothing.
 HOSTILE = (
     "Photography notes. <img src=x onerror=\"window.__pwned = 1\"> <script>window.__pwned = 2</script> "
@@ -46,17 +37,6 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield srv
     uv.should_exit = True
     thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium; scripts/bootstrap does it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield launched
-        launched.close()
 
 
 def _open(browser: Any, server: Server) -> Any:

@@ -24,8 +24,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api.auth import require
 from api.errors import ApiError, status_for
 from api.keys import Principal
-from api.schemas import AnswerOut, AskRequest, ErrorOut
 from api.routes.search import FilteredRetriever, public_answer
+from api.schemas import AnswerOut, AskRequest, ErrorOut
 from api.state import ApiState, api_state
 from indexes.errors import RagError
 from rag.retrieval import validate_query
@@ -55,7 +55,7 @@ def _call_args(body: AskRequest, question: str, collection: str, k: int) -> dict
 
 
 def _sse(event: str, payload: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n".encode("utf-8")
+    return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n".encode()
 
 
 def _error_payload(exc: BaseException) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def _extras(answer: Answer, collection: str) -> dict[str, Any]:
 
 
 def _frame(payload: Any) -> bytes:
-    return f"data: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n".encode("utf-8")
+    return f"data: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n".encode()
 
 
 def _chunks(answer: Answer, collection: str, model: str, completion_id: str, created: int) -> Iterator[bytes]:

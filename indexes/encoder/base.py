@@ -9,8 +9,9 @@ by the torch runtime and exported into the graph the ONNX and OpenVINO runtimes 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 

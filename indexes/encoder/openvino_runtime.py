@@ -18,7 +18,6 @@ from indexes.encoder.onnx_runtime import model_shape
 from indexes.encoder.spec import EncoderSpec, available_cores, load_tokenizer, resolve_model_path
 from indexes.errors import InvalidInput, ModelLoadError
 
-
 # RAG_PRECISION -> OpenVINO's inference precision hint; "" leaves the choice to OpenVINO.
 _PRECISIONS = {"auto": "", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
