@@ -14,3 +14,4 @@ test: bootstrap
 
 lint: bootstrap
 	@.venv/bin/python -m ruff check .
+	@.venv/bin/python -m mypy

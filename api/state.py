@@ -115,4 +115,4 @@ class ApiState:
 
 
 def api_state(request: Request) -> ApiState:
-    return request.app.state.api  # type: ignore[no-any-return]
+    return request.app.state.api

@@ -372,7 +372,7 @@ def main() -> None:
     try:  # typer >= 0.22 carries its own copy of click
         from typer._click.exceptions import NoArgsIsHelpError, UsageError
     except ImportError:
-        from click.exceptions import NoArgsIsHelpError, UsageError
+        from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
     try:
         code = typer.main.get_command(app).main(standalone_mode=False)

@@ -8,12 +8,7 @@ from typing import Any
 
 from indexes.encoder import EncoderSpec
 from indexes.errors import InvalidInput
-
-
-def _faiss():  # type: ignore[no-untyped-def]
-    import faiss
-
-    return faiss
+from indexes.faisslib import load_faiss
 
 
 @dataclass(frozen=True)
@@ -144,7 +139,7 @@ def normalise_factory(factory: str) -> str:
 def check_factory(factory: str, dim: int) -> None:
     """Build the index FAISS would build (untrained, empty): a typo fails here with FAISS's reason.
     `OnDisk,` takes only IVF indexes (their inverted lists are what lives on disk)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     try:
         index = faiss.index_factory(dim, faiss_factory(normalise_factory(factory)), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:

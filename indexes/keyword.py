@@ -88,7 +88,7 @@ class Analyzer:
         words = [w for w in _TOKEN.findall(text.lower()) if w not in self.stopwords]
         if self._stem is None:
             return words
-        return self._stem.stemWords(words)  # type: ignore[no-any-return]
+        return self._stem.stemWords(words)
 
 
 class TermSegment:
@@ -101,7 +101,7 @@ class TermSegment:
         self.lengths = np.asarray(lengths, dtype=np.float32)
 
     @classmethod
-    def build(cls, ids: Sequence[int], texts: Sequence[str], analyzer: Analyzer) -> TermSegment:
+    def build(cls, ids: Sequence[int] | np.ndarray, texts: Sequence[str], analyzer: Analyzer) -> TermSegment:
         if len(ids) != len(texts):
             raise InvalidInput("keyword index: ids and texts differ in length")
         vocab: dict[str, int] = {}
@@ -155,7 +155,7 @@ class TermSegment:
     def save(self, path: Path, spec: KeywordSpec) -> None:
         meta = {"format": FORMAT_VERSION, "spec": spec.to_dict(), "count": self.count()}
         terms = sorted(self.vocab, key=self.vocab.__getitem__)
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, Any] = {  # Any: numpy's stub would match the dict to savez's allow_pickle
             "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
             "ids": self.ids,
             "data": self.data,

@@ -22,22 +22,18 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from indexes.atomic import atomic_replace
 from indexes.errors import InvalidInput
+from indexes.faisslib import load_faiss
 from indexes.vector import VectorIndex
 
 log = logging.getLogger(__name__)
 
 DATA_SUFFIX = ".ivfdata"
-
-
-def _faiss():  # type: ignore[no-untyped-def]
-    import faiss
-
-    return faiss
 
 
 def data_file(header: Path) -> Path:
@@ -46,7 +42,7 @@ def data_file(header: Path) -> Path:
 
 
 def _list_arrays(invlists: object, list_no: int, code_size: int) -> tuple[np.ndarray, np.ndarray]:
-    faiss = _faiss()
+    faiss = load_faiss()
     n = invlists.list_size(list_no)  # type: ignore[attr-defined]
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, code_size), dtype=np.uint8)
@@ -61,16 +57,16 @@ class OnDiskIndex(VectorIndex):
     Built: an in-memory IVF (trained on its first `add`, or a `like` copy of a trained one).
     Loaded: the saved header with its lists memory-mapped, read-only; `path` names the header."""
 
-    def __init__(self, dim: int, factory: str = "Flat", index: object | None = None) -> None:
+    def __init__(self, dim: int, factory: str = "Flat", index: Any = None) -> None:
         super().__init__(dim, factory, index)
-        if _faiss().try_extract_index_ivf(self.index) is None:
+        if load_faiss().try_extract_index_ivf(self.index) is None:
             raise InvalidInput(f"{factory!r}: only IVF indexes can live on disk (e.g. 'OnDisk,IVF1024,SQ8')")
         self.path: Path | None = None
 
     @classmethod
     def like(cls, template: OnDiskIndex) -> OnDiskIndex:
         """An empty in-memory IVF with `template`'s trained quantizer and codec."""
-        faiss = _faiss()
+        faiss = load_faiss()
         if template.path is None:
             raise InvalidInput("the template of an on-disk segment must be a saved segment")
         empty = faiss.read_index(str(template.path), faiss.IO_FLAG_SKIP_IVF_DATA)
@@ -83,7 +79,7 @@ class OnDiskIndex(VectorIndex):
 
     @classmethod
     def load(cls, path: Path, factory: str, mmap: bool = False) -> OnDiskIndex:  # noqa: ARG003 (always mapped)
-        faiss = _faiss()
+        faiss = load_faiss()
         try:
             index = faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY)
         except RuntimeError:
@@ -105,14 +101,14 @@ class OnDiskIndex(VectorIndex):
         self.index, self.path, self.read_only = saved.index, path, True
 
     def lists(self) -> object:
-        return _faiss().extract_index_ivf(self.index).invlists
+        return load_faiss().extract_index_ivf(self.index).invlists
 
 
 def write_lists(path: Path, like: OnDiskIndex, parts: Sequence[tuple[OnDiskIndex, np.ndarray | None]]) -> int:
     """One on-disk segment at `path` holding the lists of `parts` (each minus the ids it drops),
     concatenated list by list; `like` gives the quantizer and codec every part shares. The data
     file is written and renamed first, then the header that names it. Returns the vector count."""
-    faiss = _faiss()
+    faiss = load_faiss()
     ivf = faiss.extract_index_ivf(like.index)
     nlist, code_size = int(ivf.nlist), int(ivf.code_size)
     for part, _ in parts:

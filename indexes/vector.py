@@ -10,27 +10,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from indexes.atomic import atomic_replace
 from indexes.config import SearchParams, default_ef_search, default_nprobe, faiss_factory, normalise_factory
 from indexes.errors import InvalidInput
+from indexes.faisslib import load_faiss
 
 log = logging.getLogger(__name__)
-
-
-def _faiss():  # type: ignore[no-untyped-def]
-    import faiss
-
-    return faiss
 
 
 def training_size(dim: int, factory: str) -> int:
     """Vectors an index built from `factory` needs before it can be trained well: 39 per IVF list
     (FAISS warns below that), 39 x 256 for a codebook (PQ/SQ) without IVF; 0 when untrained
     indexes do not exist for it (Flat, HNSW). `OnDisk,IVF...` needs what its IVF needs."""
-    faiss = _faiss()
+    faiss = load_faiss()
     index = faiss.index_factory(dim, faiss_factory(normalise_factory(factory)), faiss.METRIC_INNER_PRODUCT)
     if index.is_trained:
         return 0
@@ -41,11 +37,11 @@ def training_size(dim: int, factory: str) -> int:
 class VectorIndex:
     """Inner-product FAISS index with stable ids: add, remove, search, count, ids, save, load."""
 
-    def __init__(self, dim: int, factory: str = "Flat", index: object | None = None) -> None:
-        faiss = _faiss()
+    def __init__(self, dim: int, factory: str = "Flat", index: Any = None) -> None:
+        faiss = load_faiss()
         self.dim = dim
         self.factory = normalise_factory(factory)
-        self.index = index if index is not None else faiss.index_factory(
+        self.index: Any = index if index is not None else faiss.index_factory(
             dim, faiss_factory(self.factory), faiss.METRIC_INNER_PRODUCT
         )
         self.read_only = False
@@ -63,7 +59,7 @@ class VectorIndex:
         self.index.add_with_ids(vectors, ids)
 
     def _train(self, vectors: np.ndarray) -> None:
-        faiss = _faiss()
+        faiss = load_faiss()
         ivf = faiss.try_extract_index_ivf(self.index)
         needed = int(ivf.nlist) if ivf is not None else 1
         if len(vectors) < needed:
@@ -80,7 +76,7 @@ class VectorIndex:
         self.index.train(sample)
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
-        faiss = _faiss()
+        faiss = load_faiss()
         ids = np.asarray(list(ids), dtype=np.int64)
         if len(ids) == 0 or self.count() == 0:
             return 0
@@ -103,7 +99,7 @@ class VectorIndex:
     def tune(self, params: str) -> None:
         """Search-time knobs as FAISS names them, e.g. "efSearch=128" or "nprobe=32"."""
         if params:
-            faiss = _faiss()
+            faiss = load_faiss()
             try:
                 faiss.ParameterSpace().set_index_parameters(self.index, params)
             except RuntimeError as exc:
@@ -121,12 +117,12 @@ class VectorIndex:
         k = max(1, min(k, max(self.count(), 1)))
         faiss_params = self._faiss_params(params or SearchParams(), k)
         if faiss_params is None:
-            return self.index.search(vectors, k)  # type: ignore[no-any-return]
-        return self.index.search(vectors, k, params=faiss_params)  # type: ignore[no-any-return]
+            return self.index.search(vectors, k)
+        return self.index.search(vectors, k, params=faiss_params)
 
     def effective_params(self, params: SearchParams, k: int = 10) -> dict[str, int]:
         """What a search with `params` uses, for stats and tests."""
-        faiss = _faiss()
+        faiss = load_faiss()
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             return {"nprobe": int(params.nprobe or default_nprobe(int(ivf.nlist)))}
@@ -135,7 +131,7 @@ class VectorIndex:
         return {}
 
     def _faiss_params(self, params: SearchParams, k: int) -> object | None:
-        faiss = _faiss()
+        faiss = load_faiss()
         chosen = self.effective_params(params, k)
         if "nprobe" in chosen:
             return faiss.SearchParametersIVF(nprobe=chosen["nprobe"])
@@ -147,7 +143,7 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     def ids(self) -> np.ndarray:
-        faiss = _faiss()
+        faiss = load_faiss()
         if hasattr(self.index, "id_map"):
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
         ivf = faiss.try_extract_index_ivf(self.index)
@@ -164,13 +160,13 @@ class VectorIndex:
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, fsync, rename): readers see one generation or the next."""
-        faiss = _faiss()
+        faiss = load_faiss()
         atomic_replace(path, lambda tmp: faiss.write_index(self.index, tmp), crash_point="faiss:before-rename")
 
     @classmethod
     def load(cls, path: Path, factory: str, mmap: bool = False) -> VectorIndex:
         """Load from disk; with `mmap`, read-only and memory-mapped where FAISS supports it."""
-        faiss = _faiss()
+        faiss = load_faiss()
         index = None
         if mmap:
             try:
@@ -187,7 +183,7 @@ class VectorIndex:
 
 def stored_vectors(index: VectorIndex, ids: np.ndarray) -> np.ndarray:
     """The vectors stored under `ids` (decoded: exact for Flat/HNSW, approximate for PQ/SQ codes)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) == 0:
         return np.zeros((0, index.dim), dtype=np.float32)

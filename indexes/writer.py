@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import CursorResult, Result, delete, insert, select, update
 
 from indexes.config import CollectionConfig
 from indexes.errors import InvalidInput, RagError
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
     from indexes.collection import Collection
 
 log = logging.getLogger(__name__)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched (`execute` is typed as returning a plain Result; DML gives a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 @dataclass
@@ -129,16 +135,20 @@ class CollectionWriter:
             for part in batched(unpublished):
                 session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(part)))
                 session.execute(delete(DocumentRow).where(DocumentRow.id.in_(part)))
-            restored = session.execute(
-                update(DocumentRow)
-                .where(DocumentRow.collection_id == cid, DocumentRow.removed_gen > g)
-                .values(removed_gen=None)
-            ).rowcount
-            interrupted = session.execute(
-                update(RunRow)
-                .where(RunRow.collection_id == cid, RunRow.status == "running")
-                .values(status="interrupted", finished_at=utcnow())
-            ).rowcount
+            restored = _rowcount(
+                session.execute(
+                    update(DocumentRow)
+                    .where(DocumentRow.collection_id == cid, DocumentRow.removed_gen > g)
+                    .values(removed_gen=None)
+                )
+            )
+            interrupted = _rowcount(
+                session.execute(
+                    update(RunRow)
+                    .where(RunRow.collection_id == cid, RunRow.status == "running")
+                    .values(status="interrupted", finished_at=utcnow())
+                )
+            )
         failpoint("recover:after-rollback")
         removed_files = self._delete_unnamed_files(self.manifest.files())
         if unpublished or restored or removed_files or interrupted:
@@ -296,15 +306,15 @@ class CollectionWriter:
             keep = [np.isin(p.ids, live) if live is not None and p.info.dead else np.ones(len(p.ids), bool) for p in parts]
             merged, manifest = self._new_segment(
                 manifest,
-                lambda name, parts=parts, keep=keep: merge(
+                partial(
+                    merge,
                     self.folder,
-                    name,
-                    parts,
-                    keep,
-                    self.config.dim,
-                    self.config.index_factory,
-                    self.keyword_spec,
-                    ondisk_template(segments),
+                    parts=parts,
+                    keep=keep,
+                    dim=self.config.dim,
+                    factory=self.config.index_factory,
+                    spec=self.keyword_spec,
+                    template=ondisk_template(segments),
                 ),
             )
             replaced[group[0]] = merged if merged.info.count else None
@@ -332,11 +342,13 @@ class CollectionWriter:
         g, cid = self.generation, self.collection.id
         previous_files = self.manifest.files()
         with self.store.sessions.begin() as session:
-            published = session.execute(
-                update(CollectionRow)
-                .where(CollectionRow.id == cid, CollectionRow.generation == g)
-                .values(generation=g + 1, manifest=manifest.to_dict())
-            ).rowcount
+            published = _rowcount(
+                session.execute(
+                    update(CollectionRow)
+                    .where(CollectionRow.id == cid, CollectionRow.generation == g)
+                    .values(generation=g + 1, manifest=manifest.to_dict())
+                )
+            )
             if published != 1:
                 raise RagError(f"collection {self.collection.name!r} changed under its writer; nothing was published")
             # Rows removed at g or before: no published generation still shows them.

@@ -42,7 +42,7 @@ class SentenceWindowChunker:
         token_ends = self._token_ends(text)
         spans = self._sentence_spans(text, token_ends)
         windows = self._pack(spans)
-        chunks = []
+        chunks: list[Chunk] = []
         for start, end in windows:
             # Trim surrounding whitespace so offsets point at text, not at gaps.
             while start < end and text[start].isspace():

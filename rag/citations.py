@@ -251,13 +251,13 @@ def check_answer(
         _citation(passages[n - 1], n, best_for[(n, origin)], verified_for[(n, origin)], origin)
         for n, origin in sorted(best_for, key=lambda key: (key[0], key[1] == "attributed"))
     ]
-    supported = [c for c in checks if c.supported]
+    kept = [c for c in checks if c.supported]
     return Answer(
         answer=shown,
         mode="generative",
         citations=citations,
         passages=list(passages),
-        score=round(sum(c.support for c in supported) / len(checks), 4),
+        score=round(sum(c.support for c in kept) / len(checks), 4),
         found=True,
         details=details,
     )

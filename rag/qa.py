@@ -111,7 +111,7 @@ class AskPipeline:
         chosen = mode or self.default_mode
         if chosen not in MODES:
             raise InvalidInput(f"mode must be extractive or generative, not {chosen!r}")
-        return chosen  # type: ignore[return-value]
+        return chosen
 
     def mode_for(self, mode: str | None) -> tuple[Mode, str | None]:
         """The mode that will answer, and a note when it is not the one asked for: with no mode

@@ -248,7 +248,7 @@ class ExtractiveReader:
             score=best.score,
         )
         details["margin"] = _finite(best.margin)
-        details["value"] = _finite(values[best_index])
+        details["value"] = _finite(float(values[best_index]))
         return Answer(
             answer=best.proposal,
             mode="extractive",
@@ -297,15 +297,15 @@ class ExtractiveReader:
 
     def read_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Span]]:
         """`read` for many questions at once: every window of every context goes through one batched forward."""
-        items = [(q, list(contexts)) for q, contexts in items]
-        windows = self._windows(items)
+        listed = [(q, list(contexts)) for q, contexts in items]
+        windows = self._windows(listed)
         logits = self._forward(windows)
-        by_item: list[list[int]] = [[] for _ in items]
+        by_item: list[list[int]] = [[] for _ in listed]
         for w, window in enumerate(windows):
             by_item[window.item].append(w)
         return [
             self._decode(contexts, [windows[w] for w in by_item[i]], [logits[w] for w in by_item[i]])
-            for i, (_, contexts) in enumerate(items)
+            for i, (_, contexts) in enumerate(listed)
         ]
 
     # -- steps -------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ class ExtractiveReader:
             item, context = pairs[int(pair)]
             number = windows[-1].number + 1 if pair == previous else 0
             previous = pair
-            features = {name: enc[name][w] for name in self._inputs}
+            features: dict[str, list[int]] = {name: enc[name][w] for name in self._inputs}
             windows.append(_Window(item, context, number, enc.encodings[w], features))
         return windows
 
@@ -385,10 +385,10 @@ class ExtractiveReader:
         pipeline's, so one context in one window gives its answer and score bit for bit.
         """
         masked_starts, masked_ends = [], []
-        for window, (start, end) in zip(windows, logits):
+        for window, (start_logits, end_logits) in zip(windows, logits):
             undesired = self._undesired(window)
-            masked_starts.append(np.where(undesired, _MASKED, start))
-            masked_ends.append(np.where(undesired, _MASKED, end))
+            masked_starts.append(np.where(undesired, _MASKED, start_logits))
+            masked_ends.append(np.where(undesired, _MASKED, end_logits))
         probs_start = _shared_softmax(masked_starts)
         probs_end = _shared_softmax(masked_ends)
 
@@ -504,7 +504,7 @@ def standardised(scores: Sequence[float]) -> np.ndarray:
     return (values - values.mean()) / values.std()
 
 
-def choose_passage(values: Sequence[float], allowed: Sequence[bool], threshold: float | None) -> int | None:
+def choose_passage(values: Sequence[float] | np.ndarray, allowed: Sequence[bool], threshold: float | None) -> int | None:
     """The answer's passage: the allowed one of highest value (`ExtractiveReader.passage_values`),
     or None when even that value does not exceed `threshold` (None: never abstain).
 

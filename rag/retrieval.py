@@ -17,6 +17,7 @@ import numpy as np
 from indexes.config import SearchParams
 from indexes.encoder import Encoder
 from indexes.errors import InvalidInput
+from indexes.faisslib import load_faiss
 from indexes.store import Collection
 from indexes.types import Passage, Ranking
 from rag.fusion import Normalization, convex_ranking, rrf_ranking
@@ -51,8 +52,7 @@ def _few_query_threads(n_queries: int) -> Iterator[None]:
     if n_queries > 4:
         yield
         return
-    import faiss
-
+    faiss = load_faiss()
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:

@@ -1,5 +1,6 @@
-"""The code passes the project's ruff rules (`[tool.ruff]` in pyproject.toml): pyflakes,
-pycodestyle, import order, pyupgrade and bugbear; `make lint` runs the same check."""
+"""The code passes the project's static checks, configured in pyproject.toml: ruff (pyflakes,
+pycodestyle, import order, pyupgrade, bugbear) and mypy (every function of ours typed, bodies
+checked). `make lint` runs the same two commands."""
 
 from __future__ import annotations
 
@@ -11,4 +12,10 @@ from tests.conftest import REPO
 
 def test_ruff_finds_nothing() -> None:
     run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+
+
+def test_mypy_finds_nothing() -> None:
+    # ~35 s on a clean clone (2 cores), ~1 s once .mypy_cache holds the previous run
+    run = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]

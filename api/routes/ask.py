@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from fastapi import APIRouter, Depends, Request
@@ -30,6 +30,10 @@ from api.state import ApiState, api_state
 from indexes.errors import RagError
 from rag.retrieval import validate_query
 
+if TYPE_CHECKING:
+    from rag.answer import Answer
+    from rag.qa import AskPipeline
+
 router = APIRouter(prefix="/v1", tags=["ask"])
 log = logging.getLogger(__name__)
 
@@ -40,14 +44,14 @@ _SSE_DOC = {
 }
 
 
-def _pipeline(state: ApiState, body: AskRequest) -> Any:
+def _pipeline(state: ApiState, body: AskRequest, collection: str) -> AskPipeline:
     """The shared pipeline, or for a filtered request one whose retriever applies the filters
     (same reader and generator objects, so nothing loads twice)."""
     base = state.pipeline
     filters = body.filters
     if filters is None or all(v is None for v in filters.model_dump().values()):
         return base
-    return base.with_retriever(lambda name, kind: FilteredRetriever(state, name, kind, filters))
+    return base.with_retriever(lambda name, kind: FilteredRetriever(state, name or collection, kind, filters))
 
 
 def _call_args(body: AskRequest, question: str, collection: str, k: int) -> dict[str, Any]:
@@ -90,7 +94,7 @@ async def ask(body: AskRequest, request: Request, principal: Principal = Depends
     question = validate_query(body.question, state.settings.max_query_chars)
     k = body.k or state.settings.answer_k
     await run_in_threadpool(state.runtime.collection, collection)  # 404 before anything starts
-    pipeline = _pipeline(state, body)
+    pipeline = _pipeline(state, body, collection)
     timeout = state.settings.generation_timeout_s
     if "text/event-stream" in request.headers.get("accept", ""):
         args = _call_args(body, question, collection, k)
@@ -133,6 +137,7 @@ async def _stream(events: Iterator[Any], timeout: float) -> AsyncIterator[bytes]
                 draft.append(item)
                 yield _sse("token", {"text": item})
             else:
+                item = cast("Answer", item)  # the stream yields draft text, then one Answer
                 dropped = item.details.get("unsupported_sentences", []) if item.mode == "generative" else []
                 if draft and item.mode == "generative" and (not item.found or dropped):
                     reason = item.details.get("reason", "sentences the sources do not support were dropped")

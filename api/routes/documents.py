@@ -77,14 +77,15 @@ async def add_documents(
         limit = state.settings.max_upload_files
         form = await request.form(max_files=limit + 1, max_fields=limit + 10)
         try:
-            uploads = form.getlist("files")
-            if any(not isinstance(u, UploadFile) for u in uploads):
+            fields = form.getlist("files")
+            uploads = [u for u in fields if isinstance(u, UploadFile)]
+            if len(uploads) != len(fields):
                 raise ApiError(422, "invalid_request", "the field 'files' must hold files, not text values")
             if not uploads:
                 raise ApiError(422, "invalid_request", "no files: send them in the multipart field 'files'")
             if len(uploads) > limit:
                 raise ApiError(413, "too_many_files", f"{len(uploads)} files; the limit is {limit} per request (RAG_MAX_UPLOAD_FILES)")
-            files = [(u.filename or "upload", await _read_upload(state, u)) for u in uploads]  # type: ignore[union-attr]
+            files = [(u.filename or "upload", await _read_upload(state, u)) for u in uploads]
         finally:
             await form.close()
         await run_in_threadpool(state.runtime.writable_collection, name)
@@ -93,7 +94,7 @@ async def add_documents(
         try:
             payload = DocumentsIn.model_validate_json(await request.body())
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {}
+            first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {}
             where = ".".join(str(x) for x in first.get("loc", ())) or "body"
             raise ApiError(422, "invalid_request", f"{where}: {first.get('msg', 'invalid JSON documents')}") from None
         if len(payload.documents) > state.settings.max_json_documents:

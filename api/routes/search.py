@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -77,7 +78,7 @@ def filtered_search(
 def _retrieve(state: ApiState, collection: str, query: str, k: int, kind: str | None, params: SearchParams | None) -> list[Passage]:
     """One query's passages, batched with concurrent ones when the server batches (api.batching)."""
     if state.search_batcher is not None:
-        return state.search_batcher.submit((collection, kind, k, params or SearchParams()), query)  # type: ignore[no-any-return]
+        return state.search_batcher.submit((collection, kind, k, params or SearchParams()), query)
     return list(get_retriever(state, collection, kind, params).retrieve(query, k))
 
 
@@ -89,6 +90,9 @@ class FilteredRetriever:
 
     def retrieve(self, query: str, k: int = 10) -> list[Passage]:
         return filtered_search(self.state, self.collection, query, k, self.kind, self.filters)
+
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        return [self.retrieve(query, k) for query in queries]
 
 
 def _rerank(passage: Passage, rank: int) -> Passage:

@@ -49,7 +49,7 @@ def _read_json(folder: Path, name: str) -> dict[str, Any] | list[Any] | None:
     path = folder / name
     if path.is_file():
         with path.open(encoding="utf-8") as handle:
-            return json.load(handle)  # type: ignore[no-any-return]
+            return json.load(handle)
     return None
 
 

@@ -222,7 +222,8 @@ def threshold_curve(
         decided.append((r, candidates, values, allowed))
     rows = []
     for t in thresholds:
-        answered_a = em_a = n_a = abstained_u = n_u = crag = 0
+        answered_a = n_a = abstained_u = n_u = crag = 0
+        em_a = 0.0
         for r, candidates, values, allowed in decided:
             i = choose_passage(values, allowed, t)
             if r["answerable"]:
