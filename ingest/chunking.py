@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any
 
+from indexes.encoder.tokenizer import TextTokenizer
 from indexes.errors import InvalidInput
 from indexes.types import Chunk
 
@@ -24,7 +24,7 @@ class _Span:
 
 
 class SentenceWindowChunker:
-    def __init__(self, tokenizer: Any, chunk_tokens: int = 200, overlap_tokens: int = 32) -> None:
+    def __init__(self, tokenizer: TextTokenizer, chunk_tokens: int = 200, overlap_tokens: int = 32) -> None:
         if chunk_tokens < 8:
             raise InvalidInput("chunk size must be at least 8 tokens")
         if not 0 <= overlap_tokens < chunk_tokens:
@@ -39,7 +39,7 @@ class SentenceWindowChunker:
     def split(self, text: str) -> list[Chunk]:
         if not text.strip():
             return []
-        token_ends = self._token_ends(text)
+        token_ends = self.tokenizer.spans(text)
         spans = self._sentence_spans(text, token_ends)
         windows = self._pack(spans)
         chunks: list[Chunk] = []
@@ -52,10 +52,6 @@ class SentenceWindowChunker:
             if end > start:
                 chunks.append(Chunk(text=text[start:end], start=start, end=end, ordinal=len(chunks)))
         return chunks
-
-    def _token_ends(self, text: str) -> list[tuple[int, int]]:
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        return [tuple(pair) for pair in encoded["offset_mapping"] if pair[1] > pair[0]]
 
     def _sentence_spans(self, text: str, tokens: list[tuple[int, int]]) -> list[_Span]:
         import blingfire

@@ -119,12 +119,10 @@ class Splitter:
     """Parse (files) and chunk (files and in-memory documents); loads the tokenizer once."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        from transformers import AutoTokenizer
-
-        from indexes.encoder import resolve_model_path
+        from indexes.encoder import load_tokenizer, resolve_model_path
 
         collection = config.collection
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(collection.encoder.model))
+        tokenizer = load_tokenizer(resolve_model_path(collection.encoder.model), collection.encoder.model)
         self.chunker = SentenceWindowChunker(tokenizer, collection.chunk_tokens, collection.chunk_overlap)
         self.config = config
 

@@ -6,7 +6,9 @@ Heavy imports (torch, transformers, FAISS) happen here on first use, never at `r
 from __future__ import annotations
 
 import logging
+import sys
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from indexes.encoder import Encoder, EncoderSpec, choose_runtime, encoder_dtype, load_encoder, set_threads, torch_precision
@@ -44,6 +46,10 @@ def resolve_device(requested: str, cuda_available: bool) -> str:
 
 
 def _cuda_available() -> bool:
+    """Asks torch only where a GPU driver is loaded: importing torch costs ~2 s of every command,
+    and on Linux torch cannot see a GPU whose driver (NVIDIA's or ROCm's) is absent."""
+    if sys.platform.startswith("linux") and not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd")):
+        return False
     import torch
 
     return bool(torch.cuda.is_available())

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from indexes.encoder import TextTokenizer
 from indexes.errors import InvalidInput
 from ingest.chunking import SentenceWindowChunker
 from tests.conftest import SCIFACT
@@ -30,14 +31,14 @@ def _tokens(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_offsets_point_back_into_the_document(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    chunker = SentenceWindowChunker(tokenizer, 64, 16)
+    chunker = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), 64, 16)
     for text in _abstracts(30):
         for chunk in chunker.split(text):
             assert text[chunk.start : chunk.end] == chunk.text
 
 
 def test_windows_respect_the_token_budget_and_cover_the_whole_text(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    chunker = SentenceWindowChunker(tokenizer, 64, 16)
+    chunker = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), 64, 16)
     for text in _abstracts(30):
         chunks = chunker.split(text)
         assert all(_tokens(tokenizer, c.text) <= 64 for c in chunks)
@@ -51,21 +52,21 @@ def test_windows_respect_the_token_budget_and_cover_the_whole_text(tokenizer) ->
 
 def test_windows_end_on_sentence_boundaries(tokenizer) -> None:  # type: ignore[no-untyped-def]
     text = " ".join(f"Sentence {i} is a short statement about item {i}." for i in range(40))
-    chunks = SentenceWindowChunker(tokenizer, 40, 10).split(text)
+    chunks = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), 40, 10).split(text)
     assert len(chunks) > 3
     assert all(c.text.endswith(".") and c.text.startswith("Sentence") for c in chunks)
 
 
 def test_overlap_repeats_trailing_sentences(tokenizer) -> None:  # type: ignore[no-untyped-def]
     text = " ".join(f"Fact number {i} holds." for i in range(30))
-    chunks = SentenceWindowChunker(tokenizer, 30, 12).split(text)
+    chunks = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), 30, 12).split(text)
     for before, after in zip(chunks, chunks[1:]):
         assert after.start < before.end
 
 
 def test_a_sentence_longer_than_a_window_is_cut_at_token_boundaries(tokenizer) -> None:  # type: ignore[no-untyped-def]
     text = "word " * 500
-    chunks = SentenceWindowChunker(tokenizer, 50, 10).split(text.strip())
+    chunks = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), 50, 10).split(text.strip())
     assert len(chunks) >= 10
     assert all(_tokens(tokenizer, c.text) <= 50 for c in chunks)
 
@@ -73,4 +74,4 @@ def test_a_sentence_longer_than_a_window_is_cut_at_token_boundaries(tokenizer) -
 def test_blank_text_has_no_chunks_and_bad_sizes_are_refused(tokenizer) -> None:  # type: ignore[no-untyped-def]
     assert SentenceWindowChunker(tokenizer).split("  \n\t ") == []
     with pytest.raises(InvalidInput):
-        SentenceWindowChunker(tokenizer, 32, 32)
+        SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), 32, 32)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexes.encoder import resolve_model_path
 from indexes.errors import InvalidInput, ModelLoadError
 from indexes.store import Collection, CollectionConfig, NewDocument, Store
 from indexes.types import Chunk, Document, Passage
@@ -26,12 +27,13 @@ TEXTS = [
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, encoder) -> Path:  # type: ignore[no-untyped-def]
     """A randomly initialised BERT classifier with the packaged MiniLM tokenizer: no weights to download."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     folder = tmp_path_factory.mktemp("cross-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(encoder.spec.model))
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=encoder.tokenizer.vocab_size,
+        vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -40,7 +42,7 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, encoder) -> Pat
         num_labels=1,
     )
     BertForSequenceClassification(config).save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

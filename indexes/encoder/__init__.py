@@ -28,10 +28,10 @@ from indexes.encoder.spec import (
     Pooling,
     TextKind,
     available_cores,
-    load_tokenizer,
     resolve_model_path,
     set_threads,
 )
+from indexes.encoder.tokenizer import TextTokenizer, load_tokenizer
 from indexes.errors import InvalidInput
 
 EncoderRuntime = Literal["torch", "onnx", "openvino"]
@@ -45,6 +45,7 @@ __all__ = [
     "EncoderSpec",
     "Pooling",
     "TextKind",
+    "TextTokenizer",
     "available_cores",
     "choose_runtime",
     "cpu_computes_bf16",

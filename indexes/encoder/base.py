@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from indexes.encoder.spec import EncoderSpec, TextKind
+from indexes.encoder.tokenizer import TextTokenizer
 from indexes.errors import InvalidInput
 
 
@@ -28,7 +29,7 @@ class Encoder(ABC):
     def __init__(
         self,
         spec: EncoderSpec,
-        tokenizer: Any,
+        tokenizer: TextTokenizer,
         *,
         dim: int,
         model_max_tokens: int,
@@ -65,16 +66,9 @@ class Encoder(ABC):
         if not texts:
             return out
         prefix = self.spec.query_prefix if kind == "query" else self.spec.passage_prefix
-        ids: list[list[int]] = self.tokenizer(
-            [prefix + t for t in texts] if prefix else list(texts),
-            truncation=True,
-            max_length=self.max_tokens,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
+        ids = self.tokenizer.ids([prefix + t for t in texts] if prefix else texts, self.max_tokens)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        pad_id = self.tokenizer.pad_token_id or 0
+        pad_id = self.tokenizer.pad_id
         start = 0
         while start < len(order):
             longest = len(ids[order[start]])

@@ -20,12 +20,14 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
 
-from indexes.encoder.spec import EncoderSpec, resolve_model_path
+from indexes.encoder.spec import EncoderSpec, model_shape, resolve_model_path
+from indexes.encoder.tokenizer import TextTokenizer, load_tokenizer
 from indexes.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,29 @@ def exported_model(spec: EncoderSpec, cache_dir: Path, variant: Variant) -> Path
     return target
 
 
+def exported_tokenizer(spec: EncoderSpec, cache_dir: Path) -> tuple[TextTokenizer, tuple[int, int]]:
+    """The model's tokenizer and (hidden size, position limit), saved beside its graphs by the
+    first process that needs them, so that later ones import neither transformers nor torch."""
+    from filelock import FileLock
+
+    folder = export_folder(spec, cache_dir)
+    saved = folder / "tokenizer"
+    if not (saved / "shape.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            if not (saved / "shape.json").is_file():
+                tmp = Path(tempfile.mkdtemp(dir=folder, prefix="tokenizer.", suffix=".tmp"))
+                try:
+                    load_tokenizer(resolve_model_path(spec.model), spec.model).save(tmp)
+                    (tmp / "shape.json").write_text(json.dumps(model_shape(spec)), encoding="utf-8")
+                    shutil.rmtree(saved, ignore_errors=True)  # what a copy left half-made
+                    os.replace(tmp, saved)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    dim, limit = json.loads((saved / "shape.json").read_text(encoding="utf-8"))
+    return TextTokenizer.load(saved), (int(dim), int(limit))
+
+
 def _atomic_target(target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
     os.close(fd)
@@ -110,7 +135,6 @@ def _export_plain(spec: EncoderSpec, target: Path) -> None:
     except ImportError as exc:  # pragma: no cover - install problem
         raise ModelLoadError(f"exporting the encoder to ONNX needs torch and transformers: {exc}") from exc
     from indexes.encoder.pooling import PooledModel
-    from indexes.encoder.spec import load_tokenizer
 
     path = resolve_model_path(spec.model)
     tokenizer = load_tokenizer(path, spec.model)
@@ -119,7 +143,10 @@ def _export_plain(spec: EncoderSpec, target: Path) -> None:
         model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load embedding model {spec.model!r} to export it: {exc}") from exc
-    sample = tokenizer(["an example passage to trace", "short"], padding=True, return_tensors="pt")
+    ids = tokenizer.ids(["an example passage to trace", "short"], spec.max_tokens)
+    width = max(len(row) for row in ids)
+    input_ids = torch.tensor([row + [tokenizer.pad_id] * (width - len(row)) for row in ids])
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
     dynamic = {0: "batch", 1: "tokens"}
     tmp = _atomic_target(target)
     log.info("exporting %s to ONNX (once) at %s", spec.model, target)
@@ -128,7 +155,7 @@ def _export_plain(spec: EncoderSpec, target: Path) -> None:
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 PooledModel(model, spec.pooling, spec.normalize),
-                (sample["input_ids"], sample["attention_mask"]),
+                (input_ids, attention_mask),
                 str(tmp),
                 input_names=["input_ids", "attention_mask"],
                 output_names=["embedding"],

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from indexes.encoder.base import Encoder
-from indexes.encoder.export import exported_model
-from indexes.encoder.spec import EncoderSpec, available_cores, load_tokenizer, resolve_model_path
+from indexes.encoder.export import exported_model, exported_tokenizer
+from indexes.encoder.spec import EncoderSpec, available_cores
 from indexes.errors import InvalidInput, ModelLoadError
-
-
-def model_shape(spec: EncoderSpec) -> tuple[int, int]:
-    """(hidden size, position limit) from the model's config.json, without loading weights."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(spec.model))
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot load embedding model {spec.model!r}: {type(exc).__name__}: {exc}") from exc
-    return int(config.hidden_size), int(getattr(config, "max_position_embeddings", spec.max_tokens) or 512)
 
 
 class OnnxEncoder(Encoder):
@@ -45,8 +33,7 @@ class OnnxEncoder(Encoder):
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - install problem
             raise ModelLoadError(f"RAG_ENCODER_RUNTIME=onnx needs onnxruntime (pip install 'rag[speed]'): {exc}") from exc
-        tokenizer = load_tokenizer(resolve_model_path(spec.model), spec.model)
-        dim, limit = model_shape(spec)
+        tokenizer, (dim, limit) = exported_tokenizer(spec, cache_dir)
         self.path = exported_model(spec, cache_dir, "ort-int8" if quantize else "ort")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

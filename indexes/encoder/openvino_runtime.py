@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from indexes.encoder.base import Encoder
-from indexes.encoder.export import exported_model
-from indexes.encoder.onnx_runtime import model_shape
-from indexes.encoder.spec import EncoderSpec, available_cores, load_tokenizer, resolve_model_path
+from indexes.encoder.export import exported_model, exported_tokenizer
+from indexes.encoder.spec import EncoderSpec, available_cores
 from indexes.errors import InvalidInput, ModelLoadError
 
 # RAG_PRECISION -> OpenVINO's inference precision hint; "" leaves the choice to OpenVINO.
@@ -49,8 +48,7 @@ class OpenVinoEncoder(Encoder):
             import openvino as ov
         except ImportError as exc:  # pragma: no cover - install problem
             raise ModelLoadError(f"RAG_ENCODER_RUNTIME=openvino needs openvino (pip install 'rag[speed]'): {exc}") from exc
-        tokenizer = load_tokenizer(resolve_model_path(spec.model), spec.model)
-        dim, limit = model_shape(spec)
+        tokenizer, (dim, limit) = exported_tokenizer(spec, cache_dir)
         self.path = exported_model(spec, cache_dir, "plain")
         core = ov.Core()
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": max(1, int(threads or available_cores())), "PERFORMANCE_HINT": "LATENCY"}

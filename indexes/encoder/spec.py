@@ -127,17 +127,12 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(max(1, int(threads or available_cores())))
 
 
-def load_tokenizer(path: str, model: str) -> Any:
-    """The model's fast tokenizer (chunk offsets need one)."""
-    from transformers import AutoTokenizer
+def model_shape(spec: EncoderSpec) -> tuple[int, int]:
+    """(hidden size, position limit) from the model's config, without loading weights."""
+    from transformers import AutoConfig
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load embedding model {model!r}: not a local folder and not in the "
-            f"Hugging Face cache ({type(exc).__name__}). Give a local path with RAG_EMBEDDING_MODEL."
-        ) from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelLoadError(f"{model!r} has no fast tokenizer; offsets need one")
-    return tokenizer
+        config = AutoConfig.from_pretrained(resolve_model_path(spec.model))
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot load embedding model {spec.model!r}: {type(exc).__name__}: {exc}") from exc
+    return int(config.hidden_size), int(getattr(config, "max_position_embeddings", spec.max_tokens) or 512)

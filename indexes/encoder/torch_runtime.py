@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from indexes.encoder.base import Encoder
-from indexes.encoder.spec import EncoderSpec, load_tokenizer, resolve_model_path
+from indexes.encoder.spec import EncoderSpec, resolve_model_path
+from indexes.encoder.tokenizer import load_tokenizer
 from indexes.errors import InvalidInput, ModelLoadError
 
 DTYPES = ("float32", "float16", "bfloat16")
