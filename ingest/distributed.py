@@ -119,10 +119,10 @@ class Splitter:
     """Parse (files) and chunk (files and in-memory documents); loads the tokenizer once."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        from indexes.encoder import load_tokenizer, resolve_model_path
+        from indexes.encoder import encoder_tokenizer
 
         collection = config.collection
-        tokenizer = load_tokenizer(resolve_model_path(collection.encoder.model), collection.encoder.model)
+        tokenizer = encoder_tokenizer(collection.encoder, Path(config.cache_dir) if config.cache_dir else None)
         self.chunker = SentenceWindowChunker(tokenizer, collection.chunk_tokens, collection.chunk_overlap)
         self.config = config
 

@@ -50,6 +50,7 @@ __all__ = [
     "choose_runtime",
     "cpu_computes_bf16",
     "encoder_dtype",
+    "encoder_tokenizer",
     "load_encoder",
     "load_tokenizer",
     "resolve_model_path",
@@ -128,6 +129,16 @@ def encoder_dtype(runtime: str, requested: str, device: str) -> str:
     if runtime == "openvino":
         return requested
     return torch_precision(requested, device)
+
+
+def encoder_tokenizer(spec: EncoderSpec, cache_dir: Path | None) -> TextTokenizer:
+    """The tokenizer the encoder of `spec` uses: the one saved beside its exported graph when
+    there is a graph cache (no transformers, no torch), else transformers' own."""
+    if cache_dir is None:
+        return load_tokenizer(resolve_model_path(spec.model), spec.model)
+    from indexes.encoder.export import exported_tokenizer
+
+    return exported_tokenizer(spec, cache_dir)[0]
 
 
 def load_encoder(
