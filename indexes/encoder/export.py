@@ -2,11 +2,15 @@
 
 Nothing is downloaded: the graph is traced from the same local weights the torch runtime loads,
 with the same pooling module, so every runtime computes the recipe of `indexes.encoder.pooling`.
-Three files per model, each made on first use and then reused:
+Three graphs per model, each made on first use and then reused:
 
 - `model.onnx`: the plain export (standard ONNX ops; what OpenVINO reads);
 - `model-ort.onnx`: ONNX Runtime's transformer fusions (attention, layer norm, GELU) applied;
-- `model-ort-int8.onnx`: that graph with int8 weights, per-channel scales, dynamic activations.
+- `model-ort-int8.onnx`: that graph with int8 weights, per-channel scales, dynamic activations;
+
+and `tokenizer/`: the tokenizer transformers builds for the model, with its hidden size and
+position limit (`exported_tokenizer`), so that processes running a graph never import
+transformers or torch.
 
 The cache folder is named by a fingerprint of the model files and the recipe, so a changed
 checkpoint or pooling is exported again rather than served stale. Writers hold a file lock and
