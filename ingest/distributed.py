@@ -75,6 +75,10 @@ class WorkerConfig:
     precision: str = "auto"
     cache_dir: str | None = None  # exported ONNX/OpenVINO graphs (RAG_HOME/models, on every node)
 
+    @property
+    def graph_cache(self) -> Path | None:
+        return Path(self.cache_dir) if self.cache_dir else None
+
 
 def connect(address: str) -> None:
     """Join the Ray cluster at `address` ("local" starts a private one in this process)."""
@@ -122,7 +126,7 @@ class Splitter:
         from indexes.encoder import encoder_tokenizer
 
         collection = config.collection
-        tokenizer = encoder_tokenizer(collection.encoder, Path(config.cache_dir) if config.cache_dir else None)
+        tokenizer = encoder_tokenizer(collection.encoder, config.graph_cache)
         self.chunker = SentenceWindowChunker(tokenizer, collection.chunk_tokens, collection.chunk_overlap)
         self.config = config
 
@@ -164,7 +168,7 @@ class Embedder:
             dtype=encoder_dtype(runtime, config.precision, device),
             quantize=quantize,
             threads=threads,
-            cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+            cache_dir=config.graph_cache,
         )
         self.collection = config.collection
 

@@ -45,10 +45,15 @@ def resolve_device(requested: str, cuda_available: bool) -> str:
     raise InvalidInput(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
 
 
+def gpu_driver_loaded() -> bool:
+    """False only where we know no GPU can be seen: Linux without NVIDIA's or ROCm's driver."""
+    return not sys.platform.startswith("linux") or any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd"))
+
+
 def _cuda_available() -> bool:
     """Asks torch only where a GPU driver is loaded: importing torch costs ~2 s of every command,
-    and on Linux torch cannot see a GPU whose driver (NVIDIA's or ROCm's) is absent."""
-    if sys.platform.startswith("linux") and not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd")):
+    and on Linux torch cannot see a GPU whose driver is absent."""
+    if not gpu_driver_loaded():
         return False
     import torch
 

@@ -173,6 +173,17 @@ def invoke(*args: str, home: Path, env: dict[str, str] | None = None) -> subproc
     return subprocess.CompletedProcess(["rag", *args], code, out.getvalue(), err.getvalue())
 
 
+def run_cli_importing_none_of(modules: set[str], *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `rag ARGS` in a fresh interpreter; it exits non-zero, naming them, if the command
+    imported any of `modules` (a lazy import that stopped being lazy)."""
+    code = (
+        "import sys\nfrom cli.main import main\nforbidden = set(sys.argv[1].split(','))\nsys.argv = ['rag', *sys.argv[2:]]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "assert not forbidden & set(sys.modules), f'imported {sorted(forbidden & set(sys.modules))}'\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, ",".join(sorted(modules)), *args], cwd=REPO, env=env, capture_output=True, text=True)
+
+
 def run_cli(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the installed `rag` command in a subprocess, as a user would."""
     environment = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}

@@ -23,7 +23,7 @@ import pytest
 from bench.scale import start_head, stop_head
 from rag.runtime import Runtime
 from rag.settings import Settings
-from tests.conftest import SCIFACT
+from tests.conftest import SCIFACT, run_cli_importing_none_of
 
 ray = pytest.importorskip("ray", reason="Ray is the `rag[ray]` extra; scripts/bootstrap installs it with dev")
 
@@ -121,14 +121,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def test_plain_ingest_does_not_import_ray(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("Ray is only imported when asked for.", encoding="utf-8")
-    code = (
-        "import sys\nfrom cli.main import main\nsys.argv = ['rag', 'ingest', sys.argv[1], '--json']\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "assert 'ray' not in sys.modules, 'a plain ingest imported Ray'\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "a.txt")], env=_env(tmp_path / "h"), capture_output=True, text=True
-    )
+    done = run_cli_importing_none_of({"ray"}, "ingest", str(tmp_path / "a.txt"), "--json", env=_env(tmp_path / "h"))
     assert done.returncode == 0, done.stderr
     assert '"documents_added": 1' in done.stdout
 
