@@ -58,7 +58,13 @@ def test_ids_and_offsets_equal_transformers_before_and_after_a_save(build: Any, 
 
 
 def test_the_reference_tokenizer_keeps_its_own_settings() -> None:
-    """`from_transformers` copies the backend: ours never changes what transformers does next."""
+    """`from_transformers` copies the backend: clearing truncation and padding on ours (which it
+    does) leaves the caller's backend as it was. (Read on the backend itself: transformers' own
+    `__call__` resets both on every call, so calling it would not show the difference.)"""
     reference = _wordpiece()
-    TextTokenizer.from_transformers(reference).ids(["a long text " * 100], 8)
-    assert len(reference("a long text " * 100)["input_ids"]) > 8
+    reference.backend_tokenizer.enable_truncation(16)
+    reference.backend_tokenizer.enable_padding(length=32)
+    ours = TextTokenizer.from_transformers(reference)
+    assert len(ours.ids(["a long text " * 100], 512)[0]) > 16
+    assert reference.backend_tokenizer.truncation is not None and reference.backend_tokenizer.truncation["max_length"] == 16
+    assert reference.backend_tokenizer.padding is not None and reference.backend_tokenizer.padding["length"] == 32
