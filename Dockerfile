@@ -29,6 +29,7 @@ COPY indexes ./indexes
 COPY ingest ./ingest
 COPY rag ./rag
 COPY api ./api
+COPY cli ./cli
 RUN pip install --no-cache-dir ".[api,formats,postgres]" \
     && python -c "import torch, faiss, fastapi, cli.main, api.app; assert torch.__version__.startswith('2.13.0')"
 
