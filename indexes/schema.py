@@ -31,7 +31,11 @@ class Base(DeclarativeBase):
 
 
 class CollectionRow(Base):
+    """`sqlite_autoincrement`: a dropped collection's id is never given to a new one, so a handle
+    (or a writer lock, or a job) that outlived its collection can never reach another's rows."""
+
     __tablename__ = "collections"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)

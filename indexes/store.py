@@ -93,10 +93,14 @@ class Store:
         return [row.name for row in self._rows() if row.name not in broken]
 
     def collection(self, name: str) -> Collection:
-        if name in self._open:
-            return self._open[name]
+        """The open handle of `name`, checked against SQL: another process may have dropped the
+        collection (or dropped and re-created it under a new id) since it was opened."""
         with self.sessions() as session:
             row = session.scalars(select(CollectionRow).where(CollectionRow.name == name)).first()
+        cached = self._open.get(name)
+        if cached is not None and row is not None and cached.id == row.id:
+            return cached
+        self._open.pop(name, None)
         if row is None:
             known = ", ".join(self.collection_names()) or "none yet"
             raise CollectionNotFound(f"no collection named {name!r} (collections: {known})")

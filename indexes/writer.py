@@ -105,16 +105,16 @@ class CollectionWriter:
         self.lock.release()
 
     def _load(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         with self.store.sessions.begin() as session:
             row = session.get(CollectionRow, self.collection.id)
-            if row is None:
-                raise RagError(f"collection {self.collection.name!r} was deleted")
+            if row is None or row.name != self.collection.name:
+                raise self.collection.gone()  # before the folder is made: a dropped collection stays gone
             self.collection.require_owner(row.owner)
             if row.owner is None:
                 row.owner = self.store.home_id
             self.generation = int(row.generation or 0)
             self.manifest = Manifest.from_dict(row.manifest, self.store.home_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.segments, self.missing = [], []
         for info in self.manifest.segments:
             try:

@@ -1,0 +1,65 @@
+"""Data integrity across processes: collection identities, failed writes, purges and recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from indexes.errors import CollectionNotFound
+from indexes.store import Collection, CollectionConfig, NewDocument, Store
+from indexes.types import Document
+from ingest.chunking import SentenceWindowChunker
+from ingest.pipeline import document_hash
+
+
+def _config(encoder) -> CollectionConfig:  # type: ignore[no-untyped-def]
+    return CollectionConfig(encoder=encoder.spec, dim=encoder.dim, chunk_tokens=16, chunk_overlap=4)
+
+
+def _new(encoder, source: str, text: str) -> NewDocument:  # type: ignore[no-untyped-def]
+    doc = Document(source=source, text=text, title=source)
+    chunks = SentenceWindowChunker(encoder.tokenizer, 16, 4).split(text)
+    return NewDocument(doc, document_hash(doc), chunks, encoder.encode([c.text for c in chunks]))
+
+
+def test_a_stale_handle_never_reads_or_deletes_the_collection_that_replaced_it(tmp_path: Path, database_url: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    server = Store(tmp_path / "home", database_url)  # e.g. an API process
+    cli = Store(tmp_path / "home", database_url)  # e.g. `rag collections delete` in another process
+    public = server.create_collection("public", _config(encoder))
+    with public.writer():
+        public.write([_new(encoder, "pub", "A public note about the weather.")])
+    assert [d["source"] for d in server.collection("public").documents()] == ["pub"]
+
+    cli.drop_collection("public")
+    secret = cli.create_collection("secret", _config(encoder))
+    with secret.writer():
+        secret.write([_new(encoder, "classified", "The launch code is 0000.")])
+    secret_id = secret.documents()[0]["id"]
+
+    with pytest.raises(CollectionNotFound, match="public"):
+        server.collection("public")
+    with pytest.raises(CollectionNotFound, match="public"):
+        public.documents()
+    with pytest.raises(CollectionNotFound, match="public"):
+        public.document_text(secret_id)
+    with pytest.raises(CollectionNotFound, match="public"):
+        public.find_documents(secret_id, by="id")
+    with pytest.raises(CollectionNotFound, match="public"):
+        public.snapshot()
+    stale_writer = Collection(public.store, public.id, public.name, public.config)  # as api.jobs.writer_collection builds it
+    with pytest.raises(CollectionNotFound, match="public"):
+        with stale_writer.writer(timeout=5):
+            stale_writer.delete([secret_id])
+    assert [d["source"] for d in cli.collection("secret").documents()] == ["classified"]
+    assert secret.document_text(secret_id) == "The launch code is 0000."
+    server.close()
+    cli.close()
+
+
+def test_collection_ids_are_never_reused(tmp_path: Path, database_url: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "home", database_url)
+    first = store.create_collection("first", _config(encoder)).id
+    store.drop_collection("first")
+    assert store.create_collection("second", _config(encoder)).id != first
+    store.close()
