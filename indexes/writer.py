@@ -76,6 +76,17 @@ def last_wins(new: Sequence[NewDocument]) -> tuple[list[NewDocument], list[str]]
     return list(by_source.values()), repeated
 
 
+@dataclass
+class _Stamped:
+    """What step 1 of a batch stamped: replaced and deleted document ids, new chunk ids, and the
+    chunk ids of the documents it removed."""
+
+    superseded: list[int]
+    deleted: list[int]
+    chunk_ids: list[int]
+    removed_chunks: np.ndarray
+
+
 class CollectionWriter:
     """Exclusive writer of one collection; use through `Collection.writer()`."""
 
@@ -90,6 +101,9 @@ class CollectionWriter:
         self.manifest = Manifest(home=self.store.home_id)
         self.segments: list[Segment] = []
         self.missing: list[str] = []
+        # Rows stamped above the published generation that neither a publish nor an unstamp has
+        # settled: a writer in this state refuses to write again (reopen it: recovery cleans up).
+        self._dirty = False
 
     # -- session -----------------------------------------------------------------------------
     def open(self, timeout: float) -> None:
@@ -127,21 +141,9 @@ class CollectionWriter:
     def recover(self) -> dict[str, int]:
         """Roll back whatever a crashed writer stamped above the published generation, delete
         files no manifest names, and mark runs left running as interrupted."""
-        g, cid = self.generation, self.collection.id
+        cid = self.collection.id
         with self.store.sessions.begin() as session:
-            unpublished = list(
-                session.scalars(select(DocumentRow.id).where(DocumentRow.collection_id == cid, DocumentRow.added_gen > g))
-            )
-            for part in batched(unpublished):
-                session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(part)))
-                session.execute(delete(DocumentRow).where(DocumentRow.id.in_(part)))
-            restored = _rowcount(
-                session.execute(
-                    update(DocumentRow)
-                    .where(DocumentRow.collection_id == cid, DocumentRow.removed_gen > g)
-                    .values(removed_gen=None)
-                )
-            )
+            unpublished, restored = self._unstamp(session)
             interrupted = _rowcount(
                 session.execute(
                     update(RunRow)
@@ -162,6 +164,30 @@ class CollectionWriter:
                 interrupted,
             )
         return {"rolled_back": len(unpublished), "restored": int(restored or 0), "files": removed_files, "runs": int(interrupted or 0)}
+
+    def _unstamp(self, session: Any) -> tuple[list[int], int]:
+        """Undo every stamp above the published generation: delete the rows added above it and
+        restore the rows removed above it. Returns (deleted document ids, restored count)."""
+        g, cid = self.generation, self.collection.id
+        unpublished = list(
+            session.scalars(select(DocumentRow.id).where(DocumentRow.collection_id == cid, DocumentRow.added_gen > g))
+        )
+        for part in batched(unpublished):
+            session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(part)))
+            session.execute(delete(DocumentRow).where(DocumentRow.id.in_(part)))
+        restored = _rowcount(
+            session.execute(
+                update(DocumentRow).where(DocumentRow.collection_id == cid, DocumentRow.removed_gen > g).values(removed_gen=None)
+            )
+        )
+        return unpublished, int(restored or 0)
+
+    def _discard_batch(self) -> None:
+        """A batch failed after its rows were stamped: unstamp them now, so the next batch of this
+        writer (which stamps the same generation) publishes none of them."""
+        with self.store.sessions.begin() as session:
+            self._unstamp(session)
+        self._dirty = False
 
     def _delete_unnamed_files(self, keep: set[str]) -> int:
         removed = 0
@@ -187,8 +213,33 @@ class CollectionWriter:
                 raise InvalidInput(f"{item.document.source}: vectors do not match chunks")
         if not new and not delete_ids:
             return {"added": 0, "replaced": 0, "deleted": 0, "chunks": 0, "duplicates": duplicates}
-        g, cid = self.generation, self.collection.id
-        target = g + 1
+        if self._dirty:
+            raise RagError(f"collection {self.collection.name!r}: an earlier failed write could not be undone; open a new writer")
+        target = self.generation + 1
+        sources = [item.document.source for item in new]
+        self._dirty = True
+        try:
+            stamped = self._stamp(new, delete_ids, target)
+            failpoint("write:after-pending", sources)
+            self._build_and_publish(new, stamped.chunk_ids, stamped.removed_chunks)
+        except BaseException:
+            try:
+                self._discard_batch()
+            except Exception:  # the writer stays dirty; the original failure is the one to report
+                log.exception("collection %s: could not undo a failed write", self.collection.name)
+            raise
+        self._dirty = False
+        return {
+            "added": len(new) - len(stamped.superseded),
+            "replaced": len(stamped.superseded),
+            "deleted": len(stamped.deleted),
+            "chunks": len(stamped.chunk_ids),
+            "duplicates": duplicates,
+        }
+
+    def _stamp(self, new: Sequence[NewDocument], delete_ids: Sequence[int], target: int) -> _Stamped:
+        """Step 1: one transaction inserts `new` and marks replaced and deleted rows, all at `target`."""
+        cid = self.collection.id
         sources = [item.document.source for item in new]
         with self.store.sessions.begin() as session:
             superseded: list[int] = []
@@ -252,7 +303,10 @@ class CollectionWriter:
                 else []
             )
             removed_chunks = np.asarray(self._chunk_ids_of(session, gone), dtype=np.int64)
-        failpoint("write:after-pending")
+        return _Stamped(superseded, deleted, chunk_ids, removed_chunks)
+
+    def _build_and_publish(self, new: Sequence[NewDocument], chunk_ids: list[int], removed_chunks: np.ndarray) -> None:
+        """Steps 2 and 3: the new segment (merged by the policy), then one UPDATE publishes."""
         segments = list(self.segments)
         manifest = self.manifest
         if chunk_ids:
@@ -277,13 +331,6 @@ class CollectionWriter:
         segments, manifest = self._merge(segments, manifest)
         failpoint("write:after-faiss-save")
         self._publish(segments, manifest)
-        return {
-            "added": len(new) - len(superseded),
-            "replaced": len(superseded),
-            "deleted": len(deleted),
-            "chunks": len(chunk_ids),
-            "duplicates": duplicates,
-        }
 
     def delete(self, doc_ids: Sequence[int]) -> dict[str, Any]:
         return self.write([], doc_ids)

@@ -63,3 +63,27 @@ def test_collection_ids_are_never_reused(tmp_path: Path, database_url: str, enco
     store.drop_collection("first")
     assert store.create_collection("second", _config(encoder)).id != first
     store.close()
+
+
+def test_a_file_that_failed_inside_an_api_job_leaves_nothing_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write of a.txt fails after its rows are stamped (before its segment is built); b.txt,
+    written next by the same job and writer, must not publish a.txt's rows."""
+    from tests.test_api import Server, api_settings, start_server, upload, wait_job
+
+    home = tmp_path / "home"
+    settings = api_settings(home, auth=False)
+    app, uv, thread, url = start_server(settings)
+    server = Server(url=url, app=app, home=home, keys={})
+    monkeypatch.setenv("RAG_FAILPOINT_RAISE", "write:after-pending@upload/a.txt")
+    try:
+        with server.client(key=None) as client:
+            job = wait_job(client, upload(client, "jobs", [("a.txt", b"Alpha fails to be written."), ("b.txt", b"Beta is written.")]))
+            assert job["status"] == "completed_with_errors"
+            assert [e["source"] for e in job["errors"]] == ["a.txt"]
+            listed = client.get("/v1/collections/jobs/documents").json()["documents"]
+            assert [d["source"] for d in listed] == ["upload/b.txt"]
+        report = server.state.runtime.collection("jobs").check()
+        assert report.consistent and report.to_dict()["unpublished_documents"] == 0, report.to_dict()
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
