@@ -2,7 +2,8 @@
 
 A job's row says how far it got (files done of total), what it added, and which files failed and
 why; it outlives the process. Jobs cut short by a restart are marked failed at the next start-up
-(their uploaded bytes lived in memory only). Each job writes through its own `Collection` object:
+(their uploaded bytes lived in memory only); a job belongs to the data home of the server that
+runs it, so only that server's restart fails it. Each job writes through its own `Collection` object:
 the collection's writer lock serialises writers, even two jobs of this process, while searches keep
 using the shared reader object, which swaps to each new generation only once it is published.
 """
@@ -15,7 +16,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 
 from api.keys import Principal
 from api.limits import safe_upload_name
@@ -55,15 +56,18 @@ class JobManager:
         self.runtime = runtime
         self.metrics = metrics
         self.sessions = runtime.store.sessions
+        self.owner = runtime.store.home_id
         create_tables(runtime.store.engine)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rag-ingest")
         self._fail_interrupted()
 
     def _fail_interrupted(self) -> None:
+        """This server's jobs that its previous process left unfinished (their bytes were in its
+        memory); jobs of other servers on the same database keep running."""
         with self.sessions.begin() as session:
             session.execute(
                 update(JobRow)
-                .where(JobRow.status.in_(["queued", "running"]))
+                .where(JobRow.status.in_(["queued", "running"]), or_(JobRow.owner == self.owner, JobRow.owner.is_(None)))
                 .values(status="failed", message="the server stopped before the job finished; upload again", finished_at=utcnow())
             )
 
@@ -74,7 +78,7 @@ class JobManager:
     def _create(self, collection: str, kind: str, total: int, principal: Principal) -> str:
         job_id = uuid.uuid4().hex
         with self.sessions.begin() as session:
-            session.add(JobRow(id=job_id, collection=collection, kind=kind, total=total, key_id=principal.key_id))
+            session.add(JobRow(id=job_id, collection=collection, kind=kind, total=total, key_id=principal.key_id, owner=self.owner))
         return job_id
 
     def submit_files(self, collection: str, files: list[tuple[str, bytes]], principal: Principal) -> dict[str, Any]:

@@ -87,3 +87,49 @@ def test_a_file_that_failed_inside_an_api_job_leaves_nothing_visible(tmp_path: P
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.mark.postgres
+def test_a_starting_server_fails_only_its_own_interrupted_jobs(tmp_path: Path, postgres_url: str) -> None:
+    """Two servers (two data homes) on one PostgreSQL: B's start-up fails the job B's previous
+    process left running, never the job A is running right now."""
+    from api.tables import JobRow
+    from indexes.locking import WriterLock
+    from tests.test_api import Server, api_settings, start_server, upload, wait_job
+
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    app, uv, thread, url = start_server(api_settings(home_a, auth=False, database_url=postgres_url))
+    servers = [(uv, thread)]
+    try:
+        a = Server(url=url, app=app, home=home_a, keys={})
+        with a.client(key=None) as client:
+            assert wait_job(client, upload(client, "a-docs", [("one.txt", b"The first file.")]))["status"] == "succeeded"
+            store = Store(home_a, postgres_url)
+            held = store.collection("a-docs")
+            lock = WriterLock(store.engine, held.id, held.name)
+            lock.acquire(10)  # A's next job runs and waits for the writer lock
+            try:
+                job = upload(client, "a-docs", [("two.txt", b"The second file.")])
+                while job["status"] == "queued":
+                    job = client.get(f"/v1/jobs/{job['id']}").json()
+                assert job["status"] == "running"
+                store_b = Store(home_b, postgres_url)
+                with store_b.sessions.begin() as session:  # what B's killed previous process left
+                    from api.tables import create_tables
+
+                    create_tables(store_b.engine)
+                    session.add(JobRow(id="b" * 32, collection="b-docs", kind="files", total=1, status="running", owner=store_b.home_id))
+                app_b, uv_b, thread_b, _ = start_server(api_settings(home_b, auth=False, database_url=postgres_url))
+                servers.append((uv_b, thread_b))
+                assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+                with store_b.sessions() as session:
+                    assert session.get(JobRow, "b" * 32).status == "failed"  # type: ignore[union-attr]
+            finally:
+                lock.release()
+            assert wait_job(client, job)["status"] == "succeeded"
+            store.close()
+            store_b.close()
+    finally:
+        for uv_, thread_ in servers:
+            uv_.should_exit = True
+            thread_.join(timeout=30)
