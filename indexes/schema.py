@@ -80,6 +80,9 @@ class DocumentRow(Base):
     doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     added_gen: Mapped[int] = mapped_column(Integer)
     removed_gen: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # When the generation that removed it was published: a removed row is purged only once no
+    # search can still hold a snapshot that shows it (`CollectionWriter.retain_removed`).
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     chunks: Mapped[list[ChunkRow]] = relationship(

@@ -27,7 +27,7 @@ from indexes.collection import Collection, CollectionElsewhere
 from indexes.config import CollectionConfig, SearchParams
 from indexes.errors import CollectionNotFound, InvalidInput, RagError
 from indexes.locking import WriterLock
-from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, configure_sqlite, create_schema
+from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, add_missing_columns, configure_sqlite, create_schema
 from indexes.writer import NewDocument
 
 # Re-exported: what callers import from `indexes.store` (the catalog is their entry point).
@@ -53,6 +53,7 @@ class Store:
         configure_sqlite(self.engine)
         with FileLock(str(self.home / ".schema.lock")):
             create_schema(Base.metadata, self.engine)
+            add_missing_columns(Base.metadata, self.engine)
             self.home_id = self._home_id()
         columns = {c["name"] for c in inspect(self.engine).get_columns("documents")}
         if "added_gen" not in columns:

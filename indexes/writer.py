@@ -9,10 +9,11 @@ crashed writer left (`recover`), then applies batches. A batch is:
 2. one new immutable segment (FAISS + BM25 over the new chunks) is written beside the others,
    merged or compacted by the segment policy, each file saved atomically;
 3. one UPDATE publishes: the collection row's generation becomes g + 1 and its manifest names the
-   segments, so additions, replacements and deletions become visible together. Rows removed one
-   generation earlier are deleted in the same transaction (a reader still searching generation g
-   needs rows removed at g + 1, not older ones), and segment files that neither generation g nor
-   g + 1 names are deleted afterwards.
+   segments, so additions, replacements and deletions become visible together. The rows it
+   removes get their `removed_at`; removed rows are deleted once they have been removed for
+   `retain_removed` (a search holding an older snapshot may span several publishes: API jobs
+   publish once per file), and segment files that neither generation g nor g + 1 names are
+   deleted afterwards.
 
 A crash before step 3 leaves generation g published and intact: the next writer deletes rows
 stamped above g, clears `removed_gen` above g, and deletes files no manifest names (temporary
@@ -24,12 +25,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from sqlalchemy import CursorResult, Result, delete, insert, select, update
+from sqlalchemy import CursorResult, Result, delete, insert, or_, select, update
 
 from indexes.config import CollectionConfig
 from indexes.errors import InvalidInput, RagError
@@ -89,6 +91,10 @@ class _Stamped:
 
 class CollectionWriter:
     """Exclusive writer of one collection; use through `Collection.writer()`."""
+
+    # How long removed rows outlive the publish that removed them: longer than any search holds
+    # its snapshot between its candidate lookup and its SQL read.
+    retain_removed = timedelta(minutes=5)
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
@@ -221,7 +227,7 @@ class CollectionWriter:
         try:
             stamped = self._stamp(new, delete_ids, target)
             failpoint("write:after-pending", sources)
-            self._build_and_publish(new, stamped.chunk_ids, stamped.removed_chunks)
+            self._build_and_publish(new, stamped.chunk_ids, stamped.removed_chunks, stamped.superseded + stamped.deleted)
         except BaseException:
             try:
                 self._discard_batch()
@@ -305,7 +311,9 @@ class CollectionWriter:
             removed_chunks = np.asarray(self._chunk_ids_of(session, gone), dtype=np.int64)
         return _Stamped(superseded, deleted, chunk_ids, removed_chunks)
 
-    def _build_and_publish(self, new: Sequence[NewDocument], chunk_ids: list[int], removed_chunks: np.ndarray) -> None:
+    def _build_and_publish(
+        self, new: Sequence[NewDocument], chunk_ids: list[int], removed_chunks: np.ndarray, removed: Sequence[int]
+    ) -> None:
         """Steps 2 and 3: the new segment (merged by the policy), then one UPDATE publishes."""
         segments = list(self.segments)
         manifest = self.manifest
@@ -330,7 +338,7 @@ class CollectionWriter:
             segments = [s.with_dead(s.info.dead + int(np.isin(s.ids, removed_chunks).sum())) for s in segments]
         segments, manifest = self._merge(segments, manifest)
         failpoint("write:after-faiss-save")
-        self._publish(segments, manifest)
+        self._publish(segments, manifest, removed)
 
     def delete(self, doc_ids: Sequence[int]) -> dict[str, Any]:
         return self.write([], doc_ids)
@@ -385,8 +393,9 @@ class CollectionWriter:
             )
             return np.fromiter(ids, dtype=np.int64)
 
-    def _publish(self, segments: list[Segment], manifest: Manifest) -> None:
+    def _publish(self, segments: list[Segment], manifest: Manifest, removed: Sequence[int] = ()) -> None:
         g, cid = self.generation, self.collection.id
+        now = utcnow()
         previous_files = self.manifest.files()
         with self.store.sessions.begin() as session:
             published = _rowcount(
@@ -398,10 +407,17 @@ class CollectionWriter:
             )
             if published != 1:
                 raise RagError(f"collection {self.collection.name!r} changed under its writer; nothing was published")
-            # Rows removed at g or before: no published generation still shows them.
+            for part in batched(list(removed)):
+                session.execute(update(DocumentRow).where(DocumentRow.id.in_(part)).values(removed_at=now))
+            # Rows removed at g or before (no published generation shows them) and long enough ago
+            # that no search still reads an older snapshot (rows of older versions have no time).
             old = list(
                 session.scalars(
-                    select(DocumentRow.id).where(DocumentRow.collection_id == cid, DocumentRow.removed_gen <= g)
+                    select(DocumentRow.id).where(
+                        DocumentRow.collection_id == cid,
+                        DocumentRow.removed_gen <= g,
+                        or_(DocumentRow.removed_at.is_(None), DocumentRow.removed_at < now - self.retain_removed),
+                    )
                 )
             )
             for part in batched(old):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from indexes.errors import CollectionNotFound
+from indexes.schema import DocumentRow
 from indexes.store import Collection, CollectionConfig, NewDocument, Store
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
@@ -133,3 +136,29 @@ def test_a_starting_server_fails_only_its_own_interrupted_jobs(tmp_path: Path, p
         for uv_, thread_ in servers:
             uv_.should_exit = True
             thread_.join(timeout=30)
+
+
+def test_a_search_whose_snapshot_spans_two_publishes_finds_the_old_version(tmp_path: Path, database_url: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    """Candidates come from generation g; two publishes land before the search reads its rows
+    (an API job publishes once per file): the replaced document is still found, as it was at g."""
+    store = Store(tmp_path / "home", database_url)
+    target = store.create_collection("test", _config(encoder))
+    text = "Marie Curie was born in Warsaw. She discovered polonium and radium."
+    with target.writer():
+        target.write([_new(encoder, "curie", text), _new(encoder, "other", "Gabriel Lippmann won a Nobel Prize.")])
+    reader = Store(tmp_path / "home", database_url).collection("test")
+    snap, dense, sparse = reader.hybrid_candidates(encoder.encode(["Where was Curie born?"], kind="query"), ["Curie born"], 5)
+    with target.writer():
+        target.write([_new(encoder, "curie", text + " Revised.")])  # g + 1 removes the old version
+        target.write([_new(encoder, "third", "A third document about weather.")])  # g + 2
+    for found in (snap.passages(dense, 5), snap.passages(sparse, 5)):
+        assert [p.text for p in found[0] if p.source == "curie"], "the replaced document vanished from a live snapshot"
+    assert "Revised" not in " ".join(p.text for p in snap.passages(dense, 5)[0])
+    assert target.stats()["documents"] == 3 and target.check().consistent
+    with target.writer() as writer:  # once retained long enough, the next publish purges them
+        writer.retain_removed = timedelta(0)
+        target.write([_new(encoder, "fourth", "A fourth document about rain.")])
+    with store.sessions() as session:
+        assert session.scalar(select(func.count()).where(DocumentRow.removed_gen.is_not(None))) == 0
+    reader.store.close()
+    store.close()
