@@ -236,6 +236,7 @@ def delete(
     ids: list[int] = typer.Option([], "--id", help="internal document id (repeatable)"),
     external_ids: list[str] = typer.Option([], "--external-id", help="external id from the input, e.g. a BEIR _id (repeatable)"),
     collection: str | None = CollectionOpt,
+    every: bool = typer.Option(False, "--all", help="delete every document a reference matches (an external id may repeat across files)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Remove documents from SQL and the indexes together; each reference says what it is."""
@@ -244,7 +245,15 @@ def delete(
     if not refs:
         raise RagError("name documents to delete: SOURCE..., --id N or --external-id X")
     with target.writer():
-        found = sorted({i for ref, kind in refs for i in target.find_documents(ref, by=kind)})  # type: ignore[arg-type]
+        found_ids: set[int] = set()
+        for ref, kind in refs:
+            matched = target.find_documents(ref, by=kind)  # type: ignore[arg-type]
+            if len(matched) > 1 and not every:
+                named = ", ".join(f"{source} (id {i})" for i, source in sorted(target.sources_of(matched).items()))
+                hint = {"external_id": "--external-id", "source": "SOURCE"}.get(kind, "--id")
+                raise typer.BadParameter(f"{ref!r} matches {len(matched)} documents: {named}; name one by --id, or add --all", param_hint=hint)
+            found_ids.update(matched)
+        found = sorted(found_ids)
         result = target.delete(found)
     if as_json:
         _print_json({"collection": target.name, "deleted": result["deleted"], "document_ids": found})

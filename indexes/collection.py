@@ -227,6 +227,15 @@ class Collection:
             raise DocumentNotFound(f"no document with {label} {ref!r} in collection {self.name!r}")
         return ids
 
+    def sources_of(self, doc_ids: Sequence[int]) -> dict[int, str]:
+        """document id -> source, for naming the documents an ambiguous reference matched."""
+        found: dict[int, str] = {}
+        with self.store.sessions() as session:
+            for part in batched(list(doc_ids)):
+                stmt = select(DocumentRow.id, DocumentRow.source).where(DocumentRow.collection_id == self.id, DocumentRow.id.in_(part))
+                found.update((int(i), str(source)) for i, source in session.execute(stmt))
+        return found
+
     def documents(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         with self.store.sessions() as session:
             counts = select(ChunkRow.document_id, func.count().label("n")).group_by(ChunkRow.document_id).subquery()

@@ -162,3 +162,25 @@ def test_a_search_whose_snapshot_spans_two_publishes_finds_the_old_version(tmp_p
         assert session.scalar(select(func.count()).where(DocumentRow.removed_gen.is_not(None))) == 0
     reader.store.close()
     store.close()
+
+
+def test_delete_refuses_an_external_id_that_names_several_documents_unless_all(tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import invoke
+
+    home = tmp_path / "home"
+    for name in ("a", "b"):  # external ids are unique per file, not per collection
+        lines = [json.dumps({"_id": i, "text": f"Record {i} of file {name} about topic {i}."}) for i in ("1", "2")]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    assert invoke("ingest", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), home=home).returncode == 0
+    refused = invoke("delete", "--external-id", "1", home=home)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "a.jsonl#1" in refused.stderr and "b.jsonl#1" in refused.stderr and "--all" in refused.stderr
+    store = Store(home)
+    assert len(store.collection("default").documents()) == 4
+    deleted = invoke("delete", "--external-id", "1", "--all", "--json", home=home)
+    assert deleted.returncode == 0 and json.loads(deleted.stdout)["deleted"] == 2
+    assert sorted(d["external_id"] for d in store.collection("default").documents()) == ["2", "2"]
+    store.close()
