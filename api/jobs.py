@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -122,14 +123,22 @@ class JobManager:
         ingestor = self.runtime.ingestor(target)
         stats: dict[str, int] = dict.fromkeys(_COUNTED, 0)
         errors: list[dict[str, str]] = []
+        names = Counter(safe_upload_name(name) for name, _ in files)
+        duplicates = [name for name, n in names.items() if n > 1]  # later files replaced earlier ones
         with target.writer():  # one lock and one recovery for the job; each file one small segment
-            self._ingest_files(job_id, ingestor, files, stats, errors)
+            self._ingest_files(job_id, ingestor, files, stats, errors, duplicates)
         succeeded = len(files) - len({e["source"] for e in errors})
         status = "succeeded" if not errors else ("completed_with_errors" if succeeded else "failed")
-        self._finish(job_id, status, stats=stats, errors=errors)
+        self._finish(job_id, status, stats=stats, errors=errors, duplicates=duplicates)
 
     def _ingest_files(
-        self, job_id: str, ingestor: Any, files: list[tuple[str, bytes]], stats: dict[str, int], errors: list[dict[str, str]]
+        self,
+        job_id: str,
+        ingestor: Any,
+        files: list[tuple[str, bytes]],
+        stats: dict[str, int],
+        errors: list[dict[str, str]],
+        duplicates: list[str],
     ) -> None:
         for done, (raw_name, data) in enumerate(files, start=1):
             name = safe_upload_name(raw_name)
@@ -140,6 +149,7 @@ class JobManager:
                 self.metrics.file_errors.inc()
             else:
                 found = report.to_dict()
+                duplicates.extend(d for d in _public(report.duplicates) if d not in duplicates)
                 for key in _COUNTED:
                     stats[key] += int(found.get(key, 0))
                 self.metrics.record_ingest(found)
@@ -159,7 +169,12 @@ class JobManager:
         self.metrics.file_errors.inc(len(errors))
         ok = len(documents) - len(errors)
         status = "succeeded" if not errors else ("completed_with_errors" if ok else "failed")
-        self._finish(job_id, status, done=len(documents), stats=stats, errors=errors)
+        self._finish(job_id, status, done=len(documents), stats=stats, errors=errors, duplicates=_public(report.duplicates))
+
+
+def _public(sources: list[str]) -> list[str]:
+    """Duplicates as the API user named them: a file name or document id, not our source prefix."""
+    return [s[len(UPLOAD_PREFIX) :] if s.startswith(UPLOAD_PREFIX) else s.removeprefix(API_PREFIX) for s in sources]
 
 
 def _iso(value: Any) -> str | None:
@@ -176,6 +191,7 @@ def _job_dict(row: JobRow) -> dict[str, Any]:
         "done": row.done,
         "stats": row.stats or {},
         "errors": row.errors or [],
+        "duplicates": row.duplicates or [],
         "message": row.message or "",
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),

@@ -184,3 +184,25 @@ def test_delete_refuses_an_external_id_that_names_several_documents_unless_all(t
     assert deleted.returncode == 0 and json.loads(deleted.stdout)["deleted"] == 2
     assert sorted(d["external_id"] for d in store.collection("default").documents()) == ["2", "2"]
     store.close()
+
+
+def test_api_jobs_say_which_documents_were_merged(tmp_path: Path) -> None:
+    from tests.test_api import Server, api_settings, start_server, upload, wait_job
+
+    home = tmp_path / "home"
+    app, uv, thread, url = start_server(api_settings(home, auth=False))
+    try:
+        with Server(url=url, app=app, home=home, keys={}).client(key=None) as client:
+            documents = [{"id": "x", "text": "The first text of x."}, {"id": "x", "text": "The second text of x."}]
+            posted = client.post("/v1/collections/dups/documents", json={"documents": documents})
+            assert posted.status_code == 202, posted.text
+            job = wait_job(client, posted.json())
+            assert job["status"] == "succeeded" and job["stats"]["documents_added"] == 1
+            assert job["duplicates"] == ["x"]
+            job = wait_job(client, upload(client, "dups", [("same.txt", b"One text."), ("same.txt", b"Another text.")]))
+            assert job["status"] == "succeeded" and job["duplicates"] == ["same.txt"]
+            job = wait_job(client, upload(client, "dups", [("other.txt", b"No duplicate here.")]))
+            assert job["duplicates"] == []
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
