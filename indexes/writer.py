@@ -17,14 +17,15 @@ crashed writer left (`recover`), then applies batches. A batch is:
 
 A crash before step 3 leaves generation g published and intact: the next writer deletes rows
 stamped above g, clears `removed_gen` above g, and deletes files no manifest names (temporary
-files of an interrupted atomic save included). Runs still marked running are marked interrupted.
+files of an interrupted atomic save included; the previous generation's files, which the manifest
+lists as `retained`, are no crash's and stay). Runs still marked running are marked interrupted.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -158,7 +159,7 @@ class CollectionWriter:
                 )
             )
         failpoint("recover:after-rollback")
-        removed_files = self._delete_unnamed_files(self.manifest.files())
+        removed_files = self._delete_unnamed_files(self.manifest.kept_files())
         if unpublished or restored or removed_files or interrupted:
             log.warning(
                 "collection %s: recovered an interrupted write (%d unpublished documents rolled back, %d "
@@ -194,6 +195,7 @@ class CollectionWriter:
         with self.store.sessions.begin() as session:
             self._unstamp(session)
         self._dirty = False
+        self._delete_unnamed_files(self.manifest.kept_files())  # segments built for the failed batch
 
     def _delete_unnamed_files(self, keep: set[str]) -> int:
         removed = 0
@@ -397,6 +399,7 @@ class CollectionWriter:
         g, cid = self.generation, self.collection.id
         now = utcnow()
         previous_files = self.manifest.files()
+        manifest = replace(manifest, retained=tuple(sorted(previous_files - manifest.files())))
         with self.store.sessions.begin() as session:
             published = _rowcount(
                 session.execute(
@@ -426,7 +429,7 @@ class CollectionWriter:
         self.generation = g + 1
         self.manifest = manifest
         self.segments = segments
-        self._delete_unnamed_files(manifest.files() | previous_files)
+        self._delete_unnamed_files(manifest.kept_files())
 
     # -- repair ------------------------------------------------------------------------------
     def repair(self, embed: Callable[[list[str]], np.ndarray]) -> None:

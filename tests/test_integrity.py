@@ -206,3 +206,26 @@ def test_api_jobs_say_which_documents_were_merged(tmp_path: Path) -> None:
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_writer_after_a_clean_write_recovers_nothing_and_keeps_the_previous_generation(tmp_path: Path, encoder, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    store = Store(tmp_path / "home")
+    target = store.create_collection("test", _config(encoder))
+    with target.writer():
+        target.write([_new(encoder, "curie", "Marie Curie was born in Warsaw.")])
+        first = set(target.snapshot().manifest.files())
+        target.write([_new(encoder, "curie", "Marie Curie was born in Warsaw in 1867.")])  # segment 1 all dead: compacted away
+    retired = first - target.snapshot().manifest.files()
+    assert retired and all((target.folder / name).exists() for name in retired)  # kept for readers of the previous generation
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="indexes.writer"), target.writer() as writer:
+        assert writer.recover() == {"rolled_back": 0, "restored": 0, "files": 0, "runs": 0}
+    assert not [r for r in caplog.records if "recovered" in r.getMessage()], caplog.text
+    assert all((target.folder / name).exists() for name in retired)
+    (target.folder / "seg-000099.faiss").write_bytes(b"left by a crashed writer")
+    with caplog.at_level(logging.WARNING, logger="indexes.writer"), target.writer():
+        pass
+    assert "1 stray files removed" in caplog.text and not (target.folder / "seg-000099.faiss").exists()
+    store.close()
