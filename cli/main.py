@@ -76,6 +76,17 @@ def _runtime(**overrides: Any) -> Runtime:
     return Runtime(load_settings(**{**_State.overrides, **overrides}))
 
 
+def _reading_runtime() -> Runtime:
+    """The runtime of a read-only command: a data home that does not exist is an error (exit 2),
+    never created by a command that only looks."""
+    rt = _runtime()
+    home = rt.settings.home.expanduser()
+    if not home.is_dir():
+        typer.echo(f"error: the data home {home} does not exist (set RAG_HOME or --home; `rag ingest PATH` creates one)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    return rt
+
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
@@ -189,7 +200,7 @@ def collections(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """List collections; one whose stored config no longer loads is listed as unusable."""
     if ctx.invoked_subcommand is not None:
         return
-    rt = _runtime()
+    rt = _reading_runtime()
     names = rt.store.collection_names()
     broken = rt.store.broken()
     if as_json:
@@ -268,7 +279,7 @@ def doctor(
     as_json: bool = JsonOpt,
 ) -> None:
     """Check that SQL and FAISS agree; exit 0 only when they do."""
-    rt = _runtime()
+    rt = _reading_runtime()  # nothing to check or repair in a home that does not exist
     target = rt.collection(collection)
     before = target.check()
     after = before

@@ -229,3 +229,14 @@ def test_a_writer_after_a_clean_write_recovers_nothing_and_keeps_the_previous_ge
         pass
     assert "1 stray files removed" in caplog.text and not (target.folder / "seg-000099.faiss").exists()
     store.close()
+
+
+@pytest.mark.parametrize("command", [("collections",), ("collections", "--json"), ("doctor", "--check-only")])
+def test_read_only_commands_on_a_missing_data_home_say_so_and_create_nothing(tmp_path: Path, command: tuple[str, ...]) -> None:
+    from tests.conftest import invoke
+
+    home = tmp_path / "nowhere"
+    result = invoke(*command, home=home)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and str(home) in result.stderr and "does not exist" in result.stderr, result.stderr
+    assert not home.exists()
