@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -240,3 +241,61 @@ def test_read_only_commands_on_a_missing_data_home_say_so_and_create_nothing(tmp
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and str(home) in result.stderr and "does not exist" in result.stderr, result.stderr
     assert not home.exists()
+
+
+def test_deletes_waiting_for_the_writer_lock_do_not_starve_reads(tmp_path: Path) -> None:
+    """Another process holds the collection's writer lock; 45 DELETEs wait for it (or are turned
+    away with 503), and health checks and searches keep answering in time."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+
+    from tests.test_api import REPO, Server, api_settings, start_server, upload, wait_job
+
+    home = tmp_path / "home"
+    app, uv, thread, url = start_server(api_settings(home, auth=False))
+    holder = None
+    try:
+        with Server(url=url, app=app, home=home, keys={}).client(key=None) as client:
+            assert wait_job(client, upload(client, "busy", [("a.txt", b"Alpha is a document about rivers.")]))["status"] == "succeeded"
+            doc_id = client.get("/v1/collections/busy/documents").json()["documents"][0]["id"]
+            hold = (
+                "import sys, time\nfrom indexes.store import Store\nfrom indexes.locking import WriterLock\n"
+                "store = Store(sys.argv[1]); c = store.collection('busy')\nlock = WriterLock(store.engine, c.id, c.name)\nlock.acquire(10)\n"
+                "print('held', flush=True)\ntime.sleep(120)\n"
+            )
+            holder = subprocess.Popen(
+                [sys.executable, "-c", hold, str(home)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True
+            )
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            statuses: list[int | str] = []
+
+            def delete() -> None:
+                try:
+                    with httpx.Client(base_url=url, timeout=8) as own:
+                        statuses.append(own.delete(f"/v1/collections/busy/documents/{doc_id}").status_code)
+                except httpx.TimeoutException:
+                    statuses.append("waiting")
+
+            deleters = [threading.Thread(target=delete) for _ in range(45)]
+            for t in deleters:
+                t.start()
+            time.sleep(2)
+            for _ in range(3):
+                started = time.monotonic()
+                assert client.get("/healthz", timeout=10).status_code == 200
+                found = client.post("/v1/search", json={"query": "rivers", "collection": "busy", "k": 1}, timeout=10)
+                assert found.status_code == 200, found.text
+                assert time.monotonic() - started < 10
+            for t in deleters:
+                t.join()
+            assert 503 in statuses and 200 not in statuses, statuses  # turned away while the lock is held
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        uv.should_exit = True
+        thread.join(timeout=60)
