@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import and_, func, select
@@ -21,15 +21,13 @@ from indexes.config import CollectionConfig, SearchParams
 from indexes.consistency import ConsistencyReport, check
 from indexes.encoder import EncoderSpec
 from indexes.errors import CollectionNotFound, DocumentNotFound, EncoderMismatch, InvalidInput, RagError
+from indexes.handles import StoreHandle
 from indexes.keyword import KeywordSpec
 from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow, visible_at
 from indexes.segments import Manifest, Segment, SegmentMissing
 from indexes.snapshot import Snapshot, batched
 from indexes.types import Passage, Ranking
 from indexes.writer import CollectionWriter, NewDocument
-
-if TYPE_CHECKING:
-    from indexes.store import Store
 
 RefKind = Literal["id", "external_id", "source"]
 
@@ -43,7 +41,7 @@ class CollectionElsewhere(RagError):
 class Collection:
     """Documents, chunks and index segments of one collection."""
 
-    def __init__(self, store: Store, id: int, name: str, config: CollectionConfig) -> None:
+    def __init__(self, store: StoreHandle, id: int, name: str, config: CollectionConfig) -> None:
         self.store = store
         self.id = id
         self.name = name

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import CursorResult, Result, delete, insert, or_, select, update
@@ -37,6 +37,7 @@ from sqlalchemy import CursorResult, Result, delete, insert, or_, select, update
 from indexes.config import CollectionConfig
 from indexes.errors import InvalidInput, RagError
 from indexes.failpoints import failpoint
+from indexes.handles import CollectionHandle
 from indexes.keyword import KeywordSpec
 from indexes.locking import WriterLock
 from indexes.ondisk import DATA_SUFFIX
@@ -44,9 +45,6 @@ from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow
 from indexes.segments import Manifest, Segment, SegmentMissing, merge, ondisk_template, plan_merges, segment_files
 from indexes.snapshot import batched
 from indexes.types import Chunk, Document
-
-if TYPE_CHECKING:
-    from indexes.collection import Collection
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ class CollectionWriter:
     # its snapshot between its candidate lookup and its SQL read.
     retain_removed = timedelta(minutes=5)
 
-    def __init__(self, collection: Collection) -> None:
+    def __init__(self, collection: CollectionHandle) -> None:
         self.collection = collection
         self.store = collection.store
         self.config: CollectionConfig = collection.config

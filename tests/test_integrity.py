@@ -299,3 +299,30 @@ def test_deletes_waiting_for_the_writer_lock_do_not_starve_reads(tmp_path: Path)
             holder.wait()
         uv.should_exit = True
         thread.join(timeout=60)
+
+
+def test_the_modules_of_indexes_import_each_other_in_one_direction() -> None:
+    """No import cycle inside `indexes`, counting imports made only for type checking."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "indexes"
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[name] = {
+            node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("indexes.")
+        }
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(graph.get(module, ())):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join([*trail, module, dep])}"
+            if dep not in state:
+                visit(dep, [*trail, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
