@@ -326,3 +326,34 @@ def test_the_modules_of_indexes_import_each_other_in_one_direction() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+def test_a_key_scoped_to_a_dropped_collection_reaches_nothing_of_the_one_that_took_its_id(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    """The API has `public` open; another process drops it and creates `secret`: listing, reading
+    and deleting through `public` answer 404 and leave `secret` whole."""
+    from api.keys import KeyStore
+    from tests.test_api import Server, api_settings, start_server, upload, wait_job
+
+    home = tmp_path / "home"
+    settings = api_settings(home)
+    cli = Store(home, settings.sql_url)
+    key = KeyStore(cli).create("public-writer", "write", "public")[0]
+    app, uv, thread, url = start_server(settings)
+    try:
+        with Server(url=url, app=app, home=home, keys={"public": key}).client(key="public") as client:
+            assert wait_job(client, upload(client, "public", [("p.txt", b"A public note.")]))["status"] == "succeeded"
+            assert client.get("/v1/collections/public/documents").status_code == 200
+            cli.drop_collection("public")
+            secret = cli.create_collection("secret", _config(encoder))
+            with secret.writer():
+                secret.write([_new(encoder, "classified", "The launch code is 0000.")])
+            secret_id = secret.documents()[0]["id"]
+            assert client.get("/v1/collections/public/documents").status_code == 404
+            assert client.delete(f"/v1/collections/public/documents/{secret_id}").status_code == 404
+            found = client.post("/v1/search", json={"query": "launch code", "collection": "public", "k": 3})
+            assert found.status_code == 404, found.text
+        assert [d["source"] for d in cli.collection("secret").documents()] == ["classified"]
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        cli.close()
