@@ -2,7 +2,8 @@
 
 A job's row says how far it got (files done of total), what it added, and which files failed and
 why; it outlives the process. Jobs cut short by a restart are marked failed at the next start-up
-(their uploaded bytes lived in memory only). Each job writes through its own `Collection` object:
+(their uploaded bytes lived in memory only); a job belongs to the data home of the server that
+runs it, so only that server's restart fails it. Each job writes through its own `Collection` object:
 the collection's writer lock serialises writers, even two jobs of this process, while searches keep
 using the shared reader object, which swaps to each new generation only once it is published.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 
 from api.keys import Principal
 from api.limits import safe_upload_name
@@ -55,15 +57,18 @@ class JobManager:
         self.runtime = runtime
         self.metrics = metrics
         self.sessions = runtime.store.sessions
+        self.owner = runtime.store.home_id
         create_tables(runtime.store.engine)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rag-ingest")
         self._fail_interrupted()
 
     def _fail_interrupted(self) -> None:
+        """This server's jobs that its previous process left unfinished (their bytes were in its
+        memory); jobs of other servers on the same database keep running."""
         with self.sessions.begin() as session:
             session.execute(
                 update(JobRow)
-                .where(JobRow.status.in_(["queued", "running"]))
+                .where(JobRow.status.in_(["queued", "running"]), or_(JobRow.owner == self.owner, JobRow.owner.is_(None)))
                 .values(status="failed", message="the server stopped before the job finished; upload again", finished_at=utcnow())
             )
 
@@ -74,7 +79,7 @@ class JobManager:
     def _create(self, collection: str, kind: str, total: int, principal: Principal) -> str:
         job_id = uuid.uuid4().hex
         with self.sessions.begin() as session:
-            session.add(JobRow(id=job_id, collection=collection, kind=kind, total=total, key_id=principal.key_id))
+            session.add(JobRow(id=job_id, collection=collection, kind=kind, total=total, key_id=principal.key_id, owner=self.owner))
         return job_id
 
     def submit_files(self, collection: str, files: list[tuple[str, bytes]], principal: Principal) -> dict[str, Any]:
@@ -118,14 +123,22 @@ class JobManager:
         ingestor = self.runtime.ingestor(target)
         stats: dict[str, int] = dict.fromkeys(_COUNTED, 0)
         errors: list[dict[str, str]] = []
+        names = Counter(safe_upload_name(name) for name, _ in files)
+        duplicates = [name for name, n in names.items() if n > 1]  # later files replaced earlier ones
         with target.writer():  # one lock and one recovery for the job; each file one small segment
-            self._ingest_files(job_id, ingestor, files, stats, errors)
+            self._ingest_files(job_id, ingestor, files, stats, errors, duplicates)
         succeeded = len(files) - len({e["source"] for e in errors})
         status = "succeeded" if not errors else ("completed_with_errors" if succeeded else "failed")
-        self._finish(job_id, status, stats=stats, errors=errors)
+        self._finish(job_id, status, stats=stats, errors=errors, duplicates=duplicates)
 
     def _ingest_files(
-        self, job_id: str, ingestor: Any, files: list[tuple[str, bytes]], stats: dict[str, int], errors: list[dict[str, str]]
+        self,
+        job_id: str,
+        ingestor: Any,
+        files: list[tuple[str, bytes]],
+        stats: dict[str, int],
+        errors: list[dict[str, str]],
+        duplicates: list[str],
     ) -> None:
         for done, (raw_name, data) in enumerate(files, start=1):
             name = safe_upload_name(raw_name)
@@ -136,6 +149,7 @@ class JobManager:
                 self.metrics.file_errors.inc()
             else:
                 found = report.to_dict()
+                duplicates.extend(d for d in _public(report.duplicates) if d not in duplicates)
                 for key in _COUNTED:
                     stats[key] += int(found.get(key, 0))
                 self.metrics.record_ingest(found)
@@ -155,7 +169,12 @@ class JobManager:
         self.metrics.file_errors.inc(len(errors))
         ok = len(documents) - len(errors)
         status = "succeeded" if not errors else ("completed_with_errors" if ok else "failed")
-        self._finish(job_id, status, done=len(documents), stats=stats, errors=errors)
+        self._finish(job_id, status, done=len(documents), stats=stats, errors=errors, duplicates=_public(report.duplicates))
+
+
+def _public(sources: list[str]) -> list[str]:
+    """Duplicates as the API user named them: a file name or document id, not our source prefix."""
+    return [s[len(UPLOAD_PREFIX) :] if s.startswith(UPLOAD_PREFIX) else s.removeprefix(API_PREFIX) for s in sources]
 
 
 def _iso(value: Any) -> str | None:
@@ -172,6 +191,7 @@ def _job_dict(row: JobRow) -> dict[str, Any]:
         "done": row.done,
         "stats": row.stats or {},
         "errors": row.errors or [],
+        "duplicates": row.duplicates or [],
         "message": row.message or "",
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),

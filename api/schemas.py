@@ -175,6 +175,9 @@ class JobOut(BaseModel):
     done: int = Field(description="files (or documents) processed so far")
     stats: dict[str, Any]
     errors: list[JobError]
+    duplicates: list[str] = Field(
+        default_factory=list, description="file names, document ids or record sources given more than once; the last of each was kept"
+    )
     message: str
     created_at: str | None
     started_at: str | None

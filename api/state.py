@@ -14,6 +14,7 @@ from api.batching import search_batcher
 from api.jobs import JobManager
 from api.keys import KeyStore, Principal
 from api.metrics import Metrics
+from api.writes import WriteQueue
 from indexes.errors import RagError
 from rag.runtime import Runtime
 from rag.settings import Settings
@@ -53,6 +54,7 @@ class ApiState:
     pipeline: AskPipeline  # shared: its reader and generator load once
     models: dict[str, Any] = field(default_factory=dict)
     search_batcher: MicroBatcher | None = None  # None when RAG_SEARCH_BATCH_MAX=0 (default 32)
+    writes: WriteQueue = field(default_factory=WriteQueue)  # synchronous writes, off the request threads
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> ApiState:
@@ -93,6 +95,7 @@ class ApiState:
     def close(self) -> None:
         if self.search_batcher is not None:
             self.search_batcher.close()
+        self.writes.close()
         self.jobs.shutdown()
         self.runtime.store.close()
 

@@ -76,6 +76,17 @@ def _runtime(**overrides: Any) -> Runtime:
     return Runtime(load_settings(**{**_State.overrides, **overrides}))
 
 
+def _reading_runtime() -> Runtime:
+    """The runtime of a read-only command: a data home that does not exist is an error (exit 2),
+    never created by a command that only looks."""
+    rt = _runtime()
+    home = rt.settings.home.expanduser()
+    if not home.is_dir():
+        typer.echo(f"error: the data home {home} does not exist (set RAG_HOME or --home; `rag ingest PATH` creates one)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    return rt
+
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
@@ -189,7 +200,7 @@ def collections(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """List collections; one whose stored config no longer loads is listed as unusable."""
     if ctx.invoked_subcommand is not None:
         return
-    rt = _runtime()
+    rt = _reading_runtime()
     names = rt.store.collection_names()
     broken = rt.store.broken()
     if as_json:
@@ -236,6 +247,7 @@ def delete(
     ids: list[int] = typer.Option([], "--id", help="internal document id (repeatable)"),
     external_ids: list[str] = typer.Option([], "--external-id", help="external id from the input, e.g. a BEIR _id (repeatable)"),
     collection: str | None = CollectionOpt,
+    every: bool = typer.Option(False, "--all", help="delete every document a reference matches (an external id may repeat across files)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Remove documents from SQL and the indexes together; each reference says what it is."""
@@ -244,7 +256,15 @@ def delete(
     if not refs:
         raise RagError("name documents to delete: SOURCE..., --id N or --external-id X")
     with target.writer():
-        found = sorted({i for ref, kind in refs for i in target.find_documents(ref, by=kind)})  # type: ignore[arg-type]
+        found_ids: set[int] = set()
+        for ref, kind in refs:
+            matched = target.find_documents(ref, by=kind)  # type: ignore[arg-type]
+            if len(matched) > 1 and not every:
+                named = ", ".join(f"{source} (id {i})" for i, source in sorted(target.sources_of(matched).items()))
+                hint = {"external_id": "--external-id", "source": "SOURCE"}.get(kind, "--id")
+                raise typer.BadParameter(f"{ref!r} matches {len(matched)} documents: {named}; name one by --id, or add --all", param_hint=hint)
+            found_ids.update(matched)
+        found = sorted(found_ids)
         result = target.delete(found)
     if as_json:
         _print_json({"collection": target.name, "deleted": result["deleted"], "document_ids": found})
@@ -259,7 +279,7 @@ def doctor(
     as_json: bool = JsonOpt,
 ) -> None:
     """Check that SQL and FAISS agree; exit 0 only when they do."""
-    rt = _runtime()
+    rt = _reading_runtime()  # nothing to check or repair in a home that does not exist
     target = rt.collection(collection)
     before = target.check()
     after = before

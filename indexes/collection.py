@@ -12,24 +12,22 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 
 from indexes.config import CollectionConfig, SearchParams
 from indexes.consistency import ConsistencyReport, check
 from indexes.encoder import EncoderSpec
-from indexes.errors import DocumentNotFound, EncoderMismatch, InvalidInput, RagError
+from indexes.errors import CollectionNotFound, DocumentNotFound, EncoderMismatch, InvalidInput, RagError
+from indexes.handles import StoreHandle
 from indexes.keyword import KeywordSpec
 from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow, visible_at
 from indexes.segments import Manifest, Segment, SegmentMissing
 from indexes.snapshot import Snapshot, batched
 from indexes.types import Passage, Ranking
 from indexes.writer import CollectionWriter, NewDocument
-
-if TYPE_CHECKING:
-    from indexes.store import Store
 
 RefKind = Literal["id", "external_id", "source"]
 
@@ -43,7 +41,7 @@ class CollectionElsewhere(RagError):
 class Collection:
     """Documents, chunks and index segments of one collection."""
 
-    def __init__(self, store: Store, id: int, name: str, config: CollectionConfig) -> None:
+    def __init__(self, store: StoreHandle, id: int, name: str, config: CollectionConfig) -> None:
         self.store = store
         self.id = id
         self.name = name
@@ -54,8 +52,11 @@ class Collection:
         self._segments: dict[str, Segment] = {}
         self._loading = threading.Lock()
         self._local = threading.local()  # the writer this thread holds, if any
+        # Id and name together: a handle whose collection was dropped (and whose id an old SQLite
+        # database may have given to another collection) finds no row and says so.
+        self._identity = and_(CollectionRow.id == id, CollectionRow.name == name)
         # Every search asks for the published generation: the statement is built once.
-        self._generation_statement = select(CollectionRow.generation, CollectionRow.owner).where(CollectionRow.id == id)
+        self._generation_statement = select(CollectionRow.generation, CollectionRow.owner).where(self._identity)
 
     # -- identity ----------------------------------------------------------------------------
     def require_encoder(self, spec: EncoderSpec) -> None:
@@ -65,6 +66,10 @@ class Collection:
                 f"(pooling={self.config.encoder.pooling}, normalize={self.config.encoder.normalize}); "
                 f"it cannot be used with {spec.model} (pooling={spec.pooling}, normalize={spec.normalize})"
             )
+
+    def gone(self) -> CollectionNotFound:
+        """The error of a handle whose collection was dropped since it was opened."""
+        return CollectionNotFound(f"collection {self.name!r} was deleted")
 
     def require_owner(self, owner: str | None) -> None:
         if owner is not None and owner != self.store.home_id:
@@ -83,7 +88,7 @@ class Collection:
         with self.store.sessions() as session:
             row = session.execute(self._generation_statement).first()
         if row is None:
-            raise RagError(f"collection {self.name!r} was deleted")
+            raise self.gone()
         generation, owner = int(row[0] or 0), row[1]
         current = self._snapshot
         if current is not None and current.generation == generation:
@@ -98,9 +103,10 @@ class Collection:
     def _load_snapshot(self) -> Snapshot:
         for _ in range(5):  # a writer may publish twice and delete files between our two reads
             with self.store.sessions() as session:
-                generation, manifest_data = session.execute(
-                    select(CollectionRow.generation, CollectionRow.manifest).where(CollectionRow.id == self.id)
-                ).one()
+                found = session.execute(select(CollectionRow.generation, CollectionRow.manifest).where(self._identity)).first()
+            if found is None:
+                raise self.gone()
+            generation, manifest_data = found
             manifest = Manifest.from_dict(manifest_data, self.store.home_id)
             segments: list[Segment] = []
             unreadable: list[str] = []
@@ -219,6 +225,15 @@ class Collection:
             raise DocumentNotFound(f"no document with {label} {ref!r} in collection {self.name!r}")
         return ids
 
+    def sources_of(self, doc_ids: Sequence[int]) -> dict[int, str]:
+        """document id -> source, for naming the documents an ambiguous reference matched."""
+        found: dict[int, str] = {}
+        with self.store.sessions() as session:
+            for part in batched(list(doc_ids)):
+                stmt = select(DocumentRow.id, DocumentRow.source).where(DocumentRow.collection_id == self.id, DocumentRow.id.in_(part))
+                found.update((int(i), str(source)) for i, source in session.execute(stmt))
+        return found
+
     def documents(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         with self.store.sessions() as session:
             counts = select(ChunkRow.document_id, func.count().label("n")).group_by(ChunkRow.document_id).subquery()
@@ -246,6 +261,7 @@ class Collection:
             ]
 
     def document_text(self, doc_id: int) -> str:
+        self._generation()  # the collection still exists (ids are never reused, so its rows are its own)
         with self.store.sessions() as session:
             text = session.scalar(
                 select(DocumentRow.text).where(DocumentRow.id == doc_id, DocumentRow.collection_id == self.id)
@@ -256,7 +272,10 @@ class Collection:
 
     def _generation(self) -> int:
         with self.store.sessions() as session:
-            return int(session.scalar(select(CollectionRow.generation).where(CollectionRow.id == self.id)) or 0)
+            found = session.execute(select(CollectionRow.generation).where(self._identity)).first()
+        if found is None:
+            raise self.gone()
+        return int(found[0] or 0)
 
     def stats(self) -> dict[str, Any]:
         snap = self.snapshot()

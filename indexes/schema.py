@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event, text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -31,7 +31,11 @@ class Base(DeclarativeBase):
 
 
 class CollectionRow(Base):
+    """`sqlite_autoincrement`: a dropped collection's id is never given to a new one, so a handle
+    (or a writer lock, or a job) that outlived its collection can never reach another's rows."""
+
     __tablename__ = "collections"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -76,6 +80,9 @@ class DocumentRow(Base):
     doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     added_gen: Mapped[int] = mapped_column(Integer)
     removed_gen: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # When the generation that removed it was published: a removed row is purged only once no
+    # search can still hold a snapshot that shows it (`CollectionWriter.retain_removed`).
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     chunks: Mapped[list[ChunkRow]] = relationship(
@@ -133,6 +140,25 @@ def create_schema(metadata: Any, engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         metadata.create_all(connection)
+
+
+def add_missing_columns(metadata: Any, engine: Engine) -> None:
+    """Add the nullable columns a newer version declares to tables an older one created.
+
+    `create_all` never alters a table, and these columns (all nullable, so old rows stay valid)
+    are the only schema change between versions; anything else is refused where it is read."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        present = inspect(connection)
+        for table in metadata.sorted_tables:
+            if not present.has_table(table.name):
+                continue
+            have = {c["name"] for c in present.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable and not column.primary_key:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def configure_sqlite(engine: Engine) -> None:

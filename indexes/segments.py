@@ -68,9 +68,15 @@ class Manifest:
     home: str
     segments: tuple[SegmentInfo, ...] = ()
     next_segment: int = 1
+    # Files of the previous generation that this one no longer names: kept for readers still on
+    # that generation, deleted by the next publish. Recovery keeps them too (they are no crash's).
+    retained: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"home": self.home, "next_segment": self.next_segment, "segments": [s.to_dict() for s in self.segments]}
+        found: dict[str, Any] = {"home": self.home, "next_segment": self.next_segment, "segments": [s.to_dict() for s in self.segments]}
+        if self.retained:
+            found["retained"] = list(self.retained)
+        return found
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, home: str) -> Manifest:
@@ -80,10 +86,15 @@ class Manifest:
             home=str(data.get("home", home)),
             segments=tuple(SegmentInfo.from_dict(s) for s in data.get("segments", [])),
             next_segment=int(data.get("next_segment", 1)),
+            retained=tuple(str(name) for name in data.get("retained", ())),
         )
 
     def files(self) -> set[str]:
         return {name for s in self.segments for name in s.files()}
+
+    def kept_files(self) -> set[str]:
+        """What a clean folder holds: this generation's files and those retained from the last."""
+        return self.files() | set(self.retained)
 
 
 def segment_files(name: str) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from indexes.collection import Collection, CollectionElsewhere
 from indexes.config import CollectionConfig, SearchParams
 from indexes.errors import CollectionNotFound, InvalidInput, RagError
 from indexes.locking import WriterLock
-from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, configure_sqlite, create_schema
+from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, add_missing_columns, configure_sqlite, create_schema
 from indexes.writer import NewDocument
 
 # Re-exported: what callers import from `indexes.store` (the catalog is their entry point).
@@ -53,6 +53,7 @@ class Store:
         configure_sqlite(self.engine)
         with FileLock(str(self.home / ".schema.lock")):
             create_schema(Base.metadata, self.engine)
+            add_missing_columns(Base.metadata, self.engine)
             self.home_id = self._home_id()
         columns = {c["name"] for c in inspect(self.engine).get_columns("documents")}
         if "added_gen" not in columns:
@@ -93,10 +94,14 @@ class Store:
         return [row.name for row in self._rows() if row.name not in broken]
 
     def collection(self, name: str) -> Collection:
-        if name in self._open:
-            return self._open[name]
+        """The open handle of `name`, checked against SQL: another process may have dropped the
+        collection (or dropped and re-created it under a new id) since it was opened."""
         with self.sessions() as session:
             row = session.scalars(select(CollectionRow).where(CollectionRow.name == name)).first()
+        cached = self._open.get(name)
+        if cached is not None and row is not None and cached.id == row.id:
+            return cached
+        self._open.pop(name, None)
         if row is None:
             known = ", ".join(self.collection_names()) or "none yet"
             raise CollectionNotFound(f"no collection named {name!r} (collections: {known})")

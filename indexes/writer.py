@@ -9,31 +9,35 @@ crashed writer left (`recover`), then applies batches. A batch is:
 2. one new immutable segment (FAISS + BM25 over the new chunks) is written beside the others,
    merged or compacted by the segment policy, each file saved atomically;
 3. one UPDATE publishes: the collection row's generation becomes g + 1 and its manifest names the
-   segments, so additions, replacements and deletions become visible together. Rows removed one
-   generation earlier are deleted in the same transaction (a reader still searching generation g
-   needs rows removed at g + 1, not older ones), and segment files that neither generation g nor
-   g + 1 names are deleted afterwards.
+   segments, so additions, replacements and deletions become visible together. The rows it
+   removes get their `removed_at`; removed rows are deleted once they have been removed for
+   `retain_removed` (a search holding an older snapshot may span several publishes: API jobs
+   publish once per file), and segment files that neither generation g nor g + 1 names are
+   deleted afterwards.
 
 A crash before step 3 leaves generation g published and intact: the next writer deletes rows
 stamped above g, clears `removed_gen` above g, and deletes files no manifest names (temporary
-files of an interrupted atomic save included). Runs still marked running are marked interrupted.
+files of an interrupted atomic save included; the previous generation's files, which the manifest
+lists as `retained`, are no crash's and stay). Runs still marked running are marked interrupted.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import CursorResult, Result, delete, insert, select, update
+from sqlalchemy import CursorResult, Result, delete, insert, or_, select, update
 
 from indexes.config import CollectionConfig
 from indexes.errors import InvalidInput, RagError
 from indexes.failpoints import failpoint
+from indexes.handles import CollectionHandle
 from indexes.keyword import KeywordSpec
 from indexes.locking import WriterLock
 from indexes.ondisk import DATA_SUFFIX
@@ -41,9 +45,6 @@ from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow
 from indexes.segments import Manifest, Segment, SegmentMissing, merge, ondisk_template, plan_merges, segment_files
 from indexes.snapshot import batched
 from indexes.types import Chunk, Document
-
-if TYPE_CHECKING:
-    from indexes.collection import Collection
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,25 @@ def last_wins(new: Sequence[NewDocument]) -> tuple[list[NewDocument], list[str]]
     return list(by_source.values()), repeated
 
 
+@dataclass
+class _Stamped:
+    """What step 1 of a batch stamped: replaced and deleted document ids, new chunk ids, and the
+    chunk ids of the documents it removed."""
+
+    superseded: list[int]
+    deleted: list[int]
+    chunk_ids: list[int]
+    removed_chunks: np.ndarray
+
+
 class CollectionWriter:
     """Exclusive writer of one collection; use through `Collection.writer()`."""
 
-    def __init__(self, collection: Collection) -> None:
+    # How long removed rows outlive the publish that removed them: longer than any search holds
+    # its snapshot between its candidate lookup and its SQL read.
+    retain_removed = timedelta(minutes=5)
+
+    def __init__(self, collection: CollectionHandle) -> None:
         self.collection = collection
         self.store = collection.store
         self.config: CollectionConfig = collection.config
@@ -90,6 +106,9 @@ class CollectionWriter:
         self.manifest = Manifest(home=self.store.home_id)
         self.segments: list[Segment] = []
         self.missing: list[str] = []
+        # Rows stamped above the published generation that neither a publish nor an unstamp has
+        # settled: a writer in this state refuses to write again (reopen it: recovery cleans up).
+        self._dirty = False
 
     # -- session -----------------------------------------------------------------------------
     def open(self, timeout: float) -> None:
@@ -105,16 +124,16 @@ class CollectionWriter:
         self.lock.release()
 
     def _load(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         with self.store.sessions.begin() as session:
             row = session.get(CollectionRow, self.collection.id)
-            if row is None:
-                raise RagError(f"collection {self.collection.name!r} was deleted")
+            if row is None or row.name != self.collection.name:
+                raise self.collection.gone()  # before the folder is made: a dropped collection stays gone
             self.collection.require_owner(row.owner)
             if row.owner is None:
                 row.owner = self.store.home_id
             self.generation = int(row.generation or 0)
             self.manifest = Manifest.from_dict(row.manifest, self.store.home_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.segments, self.missing = [], []
         for info in self.manifest.segments:
             try:
@@ -127,21 +146,9 @@ class CollectionWriter:
     def recover(self) -> dict[str, int]:
         """Roll back whatever a crashed writer stamped above the published generation, delete
         files no manifest names, and mark runs left running as interrupted."""
-        g, cid = self.generation, self.collection.id
+        cid = self.collection.id
         with self.store.sessions.begin() as session:
-            unpublished = list(
-                session.scalars(select(DocumentRow.id).where(DocumentRow.collection_id == cid, DocumentRow.added_gen > g))
-            )
-            for part in batched(unpublished):
-                session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(part)))
-                session.execute(delete(DocumentRow).where(DocumentRow.id.in_(part)))
-            restored = _rowcount(
-                session.execute(
-                    update(DocumentRow)
-                    .where(DocumentRow.collection_id == cid, DocumentRow.removed_gen > g)
-                    .values(removed_gen=None)
-                )
-            )
+            unpublished, restored = self._unstamp(session)
             interrupted = _rowcount(
                 session.execute(
                     update(RunRow)
@@ -150,7 +157,7 @@ class CollectionWriter:
                 )
             )
         failpoint("recover:after-rollback")
-        removed_files = self._delete_unnamed_files(self.manifest.files())
+        removed_files = self._delete_unnamed_files(self.manifest.kept_files())
         if unpublished or restored or removed_files or interrupted:
             log.warning(
                 "collection %s: recovered an interrupted write (%d unpublished documents rolled back, %d "
@@ -162,6 +169,31 @@ class CollectionWriter:
                 interrupted,
             )
         return {"rolled_back": len(unpublished), "restored": int(restored or 0), "files": removed_files, "runs": int(interrupted or 0)}
+
+    def _unstamp(self, session: Any) -> tuple[list[int], int]:
+        """Undo every stamp above the published generation: delete the rows added above it and
+        restore the rows removed above it. Returns (deleted document ids, restored count)."""
+        g, cid = self.generation, self.collection.id
+        unpublished = list(
+            session.scalars(select(DocumentRow.id).where(DocumentRow.collection_id == cid, DocumentRow.added_gen > g))
+        )
+        for part in batched(unpublished):
+            session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(part)))
+            session.execute(delete(DocumentRow).where(DocumentRow.id.in_(part)))
+        restored = _rowcount(
+            session.execute(
+                update(DocumentRow).where(DocumentRow.collection_id == cid, DocumentRow.removed_gen > g).values(removed_gen=None)
+            )
+        )
+        return unpublished, int(restored or 0)
+
+    def _discard_batch(self) -> None:
+        """A batch failed after its rows were stamped: unstamp them now, so the next batch of this
+        writer (which stamps the same generation) publishes none of them."""
+        with self.store.sessions.begin() as session:
+            self._unstamp(session)
+        self._dirty = False
+        self._delete_unnamed_files(self.manifest.kept_files())  # segments built for the failed batch
 
     def _delete_unnamed_files(self, keep: set[str]) -> int:
         removed = 0
@@ -187,8 +219,33 @@ class CollectionWriter:
                 raise InvalidInput(f"{item.document.source}: vectors do not match chunks")
         if not new and not delete_ids:
             return {"added": 0, "replaced": 0, "deleted": 0, "chunks": 0, "duplicates": duplicates}
-        g, cid = self.generation, self.collection.id
-        target = g + 1
+        if self._dirty:
+            raise RagError(f"collection {self.collection.name!r}: an earlier failed write could not be undone; open a new writer")
+        target = self.generation + 1
+        sources = [item.document.source for item in new]
+        self._dirty = True
+        try:
+            stamped = self._stamp(new, delete_ids, target)
+            failpoint("write:after-pending", sources)
+            self._build_and_publish(new, stamped.chunk_ids, stamped.removed_chunks, stamped.superseded + stamped.deleted)
+        except BaseException:
+            try:
+                self._discard_batch()
+            except Exception:  # the writer stays dirty; the original failure is the one to report
+                log.exception("collection %s: could not undo a failed write", self.collection.name)
+            raise
+        self._dirty = False
+        return {
+            "added": len(new) - len(stamped.superseded),
+            "replaced": len(stamped.superseded),
+            "deleted": len(stamped.deleted),
+            "chunks": len(stamped.chunk_ids),
+            "duplicates": duplicates,
+        }
+
+    def _stamp(self, new: Sequence[NewDocument], delete_ids: Sequence[int], target: int) -> _Stamped:
+        """Step 1: one transaction inserts `new` and marks replaced and deleted rows, all at `target`."""
+        cid = self.collection.id
         sources = [item.document.source for item in new]
         with self.store.sessions.begin() as session:
             superseded: list[int] = []
@@ -252,7 +309,12 @@ class CollectionWriter:
                 else []
             )
             removed_chunks = np.asarray(self._chunk_ids_of(session, gone), dtype=np.int64)
-        failpoint("write:after-pending")
+        return _Stamped(superseded, deleted, chunk_ids, removed_chunks)
+
+    def _build_and_publish(
+        self, new: Sequence[NewDocument], chunk_ids: list[int], removed_chunks: np.ndarray, removed: Sequence[int]
+    ) -> None:
+        """Steps 2 and 3: the new segment (merged by the policy), then one UPDATE publishes."""
         segments = list(self.segments)
         manifest = self.manifest
         if chunk_ids:
@@ -276,14 +338,7 @@ class CollectionWriter:
             segments = [s.with_dead(s.info.dead + int(np.isin(s.ids, removed_chunks).sum())) for s in segments]
         segments, manifest = self._merge(segments, manifest)
         failpoint("write:after-faiss-save")
-        self._publish(segments, manifest)
-        return {
-            "added": len(new) - len(superseded),
-            "replaced": len(superseded),
-            "deleted": len(deleted),
-            "chunks": len(chunk_ids),
-            "duplicates": duplicates,
-        }
+        self._publish(segments, manifest, removed)
 
     def delete(self, doc_ids: Sequence[int]) -> dict[str, Any]:
         return self.write([], doc_ids)
@@ -338,9 +393,11 @@ class CollectionWriter:
             )
             return np.fromiter(ids, dtype=np.int64)
 
-    def _publish(self, segments: list[Segment], manifest: Manifest) -> None:
+    def _publish(self, segments: list[Segment], manifest: Manifest, removed: Sequence[int] = ()) -> None:
         g, cid = self.generation, self.collection.id
+        now = utcnow()
         previous_files = self.manifest.files()
+        manifest = replace(manifest, retained=tuple(sorted(previous_files - manifest.files())))
         with self.store.sessions.begin() as session:
             published = _rowcount(
                 session.execute(
@@ -351,10 +408,17 @@ class CollectionWriter:
             )
             if published != 1:
                 raise RagError(f"collection {self.collection.name!r} changed under its writer; nothing was published")
-            # Rows removed at g or before: no published generation still shows them.
+            for part in batched(list(removed)):
+                session.execute(update(DocumentRow).where(DocumentRow.id.in_(part)).values(removed_at=now))
+            # Rows removed at g or before (no published generation shows them) and long enough ago
+            # that no search still reads an older snapshot (rows of older versions have no time).
             old = list(
                 session.scalars(
-                    select(DocumentRow.id).where(DocumentRow.collection_id == cid, DocumentRow.removed_gen <= g)
+                    select(DocumentRow.id).where(
+                        DocumentRow.collection_id == cid,
+                        DocumentRow.removed_gen <= g,
+                        or_(DocumentRow.removed_at.is_(None), DocumentRow.removed_at < now - self.retain_removed),
+                    )
                 )
             )
             for part in batched(old):
@@ -363,7 +427,7 @@ class CollectionWriter:
         self.generation = g + 1
         self.manifest = manifest
         self.segments = segments
-        self._delete_unnamed_files(manifest.files() | previous_files)
+        self._delete_unnamed_files(manifest.kept_files())
 
     # -- repair ------------------------------------------------------------------------------
     def repair(self, embed: Callable[[list[str]], np.ndarray]) -> None:

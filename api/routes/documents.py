@@ -137,17 +137,25 @@ def list_documents(
     "/{doc_id}",
     response_model=DeleteResponse,
     summary="Delete a document from SQL and FAISS together",
-    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
-def delete_document(
+async def delete_document(
     request: Request,
     name: str = NamePath,
     doc_id: int = Path(ge=1, le=2**62),
     principal: Principal = Depends(require("write")),
 ) -> dict[str, Any]:
+    """Waits for the writer lock in the bounded write queue (503 when it is full), never on the
+    threads that serve reads."""
     check_collection(principal, name)
     state = api_state(request)
-    state.runtime.collection(name)  # 404 for an unknown collection, without creating it
+    await run_in_threadpool(state.runtime.collection, name)  # 404 for an unknown collection, without creating it
+    found, result = await state.writes.run(_delete, state, name, doc_id)
+    state.metrics.documents.labels("deleted").inc(result["deleted"])
+    return {"collection": name, "deleted": result["deleted"], "document_ids": found}
+
+
+def _delete(state: ApiState, name: str, doc_id: int) -> tuple[list[int], dict[str, Any]]:
     target: Collection = writer_collection(state.runtime, name)
     with target.writer():
         try:
@@ -156,6 +164,4 @@ def delete_document(
             found = []
         if not found:
             raise DocumentNotFound(f"no document {doc_id} in collection {name!r}")
-        result = target.delete(found)
-    state.metrics.documents.labels("deleted").inc(result["deleted"])
-    return {"collection": name, "deleted": result["deleted"], "document_ids": found}
+        return found, target.delete(found)
