@@ -357,3 +357,27 @@ def test_a_key_scoped_to_a_dropped_collection_reaches_nothing_of_the_one_that_to
         uv.should_exit = True
         thread.join(timeout=30)
         cli.close()
+
+
+def test_a_database_made_before_these_columns_gets_them_when_opened(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import inspect, text
+
+    from api.tables import create_tables
+
+    home = tmp_path / "home"
+    store = Store(home)
+    create_tables(store.engine)
+    with store.engine.begin() as connection:  # the shape an older version left
+        connection.execute(text("ALTER TABLE documents DROP COLUMN removed_at"))
+        connection.execute(text("ALTER TABLE api_jobs DROP COLUMN duplicates"))
+    store.close()
+    store = Store(home)
+    create_tables(store.engine)
+    assert "removed_at" in {c["name"] for c in inspect(store.engine).get_columns("documents")}
+    assert {"owner", "duplicates"} <= {c["name"] for c in inspect(store.engine).get_columns("api_jobs")}
+    target = store.create_collection("test", _config(encoder))
+    with target.writer():
+        target.write([_new(encoder, "a", "A first text.")])
+        target.write([_new(encoder, "a", "A second text.")])
+    assert [d["source"] for d in target.documents()] == ["a"] and target.check().consistent
+    store.close()
