@@ -9,12 +9,14 @@ limit, a gzip decompression bomb, malformed SQuAD-shaped JSON, a JSONL file with
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -322,3 +324,137 @@ def test_api_json_document_of_only_white_space_is_reported_by_the_job_and_the_ot
         assert [e["error"] for e in job["errors"]] == ["api/blank: no text to index"]
         listed = client.get("/v1/collections/blank/documents").json()["documents"]
     assert [d["source"] for d in listed] == ["api/kept"]
+
+
+# -- Memory: hostile shapes ------------------------------------------------------------------------
+# Each runs `rag ingest` in a child process under a small RAG_MAX_EXPANDED_MB and compares its peak
+# RSS (wait4) with the same command on a one-sentence file; the inputs are scaled so that, before
+# the fixes, each one added at least twice the allowed extra.
+SHAPE_EXTRA_MIB = 60
+
+
+def _zip(members: list[tuple[str, bytes, int, int, int]]) -> bytes:
+    """A zip written by hand: (name, stored bytes, method, crc, declared size) per member, with the
+    declared size written into both the local header and the central directory."""
+    import struct
+
+    out, central = io.BytesIO(), io.BytesIO()
+    for name, payload, method, crc, size in members:
+        offset = out.tell()
+        raw = name.encode()
+        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(payload), size, len(raw), 0))
+        out.write(raw + payload)
+        central.write(
+            struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(payload), size, len(raw), 0, 0, 0, 0, 0, offset)
+            + raw
+        )
+    start = out.tell()
+    out.write(central.getvalue())
+    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central.getvalue()), start, 0))
+    return out.getvalue()
+
+
+def _deflated(pieces: list[tuple[bytes, int]]) -> bytes:
+    """Raw deflate of each (bytes, times) in order, compressing each piece once: a full flush
+    makes a piece's compressed form independent of what came before, so it can be repeated."""
+    out = []
+    for data, times in pieces:
+        stream = zlib.compressobj(9, zlib.DEFLATED, -15)
+        out.append((stream.compress(data) + stream.flush(zlib.Z_FULL_FLUSH)) * times)
+    out.append(zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH))
+    return b"".join(out)
+
+
+W_NS = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+CONTENT_TYPES = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    b'<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+    b'<Default Extension="xml" ContentType="application/xml"/>'
+    b'<Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'
+)
+RELS = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+    b'<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"'
+    b' Target="word/document.xml"/></Relationships>'
+)
+
+
+def make_docx_xml(paragraph: bytes, times: int, declared: int | None = None) -> bytes:
+    """A DOCX whose word/document.xml is `paragraph` repeated `times`, deflated; with `declared`,
+    its zip entry claims that size (a lying directory)."""
+    head = b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><w:document ' + W_NS + b"><w:body>"
+    tail = b"</w:body></w:document>"
+    body = _deflated([(head, 1), (paragraph * 1000, times // 1000), (tail, 1)])
+    size = len(head) + len(paragraph) * (times // 1000) * 1000 + len(tail)
+    crc = zlib.crc32(head + paragraph * 1000)  # a lie must at least pass zipfile's CRC on what it reads
+    declared_size = size if declared is None else declared
+    if declared is not None:
+        crc = zlib.crc32((head + paragraph * (declared // len(paragraph) + 1))[:declared])
+    else:
+        crc = 0
+        for data, n in ((head, 1), (paragraph * 1000, times // 1000), (tail, 1)):
+            for _ in range(n):
+                crc = zlib.crc32(data, crc)
+    return _zip(
+        [
+            ("[Content_Types].xml", CONTENT_TYPES, 0, zlib.crc32(CONTENT_TYPES), len(CONTENT_TYPES)),
+            ("_rels/.rels", RELS, 0, zlib.crc32(RELS), len(RELS)),
+            ("word/document.xml", body, 8, crc, declared_size),
+        ]
+    )
+
+
+# A real ingest (`Ingestor.ingest_paths`) in a child process whose model is resident before any
+# file is read, so what reading, parsing and chunking a file adds shows in the child's peak RSS.
+INGEST_AFTER_WARM_UP = """
+import sys
+from rag.runtime import Runtime
+from rag.settings import load_settings
+runtime = Runtime(load_settings())
+ingestor = runtime.ingestor(runtime.writable_collection(sys.argv[1]))
+ingestor.encoder.encode(["warm up"], kind="passage")
+report = ingestor.ingest_paths(sys.argv[2:])
+for error in report.errors:
+    print("error: " + error["error"], file=sys.stderr)
+sys.exit(3 if report.errors else 0)
+"""
+
+
+def _ingest_peak_mib(collection: str, paths: list[Path], env: dict[str, str]) -> tuple[int, float, str]:
+    """Exit code, peak RSS (MiB, from wait4) and stderr of one warm ingest in a child process."""
+    args = [sys.executable, "-c", INGEST_AFTER_WARM_UP, collection, *map(str, paths)]
+    process = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    stderr = process.stderr.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, stderr
+
+
+def _shape_run(tmp_path: Path, name: str, data: bytes, env_extra: dict[str, str]) -> tuple[int, float, float, str]:
+    """(exit code, peak MiB, baseline peak MiB, stderr) of ingesting `name` beside a good file."""
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "good.txt").write_bytes(GOOD["good.txt"])
+    env = {**os.environ, "RAG_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", **env_extra}
+    # The first run creates the collection and the encoder's graph cache, which costs memory of
+    # its own; the baseline and the measured run both find them made.
+    for _ in range(2):
+        code, baseline, stderr = _ingest_peak_mib("shape", [tmp_path / "good.txt"], env)
+        assert code == 0, stderr
+    code, peak, stderr = _ingest_peak_mib("shape", [tmp_path / name, tmp_path / "good.txt"], env)
+    return code, peak, baseline, stderr
+
+
+STYLED_PARAGRAPH = (
+    b'<w:p><w:pPr><w:pStyle w:val="BodyText"/><w:spacing w:before="120" w:after="120"/></w:pPr>'
+    b'<w:r><w:rPr><w:b/></w:rPr><w:t xml:space="preserve">radium </w:t></w:r></w:p>'
+)
+
+
+def test_docx_whose_zip_understates_its_size_is_refused_while_inflating(tmp_path: Path) -> None:
+    data = make_docx_xml(STYLED_PARAGRAPH, 2_000_000, declared=1000)  # ~250 MiB of XML in about 1 MB
+    assert len(data) < 2 * 1024 * 1024
+    code, peak, baseline, stderr = _shape_run(tmp_path, "liar.docx", data, {"RAG_MAX_EXPANDED_MB": "32"})
+    assert code == 3, stderr
+    [line] = error_lines(stderr)
+    assert "liar.docx: expands to over the 32 MiB limit when decompressed (RAG_MAX_EXPANDED_MB)" in line, line
+    assert peak < baseline + SHAPE_EXTRA_MIB, f"peak RSS {peak:.0f} MiB, {baseline:.0f} MiB without the DOCX"
