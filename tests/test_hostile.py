@@ -404,44 +404,71 @@ def make_docx_xml(paragraph: bytes, times: int, declared: int | None = None) -> 
     )
 
 
-# A real ingest (`Ingestor.ingest_paths`) in a child process whose model is resident before any
-# file is read, so what reading, parsing and chunking a file adds shows in the child's peak RSS.
+# A real ingest (`Ingestor.ingest_paths`; with "chunk", its stages up to the encoder) in a child process. Once its model is loaded and has
+# encoded once, the child resets its peak RSS (/proc/self/clear_refs) and reports how far the
+# ingest took the peak (VmHWM) above the RSS it had then: what reading, parsing, chunking and
+# embedding the files added, which a peak reached while loading the model cannot hide.
 INGEST_AFTER_WARM_UP = """
 import sys
 from rag.runtime import Runtime
 from rag.settings import load_settings
+
+def status_mib(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
+
 runtime = Runtime(load_settings())
 ingestor = runtime.ingestor(runtime.writable_collection(sys.argv[1]))
 ingestor.encoder.encode(["warm up"], kind="passage")
-report = ingestor.ingest_paths(sys.argv[2:])
-for error in report.errors:
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")
+before = status_mib("VmRSS")
+if sys.argv[1] == "chunk":  # only the stages up to the encoder: read, parse, chunk
+    from pathlib import Path
+    from ingest.pipeline import scan_file
+    errors = []
+    for path in sys.argv[2:]:
+        scan = scan_file(Path(path), {}, runtime.settings.input_limits, path)
+        errors += scan.errors
+        chunks = sum(len(ingestor.chunker.split(doc.text)) for doc, _ in scan.changed)
+else:
+    errors = ingestor.ingest_paths(sys.argv[2:]).errors
+print(status_mib("VmHWM") - before)
+for error in errors:
     print("error: " + error["error"], file=sys.stderr)
-sys.exit(3 if report.errors else 0)
+sys.exit(3 if errors else 0)
 """
 
 
 def _ingest_peak_mib(collection: str, paths: list[Path], env: dict[str, str]) -> tuple[int, float, str]:
-    """Exit code, peak RSS (MiB, from wait4) and stderr of one warm ingest in a child process."""
+    """Exit code, MiB the ingest added to the child's peak RSS, and stderr, of one warm ingest."""
     args = [sys.executable, "-c", INGEST_AFTER_WARM_UP, collection, *map(str, paths)]
-    process = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    stderr = process.stderr.read().decode()
-    _, status, usage = os.wait4(process.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, stderr
+    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.stdout.strip(), result.stderr
+    return result.returncode, float(result.stdout.split()[-1]), result.stderr
 
 
-def _shape_run(tmp_path: Path, name: str, data: bytes, env_extra: dict[str, str]) -> tuple[int, float, float, str]:
-    """(exit code, peak MiB, baseline peak MiB, stderr) of ingesting `name` beside a good file."""
-    (tmp_path / name).write_bytes(data)
-    (tmp_path / "good.txt").write_bytes(GOOD["good.txt"])
-    env = {**os.environ, "RAG_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", **env_extra}
-    # The first run creates the collection and the encoder's graph cache, which costs memory of
-    # its own; the baseline and the measured run both find them made.
+@pytest.fixture(scope="module")
+def warm_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], float]:
+    """A data home whose collection and encoder graph cache exist, and the baseline: MiB a warm
+    ingest of one sentence adds to the peak."""
+    folder = tmp_path_factory.mktemp("shapes")
+    (folder / "good.txt").write_bytes(GOOD["good.txt"])
+    env = {**os.environ, "RAG_HOME": str(folder / "home"), "HF_HUB_OFFLINE": "1", "RAG_MAX_EXPANDED_MB": "32"}
     for _ in range(2):
-        code, baseline, stderr = _ingest_peak_mib("shape", [tmp_path / "good.txt"], env)
+        code, baseline, stderr = _ingest_peak_mib("shape", [folder / "good.txt"], env)
         assert code == 0, stderr
-    code, peak, stderr = _ingest_peak_mib("shape", [tmp_path / name, tmp_path / "good.txt"], env)
-    return code, peak, baseline, stderr
+    return folder, env, baseline
+
+
+def _shape_run(
+    warm_home: tuple[Path, dict[str, str], float], name: str, data: bytes, env: dict[str, str] | None = None, *, mode: str = "shape"
+) -> tuple[int, float, str]:
+    """(exit code, peak MiB over the baseline, stderr) of a warm ingest of `name` beside the good file."""
+    folder, environment, baseline = warm_home
+    (folder / name).write_bytes(data)
+    code, peak, stderr = _ingest_peak_mib(mode, [folder / name, folder / "good.txt"], {**environment, **(env or {})})
+    (folder / name).unlink()
+    return code, peak - baseline, stderr
 
 
 STYLED_PARAGRAPH = (
@@ -450,11 +477,48 @@ STYLED_PARAGRAPH = (
 )
 
 
-def test_docx_whose_zip_understates_its_size_is_refused_while_inflating(tmp_path: Path) -> None:
+def test_docx_whose_zip_understates_its_size_is_refused_while_inflating(warm_home) -> None:  # type: ignore[no-untyped-def]
     data = make_docx_xml(STYLED_PARAGRAPH, 2_000_000, declared=1000)  # ~250 MiB of XML in about 1 MB
     assert len(data) < 2 * 1024 * 1024
-    code, peak, baseline, stderr = _shape_run(tmp_path, "liar.docx", data, {"RAG_MAX_EXPANDED_MB": "32"})
+    code, extra, stderr = _shape_run(warm_home, "liar.docx", data)
     assert code == 3, stderr
     [line] = error_lines(stderr)
     assert "liar.docx: expands to over the 32 MiB limit when decompressed (RAG_MAX_EXPANDED_MB)" in line, line
-    assert peak < baseline + SHAPE_EXTRA_MIB, f"peak RSS {peak:.0f} MiB, {baseline:.0f} MiB without the DOCX"
+    assert extra < SHAPE_EXTRA_MIB, f"the DOCX added {extra:.0f} MiB to the peak RSS"
+
+
+def test_a_one_line_text_file_is_chunked_in_bounded_memory(warm_home) -> None:  # type: ignore[no-untyped-def]
+    # No sentence end and no newline: one 1.5 MB "sentence" (before: +180 MiB, growing with the size).
+    # Read, parsed and chunked only: embedding 230,000 tokens would take minutes here, and its
+    # memory is bounded by the batch size whatever the document.
+    code, extra, stderr = _shape_run(warm_home, "one-line.txt", b"radium glows " * 120_000, mode="chunk")
+    assert code == 0, stderr
+    assert extra < SHAPE_EXTRA_MIB, f"the one-line file added {extra:.0f} MiB to the peak RSS"
+
+
+def test_a_docx_of_mostly_markup_is_read_in_bounded_memory(warm_home) -> None:  # type: ignore[no-untyped-def]
+    data = make_docx_xml(STYLED_PARAGRAPH, 60_000)  # 11 MiB of XML, 0.4 MB of text, in 25 KB
+    assert len(data) < 100_000
+    code, extra, stderr = _shape_run(warm_home, "markup.docx", data, mode="chunk")
+    assert code == 0, stderr
+    assert extra < SHAPE_EXTRA_MIB, f"the DOCX added {extra:.0f} MiB to the peak RSS"
+
+
+def test_a_gzip_of_blank_lines_is_refused_without_holding_it(warm_home) -> None:  # type: ignore[no-untyped-def]
+    data = gzip.compress(b"\n" * (30 * 1024 * 1024), 9)  # 30 MiB of nothing, under the 32 MiB limit
+    code, extra, stderr = _shape_run(warm_home, "blank.jsonl.gz", data)
+    assert code == 3, stderr
+    [line] = error_lines(stderr)
+    assert "blank.jsonl.gz: the file is empty once decompressed" in line, line
+    assert extra < SHAPE_EXTRA_MIB / 2, f"the blank lines added {extra:.0f} MiB to the peak RSS"
+
+
+def test_records_over_the_limit_are_counted_before_any_is_kept(warm_home) -> None:  # type: ignore[no-untyped-def]
+    line = b'{"text": "' + b"radium glows faintly blue " * 40 + b'"}\n'
+    data = gzip.compress(line * 30_000, 6)  # 31 MiB, 30,000 records, over a limit of 20,000
+    code, extra, stderr = _shape_run(warm_home, "many.jsonl.gz", data, {"RAG_MAX_RECORDS": "20000"})
+    assert code == 3, stderr
+    [message] = error_lines(stderr)
+    assert "many.jsonl.gz: more than 20,000 records (RAG_MAX_RECORDS)" in message, message
+    assert extra < SHAPE_EXTRA_MIB / 2, f"the records added {extra:.0f} MiB to the peak RSS"
+
