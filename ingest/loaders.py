@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from indexes.errors import MissingDependency, not_utf8
+from indexes.schema import EXTERNAL_ID_CHARS
 from indexes.types import Document
 from ingest import pdf, wordml
 from ingest.limits import MIB, InputLimits, LoadError, mib
@@ -390,7 +391,7 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
             if problem and single:
                 raise LoadError(f"{name}: {problem}")
             if problem:
-                parsed.skipped.append(f"record {item.external_id or number}: {problem}")
+                parsed.skipped.append(f"record {_label(item.external_id) or number}: {problem}")
             elif item.text.strip():
                 parsed.documents.append(item)
     except (LoadError, MissingDependency):
@@ -408,8 +409,22 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
     return parsed
 
 
+def _label(ident: str | None) -> str | None:
+    """A record's id as a message shows it: at most 40 characters."""
+    return ident if ident is None or len(ident) <= 40 else ident[:37] + "..."
+
+
 def document_problem(doc: Document, limits: InputLimits) -> str | None:
-    """Why `doc` is over a per-document limit (characters, metadata nesting), or None."""
+    """Why `doc` is over a per-document limit (characters, metadata nesting) or cannot be stored
+    (a NUL character, which PostgreSQL text cannot hold; an id longer than its column), or None.
+    Checked the same on every backend, so a file loads the same into SQLite and PostgreSQL."""
+    for part, value in (("text", doc.text), ("title", doc.title), ("id", doc.external_id or ""), ("source", doc.source)):
+        if "\x00" in value:
+            return f"holds a NUL character (U+0000) in its {part}, which cannot be stored"
+    if doc.metadata and "\\u0000" in json.dumps(doc.metadata, default=str):
+        return "holds a NUL character (U+0000) in its metadata, which cannot be stored"
+    if doc.external_id is not None and len(doc.external_id) > EXTERNAL_ID_CHARS:
+        return f"an id of {len(doc.external_id):,} characters, over the {EXTERNAL_ID_CHARS} a database column holds"
     if len(doc.text) > limits.max_document_chars:
         return f"{len(doc.text):,} characters, over the {limits.max_document_chars:,} limit (RAG_MAX_DOCUMENT_CHARS)"
     if _depth(doc.metadata, limits.max_json_depth) > limits.max_json_depth:

@@ -522,3 +522,32 @@ def test_records_over_the_limit_are_counted_before_any_is_kept(warm_home) -> Non
     assert "many.jsonl.gz: more than 20,000 records (RAG_MAX_RECORDS)" in message, message
     assert extra < SHAPE_EXTRA_MIB / 2, f"the records added {extra:.0f} MiB to the peak RSS"
 
+
+# -- Records a database cannot hold ----------------------------------------------------------------
+
+
+def test_poison_records_are_skipped_and_named_on_every_backend(tmp_path: Path, database_url: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    records = [
+        {"id": "ra", "text": "Radium glows faintly blue in the dark."},
+        {"id": "nul", "text": "Polonium\u0000 is highly radioactive."},  # PostgreSQL text cannot hold NUL
+        {"id": "t" * 501, "text": "An id longer than the column."},  # external_id is varchar(500)
+        {"id": "meta", "text": "Actinium.", "metadata": {"note": "a\u0000b"}},
+        {"id": "po", "text": "Polonium is named after Poland."},
+    ]
+    path = tmp_path / "poison.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
+    runtime = Runtime(Settings(home=tmp_path / "home", database_url=database_url, encoder_runtime="torch"))
+    collection = runtime.writable_collection("poison")
+    report = runtime.ingestor(collection).ingest_paths([str(path)])
+    assert report.documents_added == 2, report.errors
+    [error] = report.errors
+    assert "skipped 3 bad record(s), kept 2" in error["error"], error
+    assert "record nul: holds a NUL character (U+0000) in its text, which cannot be stored" in error["error"]
+    assert "an id of 501 characters, over the 500 a database column holds" in error["error"]
+    assert "record meta: holds a NUL character (U+0000) in its metadata" in error["error"]
+    assert sorted(d["external_id"] for d in runtime.collection("poison").documents()) == ["po", "ra"]
+    runtime.store.close()
+
