@@ -28,6 +28,7 @@ from indexes.config import CollectionConfig, SearchParams
 from indexes.errors import CollectionNotFound, InvalidInput, RagError
 from indexes.locking import WriterLock
 from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, configure_sqlite, create_schema
+from indexes.vector import exercise_factory
 from indexes.writer import NewDocument
 
 # Re-exported: what callers import from `indexes.store` (the catalog is their entry point).
@@ -117,6 +118,7 @@ class Store:
                 f"collection name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
         config.validate()
+        exercise_factory(config.index_factory, config.dim, config.search)
         try:
             with self.sessions.begin() as session:
                 session.add(CollectionRow(name=name, config=config.to_dict(), owner=self.home_id, generation=0, manifest={}))

@@ -551,3 +551,41 @@ def test_poison_records_are_skipped_and_named_on_every_backend(tmp_path: Path, d
     assert sorted(d["external_id"] for d in runtime.collection("poison").documents()) == ["po", "ra"]
     runtime.store.close()
 
+
+# -- Index factory strings that FAISS accepts and a collection cannot use ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("IVF0,Flat", "IVF0 cannot work"),  # searched with nprobe 0: a traceback, and doctor could not repair it
+        ("HNSW0", "HNSW0 cannot work"),  # SIGABRT on the second batch, the run left `running`
+        ("IDMap,Flat", "cannot be used by a collection"),  # no reconstruct: every segment merge failed
+        ("NSG32", "cannot be used by a collection"),  # a traceback under 100 vectors
+        ("Flat," * 3000, "too long (at most 200)"),  # 15,000 characters: the CLI segfaulted
+    ],
+    ids=["IVF0", "HNSW0", "IDMap", "NSG32", "long"],
+)
+def test_index_factories_that_would_break_the_collection_are_refused_before_it_exists(
+    tmp_path: Path, factory: str, message: str
+) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "good.txt").write_bytes(GOOD["good.txt"])
+    args = ("ingest", str(tmp_path / "good.txt"), "-c", "broken", "--index", factory)
+    crashed_before = factory == "HNSW0" or len(factory) > 200  # in a process of its own, in case it still would
+    result = run_cli(*args, home=tmp_path / "home") if crashed_before else invoke(*args, home=tmp_path / "home")
+    line = one_line_error(result, 2)
+    assert message in line and len(line) < 400, line
+    listed = invoke("collections", "--json", home=tmp_path / "home")
+    assert "broken" not in listed.stdout, listed.stdout
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat", "IVF4,PQ8", "OnDisk,IVF4,Flat", "IDMap2,Flat", "PQ8", "SQ8"])
+def test_index_factories_the_store_supports_still_make_collections(tmp_path: Path, factory: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    from indexes.store import CollectionConfig, Store
+
+    store = Store(tmp_path / "home", f"sqlite:///{tmp_path / 'rag.db'}")
+    config = CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory=factory)
+    assert store.create_collection("fine", config).config.index_factory == factory
+    store.close()
