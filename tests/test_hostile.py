@@ -589,3 +589,32 @@ def test_index_factories_the_store_supports_still_make_collections(tmp_path: Pat
     config = CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory=factory)
     assert store.create_collection("fine", config).config.index_factory == factory
     store.close()
+
+
+# -- Configuration errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("home-is-a-file", "cannot be used: it is a file, not a folder; set RAG_HOME to a writable folder"),
+        ("home-unwritable", "data home /proc/rag-home cannot be used: no such file or directory"),
+        ("bogus-database", "database URL 'bogus://x' (RAG_DATABASE_URL) cannot be opened"),
+        ("bad-toml", "bad.toml: not valid TOML"),
+    ],
+)
+def test_configuration_errors_are_one_line_and_exit_2(tmp_path: Path, setting: str, message: str) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "bad.toml").write_text('collection = "x\n[[[')
+    home, env = tmp_path / "home", {}
+    if setting == "home-is-a-file":
+        home = tmp_path / "afile"
+    elif setting == "home-unwritable":
+        home = Path("/proc/rag-home")  # nobody, root included, can make a folder here
+    elif setting == "bogus-database":
+        env = {"RAG_DATABASE_URL": "bogus://x"}
+    else:
+        env = {"RAG_CONFIG": str(tmp_path / "bad.toml")}
+    assert message in one_line_error(run_cli("collections", home=home, env=env), 2)
