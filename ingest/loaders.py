@@ -103,23 +103,25 @@ def load_text(data: bytes, name: str) -> Iterator[Document]:
 
 
 def load_html(data: bytes, name: str) -> Iterator[Document]:
+    """The page's main content: headings, paragraphs, lists, tables and figure captions, wherever
+    the page keeps them (divs and sections included), without navigation, footers or scripts.
+
+    trafilatura (Apache-2.0) finds the main content; a page it finds none in (a bare fragment,
+    say) keeps the whole body's text without scripts and styles."""
     try:
+        import trafilatura
         from bs4 import BeautifulSoup
     except ImportError as exc:
-        raise MissingDependency("HTML needs beautifulsoup4 and lxml: pip install 'rag[formats]'") from exc
+        raise MissingDependency("HTML needs trafilatura, beautifulsoup4 and lxml: pip install 'rag[formats]'") from exc
+    text = trafilatura.extract(
+        data, include_tables=True, include_images=True, include_comments=False, favor_recall=True, deduplicate=False
+    )
     soup = BeautifulSoup(data, "lxml")
-    for tag in soup(["script", "style", "noscript", "template", "svg", "head"]):
-        if tag.name == "head":
-            continue
-        tag.decompose()
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    body = soup.body or soup
-    blocks = [
-        el.get_text(" ", strip=True)
-        for el in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "blockquote", "td", "th", "dt", "dd"])
-        if not el.find_parent(["p", "li", "blockquote", "td", "th", "dd"])
-    ]
-    text = "\n\n".join(b for b in blocks if b) or body.get_text("\n", strip=True)
+    if not text or not text.strip():
+        for tag in soup(["script", "style", "noscript", "template", "svg"]):
+            tag.decompose()
+        text = (soup.body or soup).get_text("\n", strip=True)
     yield Document(source=name, text=_clean(text), title=title or Path(name).stem)
 
 
