@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from indexes.errors import RagError
+from indexes.errors import InvalidConfig, RagError
 
 if TYPE_CHECKING:
     from rag.runtime import Runtime
@@ -405,6 +405,9 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except ValidationError as exc:  # a setting from a flag, RAG_* or rag.toml out of its range
         typer.echo(f"error: {settings_message(exc)}", err=True)
+        sys.exit(EXIT_USAGE)
+    except InvalidConfig as exc:  # a setting that cannot work: a usage error, like a bad flag
+        typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except RagError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 from indexes.encoder import EncoderSpec
-from indexes.errors import InvalidInput
+from indexes.errors import InvalidConfig, InvalidInput
 from indexes.faisslib import load_faiss
 
 
@@ -136,14 +137,26 @@ def normalise_factory(factory: str) -> str:
     return f"IDMap2,{factory}"
 
 
+MAX_FACTORY_CHARS = 200  # FAISS parses factory strings recursively: 15,000 characters crash it
+
+
 def check_factory(factory: str, dim: int) -> None:
     """Build the index FAISS would build (untrained, empty): a typo fails here with FAISS's reason.
-    `OnDisk,` takes only IVF indexes (their inverted lists are what lives on disk)."""
+    `OnDisk,` takes only IVF indexes (their inverted lists are what lives on disk). Parameters
+    FAISS accepts but cannot work with (`IVF0`, `HNSW0`, `HNSW1`) are refused here, before an
+    index is built: `HNSW0` aborts the process on its second batch, so it cannot be tried.
+    (`vector.exercise_factory` then tries the index on a few vectors.)"""
+    if len(factory) > MAX_FACTORY_CHARS:
+        raise InvalidConfig(f"index factory string of {len(factory):,} characters is too long (at most {MAX_FACTORY_CHARS})")
+    for kind, smallest in (("IVF", 1), ("HNSW", 2), ("NSG", 2), ("IMI2x", 1)):
+        for found in re.finditer(rf"(?<![A-Za-z]){kind}(\d+)", factory):
+            if int(found.group(1)) < smallest:
+                raise InvalidConfig(f"index {factory!r}: {kind}{found.group(1)} cannot work; its parameter must be at least {smallest}")
     faiss = load_faiss()
     try:
         index = faiss.index_factory(dim, faiss_factory(normalise_factory(factory)), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "not a FAISS factory string"
-        raise InvalidInput(f"index {factory!r} is not a valid FAISS factory string for {dim} dimensions: {reason}") from None
+        raise InvalidConfig(f"index {factory!r} is not a valid FAISS factory string for {dim} dimensions: {reason}") from None
     if is_ondisk(factory) and faiss.try_extract_index_ivf(index) is None:
-        raise InvalidInput(f"index {factory!r}: only IVF indexes can live on disk (e.g. 'OnDisk,IVF1024,SQ8')")
+        raise InvalidConfig(f"index {factory!r}: only IVF indexes can live on disk (e.g. 'OnDisk,IVF1024,SQ8')")

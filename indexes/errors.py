@@ -20,6 +20,13 @@ class InvalidInput(RagError):
     code = "invalid_input"
 
 
+class InvalidConfig(InvalidInput):
+    """A setting or collection option that cannot work (an index factory FAISS accepts but the store
+    cannot use, a data home that is a file): fixed by changing the configuration, so the CLI exits 2."""
+
+    code = "invalid_config"
+
+
 class CollectionNotFound(RagError):
     code = "collection_not_found"
 

@@ -26,6 +26,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Longest external id a document row holds (a JSONL record's id); the loaders skip longer ones.
+EXTERNAL_ID_CHARS = 500
+# "completed_with_errors" is 21 characters: the column was varchar(16), so on PostgreSQL every run
+# with a skipped file failed to record its end (SQLite does not enforce the length).
+RUN_STATUS_CHARS = 32
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -73,7 +80,7 @@ class DocumentRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(Text)
-    external_id: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(EXTERNAL_ID_CHARS), nullable=True)
     title: Mapped[str] = mapped_column(Text, default="")
     text: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(80))
@@ -120,7 +127,7 @@ class RunRow(Base):
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(RUN_STATUS_CHARS), default="running")
     stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
 
@@ -140,6 +147,15 @@ def create_schema(metadata: Any, engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         metadata.create_all(connection)
+        if engine.dialect.name == "postgresql" and "runs" in metadata.tables:
+            width = connection.execute(
+                text(
+                    "SELECT character_maximum_length FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'runs' AND column_name = 'status'"
+                )
+            ).scalar()
+            if width is not None and width < RUN_STATUS_CHARS:  # a database made before the column was widened
+                connection.execute(text(f"ALTER TABLE runs ALTER COLUMN status TYPE varchar({RUN_STATUS_CHARS})"))
 
 
 def add_missing_columns(metadata: Any, engine: Engine) -> None:

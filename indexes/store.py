@@ -12,6 +12,8 @@ collections.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 import uuid
@@ -20,14 +22,15 @@ from pathlib import Path
 from filelock import FileLock
 from sqlalchemy import create_engine, delete, inspect, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
 from indexes.collection import Collection, CollectionElsewhere
 from indexes.config import CollectionConfig, SearchParams
-from indexes.errors import CollectionNotFound, InvalidInput, RagError
+from indexes.errors import CollectionNotFound, InvalidConfig, InvalidInput, RagError
 from indexes.locking import WriterLock
 from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, add_missing_columns, configure_sqlite, create_schema
+from indexes.vector import exercise_factory
 from indexes.writer import NewDocument
 
 # Re-exported: what callers import from `indexes.store` (the catalog is their entry point).
@@ -47,9 +50,21 @@ class Store:
 
     def __init__(self, home: Path, database_url: str | None = None, *, mmap: bool = False) -> None:
         self.home = Path(home).expanduser()
-        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.home, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "permission denied")
+        except OSError as exc:
+            why = "it is a file, not a folder" if self.home.is_file() else (exc.strerror or str(exc)).lower()
+            raise InvalidConfig(f"data home {self.home} cannot be used: {why}; set RAG_HOME to a writable folder") from None
         url = database_url or f"sqlite:///{self.home / 'rag.db'}"
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        try:
+            self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+            shown = url.split("@")[-1] if "@" in url else url  # never print a password
+            raise InvalidConfig(
+                f"database URL {shown!r} (RAG_DATABASE_URL) cannot be opened: {exc}; e.g. postgresql+psycopg://user@host/db"
+            ) from None
         configure_sqlite(self.engine)
         with FileLock(str(self.home / ".schema.lock")):
             create_schema(Base.metadata, self.engine)
@@ -122,6 +137,7 @@ class Store:
                 f"collection name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
         config.validate()
+        exercise_factory(config.index_factory, config.dim, config.search)
         try:
             with self.sessions.begin() as session:
                 session.add(CollectionRow(name=name, config=config.to_dict(), owner=self.home_id, generation=0, manifest={}))

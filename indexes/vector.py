@@ -9,6 +9,7 @@ consistency checks. Search-time knobs (`nprobe`, `efSearch`) travel with each qu
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from indexes.atomic import atomic_replace
 from indexes.config import SearchParams, default_ef_search, default_nprobe, faiss_factory, normalise_factory
-from indexes.errors import InvalidInput
+from indexes.errors import InvalidConfig, InvalidInput
 from indexes.faisslib import load_faiss
 
 log = logging.getLogger(__name__)
@@ -24,14 +25,18 @@ log = logging.getLogger(__name__)
 
 def training_size(dim: int, factory: str) -> int:
     """Vectors an index built from `factory` needs before it can be trained well: 39 per IVF list
-    (FAISS warns below that), 39 x 256 for a codebook (PQ/SQ) without IVF; 0 when untrained
+    (FAISS warns below that), 39 x 256 for a codebook (PQ/SQ) without IVF or PQ with one; 0 when untrained
     indexes do not exist for it (Flat, HNSW). `OnDisk,IVF...` needs what its IVF needs."""
     faiss = load_faiss()
     index = faiss.index_factory(dim, faiss_factory(normalise_factory(factory)), faiss.METRIC_INNER_PRODUCT)
     if index.is_trained:
         return 0
     ivf = faiss.try_extract_index_ivf(index)
-    return 39 * int(ivf.nlist) if ivf is not None else 39 * 256
+    if ivf is None:
+        return 39 * 256
+    # An IVF's PQ codebooks need 256 points each to train, whatever its number of lists: with
+    # 39 per list alone, `IVF4,PQ8` got a first segment of 156 vectors and FAISS refused to train.
+    return max(39 * int(ivf.nlist), 39 * 256 if "PQ" in factory else 0)
 
 
 class VectorIndex:
@@ -191,3 +196,41 @@ def stored_vectors(index: VectorIndex, ids: np.ndarray) -> np.ndarray:
     if ivf is not None:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     return np.asarray(index.index.reconstruct_batch(ids), dtype=np.float32)
+
+
+def exercise_factory(factory: str, dim: int, params: SearchParams | None = None) -> None:
+    """Use an index built from `factory` as the segment store will, on a few random vectors, and
+    refuse the factory (InvalidConfig, with FAISS's reason) if any step fails: two batches added,
+    a search, the vectors read back, a removal, a merge into a fresh index, a save and a load.
+
+    Only indexes that need no training are tried: they serve every segment from the first batch
+    on. An index that needs training serves only segments big enough to train it (smaller ones stay
+    `Flat`), and training one here would make creating a collection take seconds to minutes; its
+    parameters are checked when it is built (`config.check_factory`)."""
+    faiss = load_faiss()
+    probe = VectorIndex(dim, factory)
+    if not probe.index.is_trained:
+        return
+    first = 8
+    size = first + 8
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((size, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, size + 1, dtype=np.int64)
+    half = first
+    try:
+        probe.add(ids[:half], vectors[:half])
+        probe.add(ids[half:], vectors[half:])
+        _, found = probe.search(vectors[:2], min(5, size), params)
+        if (found[:, 0] < 0).all():
+            raise RuntimeError("a search found nothing")
+        kept = ids[2:]
+        stored = stored_vectors(probe, kept)
+        probe.remove(ids[:2])
+        merged = VectorIndex(dim, factory)
+        merged.add(kept, stored)
+        faiss.deserialize_index(faiss.serialize_index(merged.index))
+    except (RuntimeError, ValueError, InvalidInput) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        reason = re.sub(r"Error in .*? at \S+:\d+: ", "", reason).rsplit("Error: ", 1)[-1]  # FAISS's C++ frames
+        raise InvalidConfig(f"index {factory!r} cannot be used by a collection: {reason}") from None

@@ -16,52 +16,19 @@ import io
 import json
 import re
 import unicodedata
-import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexes.errors import MissingDependency, RagError, not_utf8
+from indexes.errors import MissingDependency, not_utf8
+from indexes.schema import EXTERNAL_ID_CHARS
 from indexes.types import Document
-from ingest import pdf
+from ingest import pdf, wordml
+from ingest.limits import MIB, InputLimits, LoadError, mib
 
-
-class LoadError(RagError):
-    code = "load_error"
-
-
-MIB = 1024 * 1024
-
-
-def mib(n_bytes: float) -> str:
-    """Bytes as MiB for messages: 52428800 -> '50', 1.5 MiB -> '1.5'."""
-    return f"{n_bytes / MIB:.1f}".removesuffix(".0")
-
-
-@dataclass(frozen=True)
-class InputLimits:
-    """What one input file may amount to. Each limit names the setting that raises it."""
-
-    max_file_bytes: int = 50 * MIB  # RAG_MAX_FILE_MB: bytes as stored or uploaded
-    max_expanded_bytes: int = 256 * MIB  # RAG_MAX_EXPANDED_MB: bytes after decompression (.gz, .docx, PDF streams)
-    max_records: int = 1_000_000  # RAG_MAX_RECORDS: documents (lines, paragraphs) per file
-    max_document_chars: int = 20_000_000  # RAG_MAX_DOCUMENT_CHARS: characters per document
-    max_json_depth: int = 32  # RAG_MAX_JSON_DEPTH: nesting of a record's metadata
-
-    def check_size(self, size: int, name: str) -> None:
-        if size > self.max_file_bytes:
-            raise LoadError(
-                f"{name}: {mib(size)} MiB is over the {mib(self.max_file_bytes)} MiB limit (RAG_MAX_FILE_MB); "
-                "split it or raise the limit"
-            )
-
-    def expanded_error(self, name: str) -> LoadError:
-        return LoadError(
-            f"{name}: expands to over the {mib(self.max_expanded_bytes)} MiB limit when decompressed "
-            "(RAG_MAX_EXPANDED_MB); split it or raise the limit"
-        )
+__all__ = ["MIB", "InputLimits", "LoadError", "mib", "parse", "load_bytes", "document_problem", "suffix_of"]
 
 
 @dataclass(frozen=True)
@@ -136,43 +103,32 @@ def load_text(data: bytes, name: str) -> Iterator[Document]:
 
 
 def load_html(data: bytes, name: str) -> Iterator[Document]:
+    """The page's main content: headings, paragraphs, lists, tables and figure captions, wherever
+    the page keeps them (divs and sections included), without navigation, footers or scripts.
+
+    trafilatura (Apache-2.0) finds the main content; a page it finds none in (a bare fragment,
+    say) keeps the whole body's text without scripts and styles."""
     try:
+        import trafilatura
         from bs4 import BeautifulSoup
     except ImportError as exc:
-        raise MissingDependency("HTML needs beautifulsoup4 and lxml: pip install 'rag[formats]'") from exc
+        raise MissingDependency("HTML needs trafilatura, beautifulsoup4 and lxml: pip install 'rag[formats]'") from exc
+    text = trafilatura.extract(
+        data, include_tables=True, include_images=True, include_comments=False, favor_recall=True, deduplicate=False
+    )
     soup = BeautifulSoup(data, "lxml")
-    for tag in soup(["script", "style", "noscript", "template", "svg", "head"]):
-        if tag.name == "head":
-            continue
-        tag.decompose()
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    body = soup.body or soup
-    blocks = [
-        el.get_text(" ", strip=True)
-        for el in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "blockquote", "td", "th", "dt", "dd"])
-        if not el.find_parent(["p", "li", "blockquote", "td", "th", "dd"])
-    ]
-    text = "\n\n".join(b for b in blocks if b) or body.get_text("\n", strip=True)
+    if not text or not text.strip():
+        for tag in soup(["script", "style", "noscript", "template", "svg"]):
+            tag.decompose()
+        text = (soup.body or soup).get_text("\n", strip=True)
     yield Document(source=name, text=_clean(text), title=title or Path(name).stem)
 
 
-def load_docx(data: bytes, name: str) -> Iterator[Document]:
-    try:
-        import docx
-    except ImportError as exc:
-        raise MissingDependency("DOCX needs python-docx: pip install 'rag[formats]'") from exc
-    try:
-        document = docx.Document(io.BytesIO(data))
-    except Exception as exc:  # python-docx raises zipfile, KeyError and lxml errors alike
-        raise LoadError(f"{name}: not a readable DOCX ({type(exc).__name__}: {exc})") from None
-    blocks = [p.text for p in document.paragraphs if p.text.strip()]
-    for table in document.tables:
-        for row in table.rows:
-            cells = [cell.text.strip() for cell in row.cells if cell.text.strip()]
-            if cells:
-                blocks.append(" | ".join(cells))
-    title = document.core_properties.title or ""
-    yield Document(source=name, text=_clean("\n\n".join(blocks)), title=title or Path(name).stem)
+def load_docx(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Iterator[Document]:
+    """Paragraphs and table rows in document order, read as a stream (`ingest.wordml`)."""
+    for doc in wordml.load_docx(data, name, limits):
+        yield Document(source=doc.source, text=_clean(doc.text), title=doc.title)
 
 
 def _record_document(record: Any, name: str, where: str, ident_default: str) -> Document | BadRecord:
@@ -204,9 +160,14 @@ def _record_document(record: Any, name: str, where: str, ident_default: str) -> 
 def load_jsonl(data: bytes, name: str) -> Iterator[Document | BadRecord]:
     """One record per line. A line that is not a valid record is reported (`BadRecord`) and
     skipped; the other lines still load."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, raw in enumerate(io.BytesIO(data), start=1):
+    return jsonl_records(io.BytesIO(data), name)
+
+
+def jsonl_records(lines: Iterable[bytes], name: str) -> Iterator[Document | BadRecord]:
+    """`load_jsonl` over lines as they stream (a decompressing .jsonl.gz, say)."""
+    for number, raw in enumerate(lines, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
         if not raw.strip():
             continue
         where = f"line {number}"
@@ -290,22 +251,27 @@ LOADERS: dict[str, Callable[[bytes, str], Iterator[Document | BadRecord]]] = {
 }
 
 
+# Formats whose file holds exactly one document: its bytes' hash is the document's hash, so the
+# pipeline skips an unchanged file without parsing it.
 SINGLE_DOCUMENT = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"})
 _READ_CHUNK = 1 << 20
+# A line that holds something other than white space: one match per record line of a JSONL file.
+_TEXT_LINE = re.compile(rb"[^\s][^\n]*")
 
 
-def _gunzip(data: bytes, name: str, limits: InputLimits) -> bytes:
-    """Decompress gzip (all members) while counting: past the limit it stops and refuses.
-
-    A first pass only counts, in 1 MiB steps, so a bomb costs CPU up to the limit and no memory;
-    the second pass keeps the bytes, which are then known to fit."""
-    def chunks() -> Iterator[bytes]:
-        stream = zlib.decompressobj(wbits=31)
-        rest = data
+def _inflate(data: bytes, name: str, limits: InputLimits) -> Iterator[bytes]:
+    """Gzip (all members) decompressed in 1 MiB steps; past the expanded limit it stops and refuses."""
+    stream = zlib.decompressobj(wbits=31)
+    rest = data
+    total = 0
+    try:
         while True:
             out = stream.decompress(rest, _READ_CHUNK)
             rest = stream.unconsumed_tail
             if out:
+                total += len(out)
+                if total > limits.max_expanded_bytes:
+                    raise limits.expanded_error(name)
                 yield out
             if stream.eof:  # a member ended: another may follow (concatenated gzip)
                 rest = stream.unused_data.lstrip(b"\x00")
@@ -314,28 +280,56 @@ def _gunzip(data: bytes, name: str, limits: InputLimits) -> bytes:
                 stream = zlib.decompressobj(wbits=31)
             elif not out and not rest:
                 raise LoadError(f"{name}: not a valid gzip file (truncated)")
-
-    try:
-        total = 0
-        for piece in chunks():
-            total += len(piece)
-            if total > limits.max_expanded_bytes:
-                raise limits.expanded_error(name)
-        return b"".join(chunks())
     except zlib.error as exc:
         raise LoadError(f"{name}: not a valid gzip file ({exc})") from None
 
 
-def _check_zip(data: bytes, name: str, limits: InputLimits) -> None:
-    """A zip container (DOCX) declares each member's size, and reading never returns more than
-    declared; members past the limit refuse the file before any is decompressed."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise LoadError(f"{name}: not a readable DOCX ({type(exc).__name__}: {exc})") from None
-    if declared > limits.max_expanded_bytes:
-        raise limits.expanded_error(name)
+def _gunzip(data: bytes, name: str, limits: InputLimits) -> bytes:
+    """The whole decompressed file, for formats parsed whole (.json.gz). A first pass only counts,
+    so a bomb costs CPU up to the limit and no memory; the second keeps bytes known to fit."""
+    for _ in _inflate(data, name, limits):
+        pass
+    return b"".join(_inflate(data, name, limits))
+
+
+def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (without their newline) of a byte stream, each held once however it was cut."""
+    partial: list[bytes] = []
+    for piece in pieces:
+        parts = piece.split(b"\n")
+        if len(parts) == 1:
+            partial.append(piece)
+            continue
+        partial.append(parts[0])
+        yield b"".join(partial)
+        yield from parts[1:-1]
+        partial = [parts[-1]]
+    tail = b"".join(partial)
+    if tail:
+        yield tail
+
+
+def _count_records(pieces: Iterable[bytes], name: str, limits: InputLimits) -> int:
+    """Lines that hold a record, counted as the bytes stream past, without keeping any; refuses
+    past the record limit. Runs before a JSONL file is parsed, so too many records cost no memory."""
+    count = 0
+    open_line_has_text = False  # the previous piece ended inside a line that holds a record
+    for piece in pieces:
+        found = sum(1 for _ in _TEXT_LINE.finditer(piece))
+        newline = piece.find(b"\n")
+        if open_line_has_text and (piece if newline < 0 else piece[:newline]).strip():
+            found -= 1  # the same line, counted in the previous piece
+        last = piece.rfind(b"\n")
+        open_line_has_text = bool(piece[last + 1 :].strip()) or (last < 0 and open_line_has_text)
+        count += found
+        if count > limits.max_records:
+            raise limits.records_error(name)
+    return count
+
+
+def _pieces(data: bytes) -> Iterator[bytes]:
+    for start in range(0, len(data), _READ_CHUNK):
+        yield data[start : start + _READ_CHUNK]
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -365,20 +359,33 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
     limits.check_size(len(data), name)
     if not data.strip():
         raise LoadError(f"{name}: the file is empty")
-    if suffix.endswith(".gz"):
+    items: Iterable[Document | BadRecord]
+    if suffix == ".jsonl.gz":
+        # Counted first as it streams (bytes and records), then parsed as it streams: the
+        # decompressed file is never held whole.
+        if not _count_records(_inflate(data, name, limits), name, limits):
+            raise LoadError(f"{name}: the file is empty once decompressed")
+        items = jsonl_records(_lines(_inflate(data, name, limits)), name)
+    elif suffix == ".jsonl":
+        _count_records(_pieces(data), name, limits)
+        items = load_jsonl(data, name)
+    elif suffix.endswith(".gz"):
         data = _gunzip(data, name, limits)
         if not data.strip():
             raise LoadError(f"{name}: the file is empty once decompressed")
+        items = loader(data, name)
     elif suffix == ".docx":
-        _check_zip(data, name, limits)
+        items = load_docx(data, name, limits)
     elif suffix == ".pdf" and pdf.inflated_bytes(data, limits.max_expanded_bytes) > limits.max_expanded_bytes:
         raise limits.expanded_error(name)
+    else:
+        items = loader(data, name)
     single = suffix in SINGLE_DOCUMENT
     parsed = Parsed(documents=[])
     try:
-        for number, item in enumerate(loader(data, name), start=1):
+        for number, item in enumerate(items, start=1):
             if number > limits.max_records:
-                raise LoadError(f"{name}: more than {limits.max_records:,} records (RAG_MAX_RECORDS); split it or raise the limit")
+                raise limits.records_error(name)
             if isinstance(item, BadRecord):
                 parsed.skipped.append(f"{item.where}: {item.reason}")
                 continue
@@ -386,7 +393,7 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
             if problem and single:
                 raise LoadError(f"{name}: {problem}")
             if problem:
-                parsed.skipped.append(f"record {item.external_id or number}: {problem}")
+                parsed.skipped.append(f"record {_label(item.external_id) or number}: {problem}")
             elif item.text.strip():
                 parsed.documents.append(item)
     except (LoadError, MissingDependency):
@@ -404,8 +411,22 @@ def parse(data: bytes, name: str, limits: InputLimits = InputLimits()) -> Parsed
     return parsed
 
 
+def _label(ident: str | None) -> str | None:
+    """A record's id as a message shows it: at most 40 characters."""
+    return ident if ident is None or len(ident) <= 40 else ident[:37] + "..."
+
+
 def document_problem(doc: Document, limits: InputLimits) -> str | None:
-    """Why `doc` is over a per-document limit (characters, metadata nesting), or None."""
+    """Why `doc` is over a per-document limit (characters, metadata nesting) or cannot be stored
+    (a NUL character, which PostgreSQL text cannot hold; an id longer than its column), or None.
+    Checked the same on every backend, so a file loads the same into SQLite and PostgreSQL."""
+    for part, value in (("text", doc.text), ("title", doc.title), ("id", doc.external_id or ""), ("source", doc.source)):
+        if "\x00" in value:
+            return f"holds a NUL character (U+0000) in its {part}, which cannot be stored"
+    if doc.metadata and "\\u0000" in json.dumps(doc.metadata, default=str):
+        return "holds a NUL character (U+0000) in its metadata, which cannot be stored"
+    if doc.external_id is not None and len(doc.external_id) > EXTERNAL_ID_CHARS:
+        return f"an id of {len(doc.external_id):,} characters, over the {EXTERNAL_ID_CHARS} a database column holds"
     if len(doc.text) > limits.max_document_chars:
         return f"{len(doc.text):,} characters, over the {limits.max_document_chars:,} limit (RAG_MAX_DOCUMENT_CHARS)"
     if _depth(doc.metadata, limits.max_json_depth) > limits.max_json_depth:

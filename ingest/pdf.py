@@ -31,6 +31,7 @@ from typing import Any
 
 from indexes.errors import MissingDependency
 from indexes.types import Document
+from ingest.limits import LoadError
 
 MARGIN_BAND = 0.12
 RULE_WIDTH = 3.0  # points: a path thinner than this is a rule
@@ -210,8 +211,6 @@ def inflated_bytes(data: bytes, limit: int) -> int:
 
 def read_pdf(data: bytes, name: str) -> tuple[list[str], str]:
     """Each page's text in reading order, and the document title from the PDF's metadata."""
-    from ingest.loaders import LoadError  # loaders maps ".pdf" to this module's load_pdf
-
     try:
         import pypdfium2 as pdfium
     except ImportError as exc:

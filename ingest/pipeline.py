@@ -27,15 +27,12 @@ from indexes.errors import RagError
 from indexes.store import Collection, NewDocument
 from indexes.types import Document
 from ingest.chunking import SentenceWindowChunker
+from ingest.loaders import SINGLE_DOCUMENT as _SINGLE_DOCUMENT
 from ingest.loaders import InputLimits, is_supported, parse, suffix_of
 from ingest.progress import progress_bar
 from ingest.sources import ingest_label, labelled
 
 log = logging.getLogger(__name__)
-
-# Formats whose file holds exactly one document: its bytes' hash is the document's hash, so an
-# unchanged file is skipped without being parsed.
-_SINGLE_DOCUMENT = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"}
 
 
 @dataclass

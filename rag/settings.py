@@ -214,5 +214,15 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings with CLI overrides applied; `None` means 'not given on the command line'."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings with CLI overrides applied; `None` means 'not given on the command line'.
+    A config file that cannot be read or parsed is an InvalidConfig naming it (CLI exit 2)."""
+    import tomllib
+
+    from indexes.errors import InvalidConfig
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfig(f"config file {os.environ.get('RAG_CONFIG', 'rag.toml')}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise InvalidConfig(f"config file {os.environ.get('RAG_CONFIG', 'rag.toml')}: {exc.strerror or exc}") from None

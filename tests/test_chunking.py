@@ -75,3 +75,21 @@ def test_blank_text_has_no_chunks_and_bad_sizes_are_refused(tokenizer) -> None: 
     assert SentenceWindowChunker(tokenizer).split("  \n\t ") == []
     with pytest.raises(InvalidInput):
         SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), 32, 32)
+
+
+def test_reading_in_windows_gives_the_chunks_of_reading_whole(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    text = "\n\n".join(_abstracts(60))
+    whole = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), chunk_tokens=128, overlap_tokens=24, window_chars=len(text) + 1).split(text)
+    windowed = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), chunk_tokens=128, overlap_tokens=24, window_chars=3000).split(text)
+    assert len(text) > 10 * 3000
+    assert [(c.start, c.end) for c in windowed] == [(c.start, c.end) for c in whole]
+
+
+def test_a_text_without_sentence_ends_is_cut_between_words_at_window_edges(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    text = "radium glows " * 5000
+    chunks = SentenceWindowChunker(TextTokenizer.from_transformers(tokenizer), chunk_tokens=64, overlap_tokens=8, window_chars=1000).split(text)
+    assert all(text[c.start : c.end] == c.text for c in chunks)
+    assert all(c.text.startswith("radium") or c.text.startswith("glows") for c in chunks)
+    assert all(c.text.endswith("radium") or c.text.endswith("glows") for c in chunks)
+    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 64
+    assert chunks[-1].end == len(text.rstrip())

@@ -9,12 +9,14 @@ limit, a gzip decompression bomb, malformed SQuAD-shaped JSON, a JSONL file with
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -322,3 +324,297 @@ def test_api_json_document_of_only_white_space_is_reported_by_the_job_and_the_ot
         assert [e["error"] for e in job["errors"]] == ["api/blank: no text to index"]
         listed = client.get("/v1/collections/blank/documents").json()["documents"]
     assert [d["source"] for d in listed] == ["api/kept"]
+
+
+# -- Memory: hostile shapes ------------------------------------------------------------------------
+# Each runs `rag ingest` in a child process under a small RAG_MAX_EXPANDED_MB and compares its peak
+# RSS (wait4) with the same command on a one-sentence file; the inputs are scaled so that, before
+# the fixes, each one added at least twice the allowed extra.
+SHAPE_EXTRA_MIB = 60
+
+
+def _zip(members: list[tuple[str, bytes, int, int, int]]) -> bytes:
+    """A zip written by hand: (name, stored bytes, method, crc, declared size) per member, with the
+    declared size written into both the local header and the central directory."""
+    import struct
+
+    out, central = io.BytesIO(), io.BytesIO()
+    for name, payload, method, crc, size in members:
+        offset = out.tell()
+        raw = name.encode()
+        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(payload), size, len(raw), 0))
+        out.write(raw + payload)
+        central.write(
+            struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(payload), size, len(raw), 0, 0, 0, 0, 0, offset)
+            + raw
+        )
+    start = out.tell()
+    out.write(central.getvalue())
+    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central.getvalue()), start, 0))
+    return out.getvalue()
+
+
+def _deflated(pieces: list[tuple[bytes, int]]) -> bytes:
+    """Raw deflate of each (bytes, times) in order, compressing each piece once: a full flush
+    makes a piece's compressed form independent of what came before, so it can be repeated."""
+    out = []
+    for data, times in pieces:
+        stream = zlib.compressobj(9, zlib.DEFLATED, -15)
+        out.append((stream.compress(data) + stream.flush(zlib.Z_FULL_FLUSH)) * times)
+    out.append(zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH))
+    return b"".join(out)
+
+
+W_NS = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+CONTENT_TYPES = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    b'<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+    b'<Default Extension="xml" ContentType="application/xml"/>'
+    b'<Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'
+)
+RELS = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+    b'<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"'
+    b' Target="word/document.xml"/></Relationships>'
+)
+
+
+def make_docx_xml(paragraph: bytes, times: int, declared: int | None = None) -> bytes:
+    """A DOCX whose word/document.xml is `paragraph` repeated `times`, deflated; with `declared`,
+    its zip entry claims that size (a lying directory)."""
+    head = b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><w:document ' + W_NS + b"><w:body>"
+    tail = b"</w:body></w:document>"
+    body = _deflated([(head, 1), (paragraph * 1000, times // 1000), (tail, 1)])
+    size = len(head) + len(paragraph) * (times // 1000) * 1000 + len(tail)
+    crc = zlib.crc32(head + paragraph * 1000)  # a lie must at least pass zipfile's CRC on what it reads
+    declared_size = size if declared is None else declared
+    if declared is not None:
+        crc = zlib.crc32((head + paragraph * (declared // len(paragraph) + 1))[:declared])
+    else:
+        crc = 0
+        for data, n in ((head, 1), (paragraph * 1000, times // 1000), (tail, 1)):
+            for _ in range(n):
+                crc = zlib.crc32(data, crc)
+    return _zip(
+        [
+            ("[Content_Types].xml", CONTENT_TYPES, 0, zlib.crc32(CONTENT_TYPES), len(CONTENT_TYPES)),
+            ("_rels/.rels", RELS, 0, zlib.crc32(RELS), len(RELS)),
+            ("word/document.xml", body, 8, crc, declared_size),
+        ]
+    )
+
+
+# A real ingest (`Ingestor.ingest_paths`; with "chunk", its stages up to the encoder) in a child process. Once its model is loaded and has
+# encoded once, the child resets its peak RSS (/proc/self/clear_refs) and reports how far the
+# ingest took the peak (VmHWM) above the RSS it had then: what reading, parsing, chunking and
+# embedding the files added, which a peak reached while loading the model cannot hide.
+INGEST_AFTER_WARM_UP = """
+import sys
+from rag.runtime import Runtime
+from rag.settings import load_settings
+
+def status_mib(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
+
+runtime = Runtime(load_settings())
+ingestor = runtime.ingestor(runtime.writable_collection(sys.argv[1]))
+ingestor.encoder.encode(["warm up"], kind="passage")
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")
+before = status_mib("VmRSS")
+if sys.argv[1] == "chunk":  # only the stages up to the encoder: read, parse, chunk
+    from pathlib import Path
+    from ingest.pipeline import scan_file
+    errors = []
+    for path in sys.argv[2:]:
+        scan = scan_file(Path(path), {}, runtime.settings.input_limits, path)
+        errors += scan.errors
+        chunks = sum(len(ingestor.chunker.split(doc.text)) for doc, _ in scan.changed)
+else:
+    errors = ingestor.ingest_paths(sys.argv[2:]).errors
+print(status_mib("VmHWM") - before)
+for error in errors:
+    print("error: " + error["error"], file=sys.stderr)
+sys.exit(3 if errors else 0)
+"""
+
+
+def _ingest_peak_mib(collection: str, paths: list[Path], env: dict[str, str]) -> tuple[int, float, str]:
+    """Exit code, MiB the ingest added to the child's peak RSS, and stderr, of one warm ingest."""
+    args = [sys.executable, "-c", INGEST_AFTER_WARM_UP, collection, *map(str, paths)]
+    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.stdout.strip(), result.stderr
+    return result.returncode, float(result.stdout.split()[-1]), result.stderr
+
+
+@pytest.fixture(scope="module")
+def warm_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], float]:
+    """A data home whose collection and encoder graph cache exist, and the baseline: MiB a warm
+    ingest of one sentence adds to the peak."""
+    folder = tmp_path_factory.mktemp("shapes")
+    (folder / "good.txt").write_bytes(GOOD["good.txt"])
+    env = {**os.environ, "RAG_HOME": str(folder / "home"), "HF_HUB_OFFLINE": "1", "RAG_MAX_EXPANDED_MB": "32"}
+    for _ in range(2):
+        code, baseline, stderr = _ingest_peak_mib("shape", [folder / "good.txt"], env)
+        assert code == 0, stderr
+    return folder, env, baseline
+
+
+def _shape_run(
+    warm_home: tuple[Path, dict[str, str], float], name: str, data: bytes, env: dict[str, str] | None = None, *, mode: str = "shape"
+) -> tuple[int, float, str]:
+    """(exit code, peak MiB over the baseline, stderr) of a warm ingest of `name` beside the good file."""
+    folder, environment, baseline = warm_home
+    (folder / name).write_bytes(data)
+    code, peak, stderr = _ingest_peak_mib(mode, [folder / name, folder / "good.txt"], {**environment, **(env or {})})
+    (folder / name).unlink()
+    return code, peak - baseline, stderr
+
+
+STYLED_PARAGRAPH = (
+    b'<w:p><w:pPr><w:pStyle w:val="BodyText"/><w:spacing w:before="120" w:after="120"/></w:pPr>'
+    b'<w:r><w:rPr><w:b/></w:rPr><w:t xml:space="preserve">radium </w:t></w:r></w:p>'
+)
+
+
+def test_docx_whose_zip_understates_its_size_is_refused_while_inflating(warm_home) -> None:  # type: ignore[no-untyped-def]
+    data = make_docx_xml(STYLED_PARAGRAPH, 2_000_000, declared=1000)  # ~250 MiB of XML in about 1 MB
+    assert len(data) < 2 * 1024 * 1024
+    code, extra, stderr = _shape_run(warm_home, "liar.docx", data)
+    assert code == 3, stderr
+    [line] = error_lines(stderr)
+    assert "liar.docx: expands to over the 32 MiB limit when decompressed (RAG_MAX_EXPANDED_MB)" in line, line
+    assert extra < SHAPE_EXTRA_MIB, f"the DOCX added {extra:.0f} MiB to the peak RSS"
+
+
+def test_a_one_line_text_file_is_chunked_in_bounded_memory(warm_home) -> None:  # type: ignore[no-untyped-def]
+    # No sentence end and no newline: one 1.5 MB "sentence" (before: +180 MiB, growing with the size).
+    # Read, parsed and chunked only: embedding 230,000 tokens would take minutes here, and its
+    # memory is bounded by the batch size whatever the document.
+    code, extra, stderr = _shape_run(warm_home, "one-line.txt", b"radium glows " * 120_000, mode="chunk")
+    assert code == 0, stderr
+    assert extra < SHAPE_EXTRA_MIB, f"the one-line file added {extra:.0f} MiB to the peak RSS"
+
+
+def test_a_docx_of_mostly_markup_is_read_in_bounded_memory(warm_home) -> None:  # type: ignore[no-untyped-def]
+    data = make_docx_xml(STYLED_PARAGRAPH, 60_000)  # 11 MiB of XML, 0.4 MB of text, in 25 KB
+    assert len(data) < 100_000
+    code, extra, stderr = _shape_run(warm_home, "markup.docx", data, mode="chunk")
+    assert code == 0, stderr
+    assert extra < SHAPE_EXTRA_MIB, f"the DOCX added {extra:.0f} MiB to the peak RSS"
+
+
+def test_a_gzip_of_blank_lines_is_refused_without_holding_it(warm_home) -> None:  # type: ignore[no-untyped-def]
+    data = gzip.compress(b"\n" * (30 * 1024 * 1024), 9)  # 30 MiB of nothing, under the 32 MiB limit
+    code, extra, stderr = _shape_run(warm_home, "blank.jsonl.gz", data)
+    assert code == 3, stderr
+    [line] = error_lines(stderr)
+    assert "blank.jsonl.gz: the file is empty once decompressed" in line, line
+    assert extra < SHAPE_EXTRA_MIB / 2, f"the blank lines added {extra:.0f} MiB to the peak RSS"
+
+
+def test_records_over_the_limit_are_counted_before_any_is_kept(warm_home) -> None:  # type: ignore[no-untyped-def]
+    line = b'{"text": "' + b"radium glows faintly blue " * 40 + b'"}\n'
+    data = gzip.compress(line * 30_000, 6)  # 31 MiB, 30,000 records, over a limit of 20,000
+    code, extra, stderr = _shape_run(warm_home, "many.jsonl.gz", data, {"RAG_MAX_RECORDS": "20000"})
+    assert code == 3, stderr
+    [message] = error_lines(stderr)
+    assert "many.jsonl.gz: more than 20,000 records (RAG_MAX_RECORDS)" in message, message
+    assert extra < SHAPE_EXTRA_MIB / 2, f"the records added {extra:.0f} MiB to the peak RSS"
+
+
+# -- Records a database cannot hold ----------------------------------------------------------------
+
+
+def test_poison_records_are_skipped_and_named_on_every_backend(tmp_path: Path, database_url: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    records = [
+        {"id": "ra", "text": "Radium glows faintly blue in the dark."},
+        {"id": "nul", "text": "Polonium\u0000 is highly radioactive."},  # PostgreSQL text cannot hold NUL
+        {"id": "t" * 501, "text": "An id longer than the column."},  # external_id is varchar(500)
+        {"id": "meta", "text": "Actinium.", "metadata": {"note": "a\u0000b"}},
+        {"id": "po", "text": "Polonium is named after Poland."},
+    ]
+    path = tmp_path / "poison.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
+    runtime = Runtime(Settings(home=tmp_path / "home", database_url=database_url, encoder_runtime="torch"))
+    collection = runtime.writable_collection("poison")
+    report = runtime.ingestor(collection).ingest_paths([str(path)])
+    assert report.documents_added == 2, report.errors
+    [error] = report.errors
+    assert "skipped 3 bad record(s), kept 2" in error["error"], error
+    assert "record nul: holds a NUL character (U+0000) in its text, which cannot be stored" in error["error"]
+    assert "an id of 501 characters, over the 500 a database column holds" in error["error"]
+    assert "record meta: holds a NUL character (U+0000) in its metadata" in error["error"]
+    assert sorted(d["external_id"] for d in runtime.collection("poison").documents()) == ["po", "ra"]
+    runtime.store.close()
+
+
+# -- Index factory strings that FAISS accepts and a collection cannot use ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("IVF0,Flat", "IVF0 cannot work"),  # searched with nprobe 0: a traceback, and doctor could not repair it
+        ("HNSW0", "HNSW0 cannot work"),  # SIGABRT on the second batch, the run left `running`
+        ("IDMap,Flat", "cannot be used by a collection"),  # no reconstruct: every segment merge failed
+        ("NSG32", "cannot be used by a collection"),  # a traceback under 100 vectors
+        ("Flat," * 3000, "too long (at most 200)"),  # 15,000 characters: the CLI segfaulted
+    ],
+    ids=["IVF0", "HNSW0", "IDMap", "NSG32", "long"],
+)
+def test_index_factories_that_would_break_the_collection_are_refused_before_it_exists(
+    tmp_path: Path, factory: str, message: str
+) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "good.txt").write_bytes(GOOD["good.txt"])
+    args = ("ingest", str(tmp_path / "good.txt"), "-c", "broken", "--index", factory)
+    crashed_before = factory == "HNSW0" or len(factory) > 200  # in a process of its own, in case it still would
+    result = run_cli(*args, home=tmp_path / "home") if crashed_before else invoke(*args, home=tmp_path / "home")
+    line = one_line_error(result, 2)
+    assert message in line and len(line) < 400, line
+    listed = invoke("collections", "--json", home=tmp_path / "home")
+    assert "broken" not in listed.stdout, listed.stdout
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat", "IVF4,PQ8", "OnDisk,IVF4,Flat", "IDMap2,Flat", "PQ8", "SQ8"])
+def test_index_factories_the_store_supports_still_make_collections(tmp_path: Path, factory: str, encoder) -> None:  # type: ignore[no-untyped-def]
+    from indexes.store import CollectionConfig, Store
+
+    store = Store(tmp_path / "home", f"sqlite:///{tmp_path / 'rag.db'}")
+    config = CollectionConfig(encoder=encoder.spec, dim=encoder.dim, index_factory=factory)
+    assert store.create_collection("fine", config).config.index_factory == factory
+    store.close()
+
+
+# -- Configuration errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("home-is-a-file", "cannot be used: it is a file, not a folder; set RAG_HOME to a writable folder"),
+        ("home-unwritable", "data home /proc/rag-home cannot be used: no such file or directory"),
+        ("bogus-database", "database URL 'bogus://x' (RAG_DATABASE_URL) cannot be opened"),
+        ("bad-toml", "bad.toml: not valid TOML"),
+    ],
+)
+def test_configuration_errors_are_one_line_and_exit_2(tmp_path: Path, setting: str, message: str) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "bad.toml").write_text('collection = "x\n[[[')
+    home, env = tmp_path / "home", {}
+    if setting == "home-is-a-file":
+        home = tmp_path / "afile"
+    elif setting == "home-unwritable":
+        home = Path("/proc/rag-home")  # nobody, root included, can make a folder here
+    elif setting == "bogus-database":
+        env = {"RAG_DATABASE_URL": "bogus://x"}
+    else:
+        env = {"RAG_CONFIG": str(tmp_path / "bad.toml")}
+    assert message in one_line_error(run_cli("collections", home=home, env=env), 2)

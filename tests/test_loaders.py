@@ -196,3 +196,59 @@ def test_input_limits_name_their_setting() -> None:
 def test_concatenated_gzip_members_all_load() -> None:
     data = gzip.compress(b'{"id": 1, "text": "one"}\n') + gzip.compress(b'{"id": 2, "text": "two"}\n')
     assert [d.text for d in load_bytes(data, "/c/two.jsonl.gz")] == ["one", "two"]
+
+
+# Saved pages of the kinds users ingest, written out here: a documentation page (header, sidebar and
+# footer navigation, an admonition and paragraphs in divs), a wiki article (text in divs and
+# sections, a <br>) and an article with a table and a figure caption.
+def _page(name: str) -> bytes:
+    from tests import html_pages
+
+    page: bytes = getattr(html_pages, name)
+    return page
+
+
+@pytest.mark.parametrize(
+    ("page", "kept", "dropped"),
+    [
+        (
+            "DOCS_PAGE",
+            ["Configuring the index", "The index factory string decides how vectors are stored",
+             "An exact Flat index compares the query with every stored vector", "Choosing nprobe",
+             "nprobe sets how many inverted lists a query visits", "Start with nprobe equal to one percent",
+             "rag ingest docs/ --index IVF1024,Flat"],
+            ["API reference", "Installation", "Copyright 2026", "Privacy policy", "analytics", ".nav"],
+        ),
+        (
+            "WIKI_PAGE",
+            ["Marie Salomea Skłodowska-Curie was a Polish", "Early life", "born in Warsaw",
+             "She studied at a clandestine university", "Discoveries", "discovery of polonium"],
+            ["Random article", "last edited on", "Privacy policy"],
+        ),
+        (
+            "TABLE_PAGE",
+            ["Radioactive elements discovered by the Curies", "isolated two new elements", "Polonium", "Po", "Radium",
+             "The shed on rue Lhomond where radium was first isolated.", "glow faintly blue"],
+            ["Subscribe to our newsletter", "trackPageView", "Elements"],
+        ),
+    ],
+    ids=["docs", "wiki", "table"],
+)
+def test_html_keeps_the_main_text_wherever_the_page_holds_it_and_drops_boilerplate(
+    page: str, kept: list[str], dropped: list[str]
+) -> None:
+    [doc] = load_bytes(_page(page), f"/c/{page.lower()}.html")
+    for text in kept:
+        assert text in doc.text, (text, doc.text)
+    for text in dropped:
+        assert text not in doc.text, (text, doc.text)
+
+
+def test_html_text_in_divs_sections_and_captions_is_kept() -> None:
+    html = (
+        b"<html><body><div>Alpha paragraph.</div><p>Beta paragraph.</p><section>Gamma<br>Delta</section>"
+        b"<figure><figcaption>Epsilon caption.</figcaption></figure><table><tr><td>cell</td></tr></table></body></html>"
+    )
+    [doc] = load_bytes(html, "/c/issue.html")
+    for text in ("Alpha paragraph.", "Beta paragraph.", "Gamma", "Delta", "Epsilon caption.", "cell"):
+        assert text in doc.text, (text, doc.text)
