@@ -63,7 +63,7 @@ class TorchHead:
 
     runtime = "torch"
 
-    def __init__(self, path: str, task: Task, device: str = "cpu", name: str | None = None) -> None:
+    def __init__(self, path: str, task: Task, device: str = "cpu", name: str | None = None, threads: int | None = None) -> None:
         try:
             import torch
             from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
@@ -72,6 +72,9 @@ class TorchHead:
             hf_logging.disable_progress_bar()
         except ImportError as exc:  # pragma: no cover - install problem
             raise MissingDependency(f"running {name or path!r} on torch needs torch and transformers: {exc}") from exc
+        from indexes.encoder import set_threads
+
+        set_threads(threads)
         auto = AutoModelForQuestionAnswering if task == "question-answering" else AutoModelForSequenceClassification
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -139,21 +142,21 @@ def load_head(model: str, task: Task, runtime: str = "auto", *, device: str = "c
     path = resolve_model(model)
     exported = is_exported(path)
     if runtime == "auto":
-        runtime = "onnx" if exported and device == "cpu" else "torch"
+        runtime = "onnx" if exported and not device.startswith("cuda") else "torch"
     if runtime == "onnx":
         if not exported:
             raise ModelLoadError(
                 f"{model!r} is not an ONNX export: run it with runtime torch, or export it first "
                 f"(python scripts/export_models.py --model {model} --task {task} --out FOLDER)"
             )
-        if device != "cpu":
+        if device.startswith("cuda"):
             raise InvalidInput("exported models run on the CPU (ONNX Runtime); use runtime torch on a GPU")
         return OnnxHead(path, task, threads)
     if exported:
         raise ModelLoadError(f"{model!r} is an ONNX export and holds no torch weights; use runtime auto or onnx")
     if Path(path).is_file():
         raise ModelLoadError(f"{model!r} is a file; give a model folder or a hub id")
-    return TorchHead(path, task, device, name=model)
+    return TorchHead(path, task, device, name=model, threads=threads)
 
 
 def torch_module(head: Any) -> Any:

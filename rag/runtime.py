@@ -217,10 +217,10 @@ class Runtime:
     def reader(self) -> ExtractiveReader:
         """The extractive reader the settings name, loaded on first use and then shared."""
         if self._reader is None:
+            from rag.heads import torch_module
             from rag.reader import ExtractiveReader
 
             s = self.settings
-            set_threads(s.threads)
             self._reader = ExtractiveReader(
                 s.reader_model,
                 device=self.device,
@@ -230,8 +230,12 @@ class Runtime:
                 span_threshold=s.reader_span_threshold,
                 batch_tokens=s.reader_batch_tokens,
                 retrieval_weight=s.reader_retrieval_weight,
+                runtime=s.reader_runtime,
+                threads=s.threads,
             )
-            self._to_precision(self._reader.model)
+            module = torch_module(self._reader.model)
+            if module is not None:
+                self._to_precision(module)
         return self._reader
 
     def ask_pipeline(self) -> AskPipeline:
