@@ -6,6 +6,7 @@ piece and then the final `Answer` (checked, with timings), so an SSE endpoint ca
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -21,6 +22,20 @@ from rag.retrieval import Retriever
 from rag.verifiers import LexicalVerifier, Verifier
 
 MODES: tuple[Mode, ...] = ("extractive", "generative")
+# The prompt asks for one sentence; small models that go on start their loop after a blank line
+# (SmolLM2-135M on the demo repeated its answer paragraph until the token limit cut it mid-word).
+ANSWER_STOP: tuple[str, ...] = ("\n\n",)
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?:\s*\[\d+\])*(?=\s|$)")
+
+
+def whole_sentences(text: str) -> str:
+    """`text` without a trailing fragment: a draft cut by the token limit ends at its last whole
+    sentence (one that ends in . ! ? or a citation), so no half sentence reaches the check."""
+    stripped = text.rstrip()
+    if not stripped or stripped[-1] in ".!?]\"')":
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(stripped)]
+    return stripped[: ends[-1]] if ends else stripped
 
 
 class Reader(Protocol):
@@ -185,13 +200,16 @@ class AskPipeline:
             generate_started = time.perf_counter()
             if _stream_tokens:
                 pieces = []
-                for piece in generator.stream(messages, self.max_tokens):
+                for piece in generator.stream(messages, self.max_tokens, stop=ANSWER_STOP):
+                    if not pieces:
+                        timings["first_token_ms"] = _ms(generate_started)
                     pieces.append(piece)
                     yield piece
                 text = "".join(pieces)
             else:
-                text = generator.generate(messages, self.max_tokens)
+                text = generator.generate(messages, self.max_tokens, stop=ANSWER_STOP)
             timings["generate_ms"] = _ms(generate_started)
+            text = whole_sentences(text)
             check_started = time.perf_counter()
             answer = check_answer(question, text, passages, verifier=self.verifier)
             timings["check_ms"] = _ms(check_started)
