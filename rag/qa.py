@@ -199,7 +199,7 @@ class AskPipeline:
             messages = build_messages(question, passages)
             generate_started = time.perf_counter()
             if _stream_tokens:
-                pieces = []
+                pieces: list[str] = []
                 for piece in generator.stream(messages, self.max_tokens, stop=ANSWER_STOP):
                     if not pieces:
                         timings["first_token_ms"] = _ms(generate_started)

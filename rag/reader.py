@@ -2,7 +2,9 @@
 
 It keeps the windowing and span rules of transformers' `pipeline("question-answering")` (removed in
 transformers 5) but runs one batched forward over every window of every passage, and scores spans
-so that they compare across windows and passages.
+so that they compare across windows and passages. Windows are cut by `tokenizers` as transformers'
+fast tokenizer cuts them; the model runs on ONNX Runtime (the shipped export, no torch) or torch
+(`rag.heads`).
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ _MASKED = -10000.0  # the pipeline's logit for positions outside the context (CL
 
 class ExtractiveReader:
     """Any `AutoModelForQuestionAnswering` as a reader: `answer(question, passages) -> Answer`.
+
+    `model` is the shipped export (default), a folder exported by `rag.onnx_export`, or an HF folder
+    or hub id; `runtime` ("auto", "onnx", "torch") picks what runs it (`rag.heads.load_head`).
 
     Defaults follow the 4.57 pipeline (windows of min(model limit, 384) tokens with a 128-token
     stride, answers of at most 15 tokens, spans widened to whole words), so a question read
