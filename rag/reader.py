@@ -2,7 +2,9 @@
 
 It keeps the windowing and span rules of transformers' `pipeline("question-answering")` (removed in
 transformers 5) but runs one batched forward over every window of every passage, and scores spans
-so that they compare across windows and passages.
+so that they compare across windows and passages. Windows are cut by `tokenizers` as transformers'
+fast tokenizer cuts them; the model runs on ONNX Runtime (the shipped export, no torch) or torch
+(`rag.heads`).
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from indexes.encoder import resolve_model_path
-from indexes.errors import InvalidInput, MissingDependency, ModelLoadError
+from indexes.errors import InvalidInput, ModelLoadError
 from indexes.types import Passage
 from rag.answer import NOT_IN_SOURCES, Answer, Citation
+from rag.shipped import READER
+
+if TYPE_CHECKING:
+    from rag.heads import Head
 
 log = logging.getLogger(__name__)
 
-DEFAULT_READER = "distilbert-base-cased-distilled-squad"
+# The shipped ONNX export (rag/shipped_models/); RAG_READER_MODEL may name any HF QA folder or hub id.
+DEFAULT_READER = READER
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ _MASKED = -10000.0  # the pipeline's logit for positions outside the context (CL
 class ExtractiveReader:
     """Any `AutoModelForQuestionAnswering` as a reader: `answer(question, passages) -> Answer`.
 
+    `model` is the shipped export (default), a folder exported by `rag.onnx_export`, or an HF folder
+    or hub id; `runtime` ("auto", "onnx", "torch") picks what runs it (`rag.heads.load_head`).
+
     Defaults follow the 4.57 pipeline (windows of min(model limit, 384) tokens with a 128-token
     stride, answers of at most 15 tokens, spans widened to whole words), so a question read
     against one short context gets the pipeline's answer.
@@ -128,43 +137,30 @@ class ExtractiveReader:
         max_question_tokens: int = 64,
         align_to_words: bool = True,
         retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT,
+        runtime: str = "auto",
+        threads: int | None = None,
     ) -> None:
         if max_answer_tokens < 1:
             raise InvalidInput("max_answer_tokens must be at least 1")
-        try:
-            import torch
-            from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-            from transformers.utils import logging as hf_logging
+        from rag.heads import load_head
 
-            hf_logging.disable_progress_bar()
-        except ImportError as exc:  # pragma: no cover - install problem
-            raise MissingDependency(f"the reader needs torch and transformers: {exc}") from exc
         self.model_name = model
-        path = resolve_model_path(model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForQuestionAnswering.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as exc:
+            self.model: Head = load_head(model, "question-answering", runtime, device=device, threads=threads)
+        except ModelLoadError as exc:
             raise ModelLoadError(
-                f"cannot load reader model {model!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-                "Give a local folder of a question-answering model with --model or RAG_READER_MODEL "
-                "(for example shared/models/reader-minilm-l6-squad), or download the model once where "
-                "the Hugging Face hub is reachable."
+                f"cannot load reader model {model!r} ({str(exc)[:300]}). Give a local folder of a question-answering "
+                "model (an HF folder, or an ONNX export) with --model or RAG_READER_MODEL, or leave it unset for the "
+                f"shipped {DEFAULT_READER}"
             ) from exc
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ModelLoadError(f"{model!r} has no fast tokenizer; answer offsets need one")
-        if self.tokenizer.padding_side != "right":
-            raise ModelLoadError(f"{model!r} pads on the left; the reader puts the question first and needs right padding")
-        self.model.eval().to(device)
-        self._torch = torch
+        self.runtime = self.model.runtime
         self.device = device
         self.max_answer_tokens = max_answer_tokens
         self.null_threshold = null_threshold
         self.abstention: Abstention = "off" if null_threshold is None and abstention == "null" else abstention
         self.span_threshold = span_threshold
         self.batch_tokens = batch_tokens
-        limit = min(int(self.tokenizer.model_max_length), int(getattr(self.model.config, "max_position_embeddings", 512)))
-        self.max_seq_len = max_seq_len or min(limit, 384)
+        self.max_seq_len = max_seq_len or min(self.model.max_length, 384)
         self.doc_stride = doc_stride if doc_stride is not None else min(self.max_seq_len // 2, 128)
         self.max_question_tokens = max_question_tokens
         self.align_to_words = align_to_words
@@ -174,7 +170,13 @@ class ExtractiveReader:
                 f"windows of {self.max_seq_len} tokens leave no room for a {max_question_tokens}-token question "
                 f"and a {self.doc_stride}-token stride"
             )
-        self._inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.tokenizer.model_input_names]
+        self._inputs = self.model.inputs
+        # Two tokenizer backends of our own, their settings fixed here (a backend's truncation is its
+        # state, and readers are called from many threads): questions alone, and question + context
+        # windows cut with stride, as transformers' fast tokenizer cuts them for the 4.57 pipeline.
+        self.tokenizer = self.model.tokenizer()
+        self._pairs = self.model.tokenizer()
+        self._pairs.enable_truncation(self.max_seq_len, stride=self.doc_stride, strategy="only_second", direction="right")
 
     # -- public ------------------------------------------------------------------------------
     def answer(self, question: str, passages: Sequence[Passage], suspicious: Sequence[int] = ()) -> Answer:
@@ -311,8 +313,7 @@ class ExtractiveReader:
     # -- steps -------------------------------------------------------------------------------
     def _clip_question(self, question: str) -> str:
         """Cut a question to `max_question_tokens` so that windows keep room for context."""
-        enc = self.tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
+        offsets = self.tokenizer.encode(question, add_special_tokens=False).offsets
         if len(offsets) <= self.max_question_tokens:
             return question
         return question[: offsets[self.max_question_tokens - 1][1]]
@@ -323,58 +324,21 @@ class ExtractiveReader:
         if not pairs:
             return []
         questions = [self._clip_question(q) for q, _ in items]
-        enc = self.tokenizer(
-            [questions[i] for i, _ in pairs],
-            [items[i][1][c] for i, c in pairs],
-            truncation="only_second",
-            max_length=self.max_seq_len,
-            stride=self.doc_stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            padding=False,
-        )
+        encodings = self._pairs.encode_batch([(questions[i], items[i][1][c]) for i, c in pairs])
         windows: list[_Window] = []
-        previous = -1
-        for w, pair in enumerate(enc["overflow_to_sample_mapping"]):
-            item, context = pairs[int(pair)]
-            number = windows[-1].number + 1 if pair == previous else 0
-            previous = pair
-            features: dict[str, list[int]] = {name: enc[name][w] for name in self._inputs}
-            windows.append(_Window(item, context, number, enc.encodings[w], features))
+        for (item, context), first in zip(pairs, encodings):
+            # the pipeline's order: the first window, then its overflow (each later stride)
+            for number, enc in enumerate([first, *first.overflowing]):
+                features = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+                windows.append(_Window(item, context, number, enc, {name: features[name] for name in self._inputs}))
         return windows
 
     def _forward(self, windows: list[_Window]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Start and end logits per window; sub-batches of similar length within `batch_tokens`."""
-        torch = self._torch
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i].features["input_ids"]))
-        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(windows)
-        pad_id = self.tokenizer.pad_token_id or 0
-
-        def run(batch: list[int]) -> None:
-            width = max(len(windows[i].features["input_ids"]) for i in batch)
-            tensors = {}
-            for name in self._inputs:
-                pad = pad_id if name == "input_ids" else 0
-                rows = [windows[i].features[name] + [pad] * (width - len(windows[i].features[name])) for i in batch]
-                tensors[name] = torch.tensor(rows, dtype=torch.long, device=self.device)
-            with torch.inference_mode():
-                result = self.model(**tensors)
-            starts = result.start_logits.float().cpu().numpy()
-            ends = result.end_logits.float().cpu().numpy()
-            for row, i in enumerate(batch):
-                n = len(windows[i].features["input_ids"])
-                out[i] = (starts[row, :n], ends[row, :n])
-
-        batch: list[int] = []
-        for i in order:
-            width = len(windows[i].features["input_ids"])
-            if batch and (len(batch) + 1) * width > self.batch_tokens:
-                run(batch)
-                batch = []
-            batch.append(i)
-        if batch:
-            run(batch)
-        return out
+        """Start and end logits per window (batched within `batch_tokens` by the runtime)."""
+        if not windows:
+            return []
+        outputs = self.model.run([w.features for w in windows], self.batch_tokens)
+        return [(start, end) for start, end in outputs]
 
     def _decode(
         self, contexts: list[str], windows: list[_Window], logits: list[tuple[np.ndarray, np.ndarray]]
@@ -462,7 +426,7 @@ class ExtractiveReader:
     def _undesired(self, window: _Window) -> np.ndarray:
         """True where a token cannot start or end an answer: question, specials, padding (CLS excepted)."""
         undesired = np.array([s != 1 for s in window.encoding.sequence_ids])
-        cls_id = self.tokenizer.cls_token_id
+        cls_id = self.model.cls_id
         if cls_id is not None:
             undesired[np.array(window.features["input_ids"]) == cls_id] = False
         return undesired

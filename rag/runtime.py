@@ -20,6 +20,7 @@ from rag.retrieval import Retriever, build_retriever
 from rag.settings import Settings
 
 if TYPE_CHECKING:
+    from rag.generation import Generator
     from rag.qa import AskPipeline
     from rag.reader import ExtractiveReader
     from rag.rerank import CrossEncoderReranker
@@ -65,6 +66,7 @@ class Runtime:
         self.settings = settings
         self._reranker: CrossEncoderReranker | None = None
         self._reader: ExtractiveReader | None = None
+        self._generator: Generator | None = None
 
     @cached_property
     def device(self) -> str:
@@ -217,10 +219,10 @@ class Runtime:
     def reader(self) -> ExtractiveReader:
         """The extractive reader the settings name, loaded on first use and then shared."""
         if self._reader is None:
+            from rag.heads import torch_module
             from rag.reader import ExtractiveReader
 
             s = self.settings
-            set_threads(s.threads)
             self._reader = ExtractiveReader(
                 s.reader_model,
                 device=self.device,
@@ -230,13 +232,25 @@ class Runtime:
                 span_threshold=s.reader_span_threshold,
                 batch_tokens=s.reader_batch_tokens,
                 retrieval_weight=s.reader_retrieval_weight,
+                runtime=s.reader_runtime,
+                threads=s.threads,
             )
-            self._to_precision(self._reader.model)
+            module = torch_module(self._reader.model)
+            if module is not None:
+                self._to_precision(module)
         return self._reader
+
+    def generator(self) -> Generator:
+        """The configured generator, built once per Runtime (one llama.cpp model per process)."""
+        if self._generator is None:
+            from rag.generation import build_generator
+
+            # the generator gets the resolved device (RAG_DEVICE=auto is not a torch device)
+            self._generator = build_generator(self.settings.model_copy(update={"device": self.device}))
+        return self._generator
 
     def ask_pipeline(self) -> AskPipeline:
         """Retrieval, the reader and the generator behind `rag ask` and `/v1/ask`, each loaded on first use."""
-        from rag.generation import build_generator
         from rag.qa import AskPipeline
         from rag.verifiers import build_verifier
 
@@ -244,8 +258,7 @@ class Runtime:
         return AskPipeline(
             lambda name, kind: self.retriever(name, kind),
             reader=self.reader,
-            # The generator gets the resolved device (RAG_DEVICE=auto is not a torch device).
-            generator=lambda: build_generator(s.model_copy(update={"device": self.device})),
+            generator=self.generator,
             default_mode=s.answer_mode,
             default_k=s.answer_k,
             support_threshold=s.support_threshold,

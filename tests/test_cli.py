@@ -65,6 +65,62 @@ def test_search_ingest_and_a_generative_answer_on_a_cpu_do_not_import_torch(home
         assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.skipif(gpu_driver_loaded(), reason="a GPU driver is loaded here (or this is not Linux): torch is asked whether it sees the GPU")
+def test_asking_in_both_modes_with_the_shipped_models_does_not_import_torch(home: Path) -> None:
+    """The shipped reader (extractive answers, and the auto verifier of generative ones) and the
+    nli verifier run on ONNX Runtime with the `tokenizers` windowing: no torch, no transformers."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAG_READER_MODEL", "RAG_VERIFIER_MODEL", "RAG_VERIFIER")}
+    runs = [
+        (["ask", "Where was Marie Curie born?", "-c", "demo", "--mode", "extractive", "--json"], {}),
+        (["ask", "Where was Pierre Curie born?", "-c", "demo", "--mode", "generative", "--json"], {"RAG_GENERATOR_MAX_TOKENS": "32"}),
+        (["ask", "Where was Pierre Curie born?", "-c", "demo", "--mode", "generative", "--json"], {"RAG_GENERATOR_MAX_TOKENS": "32", "RAG_VERIFIER": "nli"}),
+    ]
+    for args, extra in runs:
+        done = run_cli_importing_none_of({"torch", "transformers"}, *args, env={**env, **extra, "RAG_HOME": str(home)})
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["details"]["verifier"] == "nli"
+
+
+SERVE_AND_ASK = """
+import json, os, sys, threading, time, urllib.request
+from cli.main import main
+port = sys.argv[1]
+sys.argv = ["rag", "serve", "--no-auth", "--port", port, "--log-level", "warning"]
+threading.Thread(target=main, daemon=True).start()
+url = f"http://127.0.0.1:{port}"
+for _ in range(600):
+    try:
+        urllib.request.urlopen(url + "/readyz", timeout=5)
+        break
+    except Exception:
+        time.sleep(0.2)
+body = json.dumps({"question": "Where was Marie Curie born?", "collection": "demo", "mode": "extractive"}).encode()
+request = urllib.request.Request(url + "/v1/ask", body, {"Content-Type": "application/json"})
+answer = json.load(urllib.request.urlopen(request, timeout=120))
+imported = sorted({"torch", "transformers"} & set(sys.modules))
+print(json.dumps({"answer": answer["answer"], "imported": imported}), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.skipif(gpu_driver_loaded(), reason="a GPU driver is loaded here (or this is not Linux): torch is asked whether it sees the GPU")
+def test_serve_answers_with_the_shipped_reader_without_importing_torch(home: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAG_READER_MODEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_AND_ASK, str(port)], cwd=REPO, env={**env, "RAG_HOME": str(home)},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"answer": "Warsaw", "imported": []}
+
+
 def test_search_text_output_shows_source_and_offsets(home: Path) -> None:
     result = invoke("search", "write-ahead log readers", "-c", "demo", "-k", "1", home=home)
     assert result.returncode == 0

@@ -41,6 +41,10 @@ def _passage(text: str, start: int, rank: int, doc_id: int = 7, chunk_id: int | 
 
 
 def test_every_golden_question_gets_the_pipelines_answer_and_offsets(reader: ExtractiveReader) -> None:
+    _assert_golden(reader)
+
+
+def _assert_golden(reader: ExtractiveReader) -> None:
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
     questions = read_squad(SQUAD_DEV, paragraphs_per_article=golden["paragraphs_per_article"])
     assert len(questions) == golden["questions"] == 518
@@ -68,7 +72,7 @@ def test_answer_deep_inside_a_long_context_is_found_with_its_offsets(reader: Ext
     )
     needle = "Gabriel Lippmann, who supervised Marie Curie's doctoral research, was born in Bonnevoie, Luxembourg."
     context = f"{filler} {needle} {filler}"
-    assert len(reader.tokenizer(context)["input_ids"]) > 1024
+    assert len(reader.tokenizer.encode(context).ids) > 1024
     (span,) = reader.read(LIPPMANN["question"], [context])
     where = context.index("Bonnevoie, Luxembourg")
     assert (span.text, span.start, span.end) == ("Bonnevoie, Luxembourg", where, where + len("Bonnevoie, Luxembourg"))
@@ -186,3 +190,56 @@ def test_an_instruction_like_passage_is_read_but_never_the_answer(na_reader: Ext
     answer = na_reader.answer("Where was Marie Curie born?", [hostile, clean], suspicious=[1])
     assert answer.answer == "Warsaw" and answer.citations[0].n == 2
     assert not na_reader.answer("Where was Marie Curie born?", [hostile], suspicious=[1]).found
+
+
+# -- the shipped reader (an ONNX export with int8 weights, run by ONNX Runtime) ---------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_reader() -> ExtractiveReader:
+    return ExtractiveReader(null_threshold=0.0)
+
+
+def test_the_default_reader_is_the_shipped_export_on_onnx_runtime(shipped_reader: ExtractiveReader) -> None:
+    from rag.shipped import SHIPPED_DIR
+
+    assert shipped_reader.runtime == "onnx"
+    assert shipped_reader.model.model.folder == SHIPPED_DIR / "reader-minilm-l6-squad-na"  # type: ignore[union-attr]
+    (span,) = shipped_reader.read(LIPPMANN["question"], [LIPPMANN["context"]])
+    assert (span.text, span.start, span.end) == ("Bonnevoie, Luxembourg", 78, 99) and span.found
+
+
+def test_a_questions_spans_are_identical_alone_and_in_a_batch(shipped_reader: ExtractiveReader) -> None:
+    """int8 weights with fp32 compute and unpadded equal-length groups: what else is read in the same
+    forward (other questions, longer windows) changes no bit of a question's spans and scores."""
+    questions = read_squad(SQUAD_DEV, paragraphs_per_article=1)[:12]
+    batch = [(q.question, [q.context, questions[(i + 1) % len(questions)].context]) for i, q in enumerate(questions)]
+    together = shipped_reader.read_batch(batch)
+    for item, spans in zip(batch, together):
+        assert shipped_reader.read_batch([item])[0] == spans
+
+
+def test_the_onnx_runtime_gets_the_pipelines_golden_answers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The golden reader exported in fp32 and run by ONNX Runtime: the same windows, answers and
+    offsets as the 4.57 pipeline (the torch runtime passes the same test above)."""
+    from rag.onnx_export import export
+
+    folder = tmp_path_factory.mktemp("onnx-golden") / "reader"
+    export(str(READER_MODEL), folder, "question-answering", int8=False)
+    onnx_reader = ExtractiveReader(str(folder))
+    assert onnx_reader.runtime == "onnx"
+    _assert_golden(onnx_reader)
+
+
+def test_a_damaged_export_is_refused_before_it_is_run(tmp_path: Path) -> None:
+    import shutil
+
+    from rag.shipped import SHIPPED_DIR
+
+    copy = tmp_path / "reader"
+    shutil.copytree(SHIPPED_DIR / "reader-minilm-l6-squad-na", copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="checksum"):
+        ExtractiveReader(str(copy))

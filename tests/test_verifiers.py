@@ -121,13 +121,18 @@ def test_auto_the_default_checks_with_the_configured_reader(tmp_path: Path, no_e
     assert isinstance(chosen, ReaderVerifier) and chosen.note == "auto: the configured reader"
 
 
+def test_auto_with_nothing_configured_checks_with_the_shipped_reader(tmp_path: Path, no_env_choice: None) -> None:
+    """The reader ships with the package, so no setting is needed for the reader check."""
+    settings = Settings(home=tmp_path)
+    chosen = build_verifier(settings, lambda: ExtractiveReader(settings.reader_model))
+    assert isinstance(chosen, ReaderVerifier) and chosen.reader.runtime == "onnx"  # type: ignore[attr-defined]
+
+
 def test_auto_falls_back_to_the_lexical_check_when_no_reader_is_configured_or_loads(tmp_path: Path, no_env_choice: None) -> None:
     missing = Settings(home=tmp_path, reader_model=str(tmp_path / "none"))
     fallback = build_verifier(missing, lambda: ExtractiveReader(missing.reader_model))
     assert isinstance(fallback, LexicalVerifier)
     assert fallback.note.startswith("auto: the reader could not be loaded (cannot load reader model")
-    unset = build_verifier(Settings(home=tmp_path), lambda: pytest.fail("no reader is configured, so none is loaded"))
-    assert isinstance(unset, LexicalVerifier) and unset.note == "auto: no reader is configured (RAG_READER_MODEL)"
 
 
 def test_a_cases_file_that_is_missing_empty_or_not_utf8_is_refused_clearly(tmp_path: Path) -> None:

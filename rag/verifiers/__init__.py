@@ -1,9 +1,10 @@
 """Support verifiers behind one contract (`base.Verifier`), chosen by `Settings.verifier`.
 
 `lexical` needs no model; `reader` asks the extractive reader; `nli` loads a (claim, passage)
-cross-encoder from `Settings.verifier_model`. `auto` (the default) is the reader when one is
-configured and loads, since it verified no sentence on unanswerable questions where the lexical
-check verified some, and the lexical one otherwise, so a machine without a reader still answers.
+cross-encoder from `Settings.verifier_model` (default: the shipped one). `auto` (the default) is
+the reader when it loads (the shipped one unless RAG_READER_MODEL names another), since it verified
+no sentence on unanswerable questions where the lexical check verified some, and the lexical one
+otherwise, so a machine without a reader still answers.
 Heavy imports happen in the implementations.
 """
 
@@ -27,8 +28,6 @@ def build_verifier(settings: Settings, reader: Callable[[], Any], device: str = 
     `device` is a resolved torch device (never `auto`)."""
     kind = settings.verifier
     if kind == "auto":
-        if "reader_model" not in settings.model_fields_set:
-            return LexicalVerifier(settings.support_threshold, note="auto: no reader is configured (RAG_READER_MODEL)")
         try:
             loaded = reader()
         except (ModelLoadError, MissingDependency) as exc:
@@ -47,5 +46,5 @@ def build_verifier(settings: Settings, reader: Callable[[], Any], device: str = 
 
         if not settings.verifier_model:
             raise InvalidInput("verifier=nli needs RAG_VERIFIER_MODEL (a folder such as shared/models/verifier-minilm-l6-support)")
-        return NLIVerifier(settings.verifier_model, threshold=settings.verifier_threshold, device=device)
+        return NLIVerifier(settings.verifier_model, threshold=settings.verifier_threshold, device=device, runtime=settings.reader_runtime)
     raise InvalidInput(f"unknown verifier {kind!r}: use auto, lexical, reader or nli")

@@ -1,6 +1,6 @@
 """The cross-encoder verifier: a (claim, passage) -> supported classifier, such as HHEM-2.1-open
-or MiniCheck where they can be downloaded; offline, `shared/models/verifier-minilm-l6-support`
-(MiniLM-L6 trained on synthetic SQuAD pairs, fp16 weights loaded as float32).
+or MiniCheck where they can be downloaded; by default the shipped `verifier-minilm-l6-support`
+(MiniLM-L6 trained on synthetic SQuAD pairs; an ONNX export with int8 weights, `rag.shipped`).
 
 Such models do not see who did what to whom (the shared model accepts "Pierre Curie was born in
 Warsaw" from a passage where Marie was), so by default a positive verdict must also pass the
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from indexes.encoder import resolve_model_path
-from indexes.errors import MissingDependency, ModelLoadError
+import numpy as np
+
+from indexes.errors import ModelLoadError
 from indexes.types import Passage
+from rag.shipped import VERIFIER
 from rag.verifiers.base import Claim, Evidence, Source, conflicts, missing_names
 
 SUPPORTED_LABEL = 1
@@ -22,25 +24,28 @@ SUPPORTED_LABEL = 1
 
 class NLIVerifier:
     def __init__(
-        self, model: str, *, threshold: float = 0.5, guards: bool = True, device: str = "cpu", max_tokens: int = 256, batch: int = 32
+        self,
+        model: str = VERIFIER,
+        *,
+        threshold: float = 0.5,
+        guards: bool = True,
+        device: str = "cpu",
+        max_tokens: int = 256,
+        batch: int = 32,
+        runtime: str = "auto",
+        threads: int | None = None,
     ) -> None:
+        """`model`: the shipped export (default), an exported folder (ONNX Runtime) or an HF
+        folder / hub id (torch); `runtime` as `rag.heads.load_head`."""
+        from rag.heads import load_head
+
         try:
-            import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        except ImportError as exc:  # pragma: no cover - install problem
-            raise MissingDependency(f"the nli verifier needs torch and transformers: {exc}") from exc
-        path = resolve_model_path(model)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            # weights may be stored in fp16; CPU inference wants float32
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-        except (OSError, ValueError, KeyError) as exc:
+            self.model = load_head(model, "text-classification", runtime, device=device, threads=threads)
+        except ModelLoadError as exc:
             raise ModelLoadError(
-                f"cannot load verifier model {model!r} ({type(exc).__name__}): set RAG_VERIFIER_MODEL to a local folder "
-                "of a (claim, passage) classifier, e.g. shared/models/verifier-minilm-l6-support"
+                f"cannot load verifier model {model!r} ({str(exc)[:300]}): set RAG_VERIFIER_MODEL to a local folder "
+                f"of a (claim, passage) classifier, or leave it unset for the shipped {VERIFIER}"
             ) from exc
-        self.model.eval().to(device)
-        self._torch = torch
         self.device = device
         self.threshold = threshold
         self.guards = guards
@@ -48,20 +53,27 @@ class NLIVerifier:
         self.batch = batch
         self.name = "nli" if guards else "nli-unguarded"
         self.note = ""
+        # claim first, passage cut to fit (transformers' truncation="only_second"); a claim too long
+        # for that is cut with the passage (longest_first) rather than failing
+        self._pairs = self.model.tokenizer()
+        self._pairs.enable_truncation(max_tokens, strategy="only_second")
+        self._long_claims = self.model.tokenizer()
+        self._long_claims.enable_truncation(max_tokens, strategy="longest_first")
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """P(supported) for (claim, passage) pairs."""
-        torch = self._torch
+        """P(supported) for (claim, passage) pairs; a pair's value does not depend on the others."""
+        rows = []
+        for claim, passage in pairs:
+            try:
+                encoding = self._pairs.encode(claim, passage)
+            except Exception:  # tokenizers: "second sequence not long enough" for a claim of max_tokens
+                encoding = self._long_claims.encode(claim, passage)
+            features = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids}
+            rows.append({name: features[name] for name in self.model.inputs})
         out: list[float] = []
-        for i in range(0, len(pairs), self.batch):
-            part = pairs[i : i + self.batch]
-            enc = self.tokenizer(
-                [c for c, _ in part], [p for _, p in part], truncation="only_second", max_length=self.max_tokens,
-                padding=True, return_tensors="pt",
-            ).to(self.device)
-            with torch.inference_mode():
-                logits = self.model(**enc).logits.float()
-            out.extend(torch.softmax(logits, dim=-1)[:, SUPPORTED_LABEL].tolist())
+        for (logits,) in self.model.run(rows, batch_tokens=self.batch * self.max_tokens):
+            shifted = np.exp(logits.astype(np.float64) - logits.max())
+            out.append(float(shifted[SUPPORTED_LABEL] / shifted.sum()))
         return out
 
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]:
