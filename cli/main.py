@@ -348,7 +348,7 @@ def _retrieval_report(
             results.append(report_result(kind, data, run_queries(rt.retriever(name, kind), data)))
     summary = {k: v for k, v in result.items() if k not in ("retriever", "fusion")}
     page = retrieval_report(results, summary, f"Retrieval: {name} ({result['split']})")
-    return write_report(page, path, rt.settings.home)
+    return write_report(page, path, rt.settings.home, name)
 
 
 # Commands that live in their own modules: each module defines `register(app, eval_app)` and
