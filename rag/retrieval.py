@@ -20,7 +20,7 @@ from indexes.errors import InvalidInput
 from indexes.faisslib import load_faiss
 from indexes.store import Collection
 from indexes.types import Passage, Ranking
-from rag.fusion import Normalization, convex_ranking, rrf_ranking
+from rag.fusion import Normalization, fuse
 
 if TYPE_CHECKING:
     from rag.rerank import CrossEncoderReranker
@@ -156,13 +156,9 @@ class HybridRetriever(_Base):
         vectors = self.dense.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
             snapshot, dense, sparse = self.dense.collection.hybrid_candidates(vectors, cleaned, depth, self.dense.search_params)
-        fused: list[Ranking] = []
-        for d, s in zip(dense, sparse):
-            if self.fusion == "rrf":
-                # `weight` is the dense share for RRF too: 0.5 is plain RRF.
-                fused.append(rrf_ranking([d, s], self.rrf_k, [2 * self.weight, 2 * (1 - self.weight)]))
-            else:
-                fused.append(convex_ranking(d, s, self.weight, self.normalization))
+        fused: list[Ranking] = [
+            fuse(d, s, self.fusion, self.weight, self.normalization, self.rrf_k, depth) for d, s in zip(dense, sparse)
+        ]
         # Only the winners are read from SQL, from the snapshot the candidates came from.
         return snapshot.passages(fused, k)
 
