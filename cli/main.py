@@ -130,6 +130,7 @@ def ingest(
     )
     if ray and not rt.settings.ray_address:
         rt.settings.ray_address = "auto"
+    _refuse_folders_with_nothing_to_ingest(paths)
     target = rt.writable_collection(collection)
     report = rt.ingestor(target, show_progress=not as_json).ingest_paths(paths, prune=prune)
     if as_json:
@@ -145,6 +146,20 @@ def ingest(
         for error in report.errors:
             typer.echo(f"error: {error['error']}", err=True)
     raise typer.Exit(ingest_exit_code(report.errors, report.documents_added + report.documents_replaced + report.documents_unchanged))
+
+
+def _refuse_folders_with_nothing_to_ingest(paths: list[str]) -> None:
+    """Only folders given, and none holds a supported file: a usage error (exit 2), before any
+    collection is created or pruned (a typo'd folder must not empty a collection)."""
+    from ingest.loaders import SUPPORTED
+    from ingest.pipeline import discover
+
+    files, folders, errors = discover(paths)
+    if folders and not files and not errors:
+        names = ", ".join(str(f) for f in folders)
+        raise typer.BadParameter(
+            f"{names}: no supported file ({' '.join(SUPPORTED)}); nothing was ingested or pruned", param_hint="PATHS"
+        )
 
 
 def ingest_exit_code(errors: list[dict[str, str]], documents_ok: int) -> int:
@@ -390,8 +405,9 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
     except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into Exit(130) before it reaches us
         typer.echo("interrupted; what was fully written is kept", err=True)
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

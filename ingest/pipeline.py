@@ -236,6 +236,9 @@ class Ingestor:
             try:
                 yield
                 status = "completed" if not report.errors else "completed_with_errors"
+            except KeyboardInterrupt:  # Ctrl-C: what was published is kept, like a crash
+                status = "interrupted"
+                raise
             finally:
                 report.seconds = time.perf_counter() - started
                 self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
