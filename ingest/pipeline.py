@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from indexes.encoder import Encoder
 from indexes.errors import RagError
 from indexes.store import Collection, NewDocument
 from indexes.types import Document
+from indexes.writer import last_wins
 from ingest.chunking import SentenceWindowChunker
 from ingest.loaders import InputLimits, is_supported, parse, suffix_of
 from ingest.progress import progress_bar
@@ -149,10 +149,8 @@ def scan_file(path: Path, known: Mapping[str, tuple[int, str]], limits: InputLim
     if single:
         scan.changed.append((labelled(docs[0], source, label), digest))
         return scan
-    unique = _last_wins(docs)
-    if len(unique) < len(docs):
-        counts = Counter(d.source for d in docs)
-        scan.duplicates = sorted(s for s, n in counts.items() if n > 1)
+    unique, repeated = last_wins(docs, lambda d: d.source)
+    scan.duplicates = sorted(repeated)
     for doc in unique:
         digest = document_hash(doc)
         if known.get(doc.source, (0, ""))[1] == digest:
@@ -215,10 +213,8 @@ class Ingestor:
         started = time.perf_counter()
         report = IngestReport()
         given = list(documents)
-        docs = _last_wins(given)
-        if len(docs) < len(given):
-            counts = Counter(doc.source for doc in given)
-            report.duplicates.extend(source for source, n in counts.items() if n > 1)
+        docs, repeated = last_wins(given, lambda d: d.source)
+        report.duplicates.extend(repeated)
         with self._recorded_run(report, started):
             known = self.collection.known_documents(sources=[d.source for d in docs])
             self._write_all(self._changed(docs, known, report), report)
@@ -356,15 +352,6 @@ class Ingestor:
             if inside_folder or inside_file:
                 stale.append(doc_id)
         return stale
-
-
-def _last_wins(docs: list[Document]) -> list[Document]:
-    """A file that repeats an id keeps its last record, as a re-ingest would."""
-    by_source: dict[str, Document] = {}
-    for doc in docs:
-        by_source.pop(doc.source, None)
-        by_source[doc.source] = doc
-    return list(by_source.values())
 
 
 def _run_stats(report: IngestReport) -> dict[str, Any]:

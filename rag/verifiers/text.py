@@ -18,11 +18,6 @@ _CITATION = re.compile(r"\[(\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*)\]")
 _LEADING_CITATIONS = re.compile(r"(?:\s*\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\][.,;]?)+")
 _PARAGRAPH = re.compile(r"\S(?:.|\n(?![ \t]*\n))*")
 _WORD = re.compile(r"[^\W_]+(?:['’.][^\W_]+)*", re.UNICODE)
-_NOT_FOUND_PATTERNS = re.compile(
-    r"\b(unanswerable|do(es)? not (contain|provide|mention|say|include)|not (found|mentioned|given|stated) in|"
-    r"no information|cannot be answered|can ?not answer|not enough information|don'?t know)\b",
-    re.IGNORECASE,
-)
 
 STOP_WORDS = frozenset(
     """a an the and or but if then else of to in on at by for with from as into onto over under about
