@@ -57,8 +57,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def encoder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The embedded default embedder (all-MiniLM-L6-v2 from its PyPI package) on the reference
-    runtime (torch fp32), loaded once and shared with every Runtime the tests build that asks for
-    torch (the runtime's process-wide cache)."""
+    runtime (torch fp32), loaded once for the session (a Runtime a test builds loads its own)."""
     from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
     from rag.runtime import Runtime
     from rag.settings import Settings
