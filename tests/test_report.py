@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import matplotlib  # noqa: F401  (the report extra, in dev: missing, the suite fails)
 import pytest
 
 from tests.conftest import SCIFACT, SQUAD_DEV, invoke
-
-pytest.importorskip("matplotlib", reason="matplotlib is in the report extra (dev includes it)")
 
 READER_NA = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "reader-minilm-l6-squad-na"
 
