@@ -144,7 +144,7 @@ def ingest(
             f"({rate:.0f} passages/s) in {report.seconds:.1f}s"
         )
         for error in report.errors:
-            typer.echo(f"error: {error['error']}", err=True)
+            typer.echo(f"error: {printable(error['error'])}", err=True)
     raise typer.Exit(ingest_exit_code(report.errors, report.documents_added + report.documents_replaced + report.documents_unchanged))
 
 
@@ -160,6 +160,12 @@ def _refuse_folders_with_nothing_to_ingest(paths: list[str]) -> None:
         raise typer.BadParameter(
             f"{names}: no supported file ({' '.join(SUPPORTED)}); nothing was ingested or pruned", param_hint="PATHS"
         )
+
+
+def printable(text: str) -> str:
+    """Control characters escaped (a newline in a file name prints as \\n): one message stays one
+    line, and a name cannot forge another line of output."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def ingest_exit_code(errors: list[dict[str, str]], documents_ok: int) -> int:
@@ -191,7 +197,7 @@ def search(
         typer.echo("no passages (the collection is empty)")
     for p in passages:
         title = p.title or Path(p.source).name
-        typer.echo(f"{p.rank:>2}. {p.score:.4f}  {title} — {p.source}:{p.start}-{p.end}  (doc {p.doc_id}, chunk {p.chunk_id})")
+        typer.echo(f"{p.rank:>2}. {p.score:.4f}  {printable(title)} — {printable(p.source)}:{p.start}-{p.end}  (doc {p.doc_id}, chunk {p.chunk_id})")
         typer.echo(textwrap.indent(textwrap.shorten(p.text, 300, placeholder=" …"), "    "))
 
 
@@ -402,7 +408,7 @@ def main() -> None:
         typer.echo(f"error: {settings_message(exc)}", err=True)
         sys.exit(EXIT_USAGE)
     except RagError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(EXIT_ERROR)
     except (KeyboardInterrupt, typer.Abort):
         code = 130

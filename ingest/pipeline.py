@@ -9,6 +9,7 @@ wins and the source is reported under `duplicates`.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -87,8 +88,23 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[dict[st
                 else:
                     errors.append({"source": str(path), "error": f"{path}: unsupported file type"})
             elif not glob.has_magic(raw):
-                errors.append({"source": str(path), "error": f"{path}: no such file or folder"})
+                errors.append({"source": str(path), "error": f"{path}: {_why_missing(path)}"})
     return list(files), folders, errors
+
+
+def _why_missing(path: Path) -> str:
+    """Why a named path is neither a file nor a folder: a symbolic link loop, a link to nothing, or
+    nothing there."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop so
+            return "a symbolic link loop"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "a symbolic link loop"
+            return "a symbolic link to nothing (no such file or folder)"
+    return "no such file or folder"
 
 
 @dataclass

@@ -295,3 +295,22 @@ def test_a_folder_with_no_supported_file_is_a_usage_error(tmp_path: Path) -> Non
     assert result.returncode == 2, result.stderr
     line = _one_line_error(result)
     assert "no supported file" in line and str(folder) in line
+
+
+def test_a_symbolic_link_loop_is_reported_as_one(tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    result = invoke("ingest", str(loop), home=tmp_path / "home")
+    assert result.returncode == 1
+    assert f"{loop}: a symbolic link loop" in result.stderr and "no such file" not in result.stderr
+
+
+def test_file_names_with_newlines_are_printed_escaped(tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "bad\nname.txt").write_bytes(b"caf\xe9")  # fails: not UTF-8
+    (folder / "good.txt").write_text("Ordinary text about lakes.", encoding="utf-8")
+    result = invoke("ingest", str(folder), home=tmp_path / "home")
+    assert result.returncode == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "bad\\nname.txt" in errors[0], result.stderr
