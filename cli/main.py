@@ -284,12 +284,16 @@ def doctor(
     target = rt.collection(collection)
     before = target.check()
     after = before
+    dead = _runs_of_dead_processes(target)
     if repair and not before.consistent:
         encoder = rt.encoder_for(target)
         with target.writer():
             after = target.repair(lambda texts: encoder.encode(texts, kind="passage"))
+    elif repair and dead:
+        with target.writer(timeout=0):  # taking the lock marks runs left running interrupted
+            pass
     if as_json:
-        _print_json({"collection": target.name, "before": before.to_dict(), "after": after.to_dict()})
+        _print_json({"collection": target.name, "before": before.to_dict(), "after": after.to_dict(), "dead_runs": dead})
     else:
         b = before.to_dict()
         typer.echo(
@@ -299,12 +303,38 @@ def doctor(
         )
         for problem in before.problems():
             typer.echo(f"problem: {problem}")
+        if dead:
+            fate = "marked interrupted" if repair else "rag doctor without --check-only marks them interrupted"
+            typer.echo(f"runs left running by a process that died: {', '.join(map(str, dead))} ({fate})")
         if after is not before:
             typer.echo("repaired: consistent" if after.consistent else f"still inconsistent: {after.to_dict()}")
         elif before.consistent:
             typer.echo("consistent")
     if not after.consistent:
         raise typer.Exit(1)
+
+
+def _runs_of_dead_processes(target: Any) -> list[int]:
+    """Ids of runs still marked running while no process holds the collection's writer lock: a run
+    is running only while its process holds that lock, so their process died (kill -9, power)."""
+    from sqlalchemy import select
+
+    from indexes.locking import WriterBusy, WriterLock
+    from indexes.schema import RunRow
+
+    with target.store.sessions() as session:
+        running = list(
+            session.scalars(select(RunRow.id).where(RunRow.collection_id == target.id, RunRow.status == "running"))
+        )
+    if not running:
+        return []
+    lock = WriterLock(target.store.engine, target.id, target.name)
+    try:
+        lock.acquire(timeout=0)
+    except WriterBusy:
+        return []  # a writer is at work: its run is alive
+    lock.release()
+    return running
 
 
 @eval_app.command("retrieval")

@@ -314,3 +314,46 @@ def test_file_names_with_newlines_are_printed_escaped(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "bad\\nname.txt" in errors[0], result.stderr
+
+
+def test_doctor_reports_runs_left_running_by_a_process_that_died(tmp_path: Path) -> None:
+    """Issue 26 item 16: a run whose process was killed stayed `running` and doctor said nothing."""
+    import shutil
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"doc{i:03d}.txt").write_text(f"Document {i} talks about topic {i % 13}. " * 40, encoding="utf-8")
+    home = tmp_path / "home"
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    env = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", "RAG_BATCH_CHUNKS": "16"}
+    process = subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline
+            try:
+                with sqlite3.connect(home / "rag.db") as db:
+                    published = db.execute("SELECT max(generation) FROM collections").fetchone()[0]
+            except sqlite3.OperationalError:
+                published = 0
+            if published:
+                break
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    check = invoke("doctor", "-c", "big", "--check-only", home=home)
+    assert "runs left running by a process that died: 1 (rag doctor without --check-only" in check.stdout, check.stdout
+    with sqlite3.connect(home / "rag.db") as db:
+        assert [r[0] for r in db.execute("SELECT status FROM runs")] == ["running"]  # check-only changed nothing
+    repaired = invoke("doctor", "-c", "big", home=home)
+    assert "runs left running by a process that died: 1 (marked interrupted)" in repaired.stdout, repaired.stdout
+    with sqlite3.connect(home / "rag.db") as db:
+        assert [r[0] for r in db.execute("SELECT status FROM runs")] == ["interrupted"]
+    assert "died" not in invoke("doctor", "-c", "big", "--check-only", home=home).stdout
