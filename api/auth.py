@@ -75,6 +75,19 @@ def authenticate(
     return principal
 
 
+def optional_principal(request: Request) -> Principal | None:
+    """Who is calling, for an endpoint that needs no key but says more to a valid one: None for no
+    key or an unknown one (never a 401), the anonymous developer when auth is off."""
+    state = request.app.state.api
+    if not state.settings.auth:
+        return ANONYMOUS
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    found: Principal | None = state.keys.verify(key.strip())
+    return found
+
+
 def require(scope: str) -> Callable[..., Principal]:
     """A dependency that authenticates and demands `scope` ('read' or 'write')."""
 

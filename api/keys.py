@@ -58,6 +58,7 @@ def hash_key(key: str) -> str:
 class KeyStore:
     def __init__(self, store: Store) -> None:
         create_tables(store.engine)
+        self.store = store
         self.sessions: sessionmaker[Any] = store.sessions
 
     def create(self, name: str, scope: str, collection: str | None = None) -> tuple[str, dict[str, Any]]:

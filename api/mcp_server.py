@@ -163,4 +163,35 @@ def build_server(runtime: Runtime) -> MCPServer:
 
 
 def serve_stdio(runtime: Runtime) -> None:
-    build_server(runtime).run("stdio")
+    import anyio
+
+    anyio.run(_serve_stdio, build_server(runtime))
+
+
+async def _serve_stdio(server: MCPServer) -> None:
+    """`MCPServer.run("stdio")`, except that a line that is not a JSON-RPC message gets the
+    JSON-RPC parse error reply (-32700, id null) instead of silence: the library's stdio transport
+    hands the parse failure to the session, which answers nothing."""
+    import anyio
+    from mcp import types
+    from mcp.server.stdio import stdio_server
+    from mcp.shared.message import SessionMessage
+
+    lowlevel = server._lowlevel_server
+    async with stdio_server() as (read_stream, write_stream):
+        forward, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+
+        async def pump() -> None:
+            async with forward:
+                async for item in read_stream:
+                    if isinstance(item, Exception):
+                        first = str(item).strip().splitlines()[0] if str(item).strip() else type(item).__name__
+                        error = types.ErrorData(code=types.PARSE_ERROR, message=f"parse error: {first}")
+                        await write_stream.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=None, error=error)))
+                        continue
+                    await forward.send(item)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(pump)
+            await lowlevel.run(receive, write_stream, lowlevel.create_initialization_options())
+            tasks.cancel_scope.cancel()

@@ -188,7 +188,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             from rag.evaluation.report import answer_report, qa_answer_records, write_report
 
             page = answer_report(qa_answer_records(records), result, f"Question answering: {name} ({chosen})")
-            kept = write_report(page, report_file, rt.settings.home)
+            kept = write_report(page, report_file, rt.settings.home, name)
             if not as_json:
                 typer.echo(f"report: {report_file} (served as /v1/reports/{kept.name})", err=True)
         if as_json:
@@ -286,7 +286,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if report_file is not None:
             from rag.evaluation.report import answer_report, write_report
 
-            kept = write_report(answer_report(rows, summary, f"Grounding: {name} ({chosen})"), report_file, settings.home)
+            kept = write_report(answer_report(rows, summary, f"Grounding: {name} ({chosen})"), report_file, settings.home, name)
             if not as_json:
                 typer.echo(f"report: {report_file} (served as /v1/reports/{kept.name})", err=True)
         if as_json:

@@ -141,6 +141,7 @@ def ingest(
     )
     if ray and not rt.settings.ray_address:
         rt.settings.ray_address = "auto"
+    _refuse_folders_with_nothing_to_ingest(paths)
     target = rt.writable_collection(collection)
     report = rt.ingestor(target, show_progress=not as_json).ingest_paths(paths, prune=prune)
     if as_json:
@@ -154,8 +155,28 @@ def ingest(
             f"({rate:.0f} passages/s) in {report.seconds:.1f}s"
         )
         for error in report.errors:
-            typer.echo(f"error: {error['error']}", err=True)
+            typer.echo(f"error: {printable(error['error'])}", err=True)
     raise typer.Exit(ingest_exit_code(report.errors, report.documents_added + report.documents_replaced + report.documents_unchanged))
+
+
+def _refuse_folders_with_nothing_to_ingest(paths: list[str]) -> None:
+    """Only folders given, and none holds a supported file: a usage error (exit 2), before any
+    collection is created or pruned (a typo'd folder must not empty a collection)."""
+    from ingest.loaders import SUPPORTED
+    from ingest.pipeline import discover
+
+    files, folders, errors = discover(paths)
+    if folders and not files and not errors:
+        names = ", ".join(str(f) for f in folders)
+        raise typer.BadParameter(
+            f"{names}: no supported file ({' '.join(SUPPORTED)}); nothing was ingested or pruned", param_hint="PATHS"
+        )
+
+
+def printable(text: str) -> str:
+    """Control characters escaped (a newline in a file name prints as \\n): one message stays one
+    line, and a name cannot forge another line of output."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def ingest_exit_code(errors: list[dict[str, str]], documents_ok: int) -> int:
@@ -187,7 +208,7 @@ def search(
         typer.echo("no passages (the collection is empty)")
     for p in passages:
         title = p.title or Path(p.source).name
-        typer.echo(f"{p.rank:>2}. {p.score:.4f}  {title} — {p.source}:{p.start}-{p.end}  (doc {p.doc_id}, chunk {p.chunk_id})")
+        typer.echo(f"{p.rank:>2}. {p.score:.4f}  {printable(title)} — {printable(p.source)}:{p.start}-{p.end}  (doc {p.doc_id}, chunk {p.chunk_id})")
         typer.echo(textwrap.indent(textwrap.shorten(p.text, 300, placeholder=" …"), "    "))
 
 
@@ -283,12 +304,16 @@ def doctor(
     target = rt.collection(collection)
     before = target.check()
     after = before
+    dead = _runs_of_dead_processes(target)
     if repair and not before.consistent:
         encoder = rt.encoder_for(target)
         with target.writer():
             after = target.repair(lambda texts: encoder.encode(texts, kind="passage"))
+    elif repair and dead:
+        with target.writer(timeout=0):  # taking the lock marks runs left running interrupted
+            pass
     if as_json:
-        _print_json({"collection": target.name, "before": before.to_dict(), "after": after.to_dict()})
+        _print_json({"collection": target.name, "before": before.to_dict(), "after": after.to_dict(), "dead_runs": dead})
     else:
         b = before.to_dict()
         typer.echo(
@@ -298,12 +323,38 @@ def doctor(
         )
         for problem in before.problems():
             typer.echo(f"problem: {problem}")
+        if dead:
+            fate = "marked interrupted" if repair else "rag doctor without --check-only marks them interrupted"
+            typer.echo(f"runs left running by a process that died: {', '.join(map(str, dead))} ({fate})")
         if after is not before:
             typer.echo("repaired: consistent" if after.consistent else f"still inconsistent: {after.to_dict()}")
         elif before.consistent:
             typer.echo("consistent")
     if not after.consistent:
         raise typer.Exit(1)
+
+
+def _runs_of_dead_processes(target: Any) -> list[int]:
+    """Ids of runs still marked running while no process holds the collection's writer lock: a run
+    is running only while its process holds that lock, so their process died (kill -9, power)."""
+    from sqlalchemy import select
+
+    from indexes.locking import WriterBusy, WriterLock
+    from indexes.schema import RunRow
+
+    with target.store.sessions() as session:
+        running = list(
+            session.scalars(select(RunRow.id).where(RunRow.collection_id == target.id, RunRow.status == "running"))
+        )
+    if not running:
+        return []
+    lock = WriterLock(target.store.engine, target.id, target.name)
+    try:
+        lock.acquire(timeout=0)
+    except WriterBusy:
+        return []  # a writer is at work: its run is alive
+    lock.release()
+    return running
 
 
 @eval_app.command("retrieval")
@@ -368,7 +419,7 @@ def _retrieval_report(
             results.append(report_result(kind, data, run_queries(rt.retriever(name, kind), data)))
     summary = {k: v for k, v in result.items() if k not in ("retriever", "fusion")}
     page = retrieval_report(results, summary, f"Retrieval: {name} ({result['split']})")
-    return write_report(page, path, rt.settings.home)
+    return write_report(page, path, rt.settings.home, name)
 
 
 # Commands that live in their own modules: each module defines `register(app, eval_app)` and
@@ -410,11 +461,12 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except RagError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(EXIT_ERROR)
     except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into Exit(130) before it reaches us
         typer.echo("interrupted; what was fully written is kept", err=True)
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -64,7 +64,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
     ) -> None:
         """Create a key and print it once; only its SHA-256 is stored."""
-        key, record = _key_store().create(name, scope, collection)
+        from indexes.errors import CollectionNotFound
+
+        keys = _key_store()
+        if collection is not None:
+            try:  # a key for a collection that does not exist is a typo (or one not made yet)
+                keys.store.collection(collection)
+            except CollectionNotFound as exc:
+                raise typer.BadParameter(str(exc), param_hint="--collection") from None
+        key, record = keys.create(name, scope, collection)
         if as_json:
             import json
 

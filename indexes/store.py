@@ -36,7 +36,7 @@ from indexes.writer import NewDocument
 # Re-exported: what callers import from `indexes.store` (the catalog is their entry point).
 __all__ = ["Collection", "CollectionConfig", "CollectionElsewhere", "CollectionUnusable", "NewDocument", "SearchParams", "Store"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: `$` would allow a final newline
 
 
 class CollectionUnusable(RagError):
@@ -118,8 +118,8 @@ class Store:
             return cached
         self._open.pop(name, None)
         if row is None:
-            known = ", ".join(self.collection_names()) or "none yet"
-            raise CollectionNotFound(f"no collection named {name!r} (collections: {known})")
+            # Names no other collection: the API shows this message to keys limited to one.
+            raise CollectionNotFound(f"no collection named {name!r} (`rag collections` or GET /v1/collections lists them)")
         try:
             config = CollectionConfig.from_dict(row.config)
         except RagError as exc:
@@ -132,7 +132,7 @@ class Store:
 
     def create_collection(self, name: str, config: CollectionConfig) -> Collection:
         """Validate everything, then store the collection (or open it if created concurrently)."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise InvalidInput(
                 f"collection name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )

@@ -24,12 +24,12 @@ lists as `retained`, are no crash's and stay). Runs still marked running are mar
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from sqlalchemy import CursorResult, Result, delete, insert, or_, select, update
@@ -64,16 +64,21 @@ class NewDocument:
     vectors: np.ndarray
 
 
-def last_wins(new: Sequence[NewDocument]) -> tuple[list[NewDocument], list[str]]:
-    """One document per source, the last given; and the sources that were repeated."""
-    by_source: dict[str, NewDocument] = {}
+T = TypeVar("T")
+
+
+def last_wins(items: Iterable[T], source: Callable[[T], str]) -> tuple[list[T], list[str]]:
+    """One item per source, the last given, in the order the kept items came; and the sources
+    that were repeated, in the order of their first repeat. Ingestion (documents of one file or
+    request) and the writer (a batch) use the same rule, as a re-ingest would apply it."""
+    by_source: dict[str, T] = {}
     repeated: list[str] = []
-    for item in new:
-        source = item.document.source
-        if source in by_source and source not in repeated:
-            repeated.append(source)
-        by_source.pop(source, None)
-        by_source[source] = item
+    for item in items:
+        key = source(item)
+        if key in by_source and key not in repeated:
+            repeated.append(key)
+        by_source.pop(key, None)
+        by_source[key] = item
     return list(by_source.values()), repeated
 
 
@@ -211,7 +216,7 @@ class CollectionWriter:
 
         Two documents with one source in `new`: the last wins, the source is reported under
         `duplicates`."""
-        new, duplicates = last_wins(new)
+        new, duplicates = last_wins(new, lambda item: item.document.source)
         for item in new:
             if not item.chunks:
                 raise InvalidInput(f"{item.document.source}: no text to index")

@@ -9,13 +9,13 @@ wins and the source is reported under `duplicates`.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,6 +26,7 @@ from indexes.encoder import Encoder
 from indexes.errors import RagError
 from indexes.store import Collection, NewDocument
 from indexes.types import Document
+from indexes.writer import last_wins
 from ingest.chunking import SentenceWindowChunker
 from ingest.loaders import SINGLE_DOCUMENT as _SINGLE_DOCUMENT
 from ingest.loaders import InputLimits, is_supported, parse, suffix_of
@@ -84,8 +85,23 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[dict[st
                 else:
                     errors.append({"source": str(path), "error": f"{path}: unsupported file type"})
             elif not glob.has_magic(raw):
-                errors.append({"source": str(path), "error": f"{path}: no such file or folder"})
+                errors.append({"source": str(path), "error": f"{path}: {_why_missing(path)}"})
     return list(files), folders, errors
+
+
+def _why_missing(path: Path) -> str:
+    """Why a named path is neither a file nor a folder: a symbolic link loop, a link to nothing, or
+    nothing there."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop so
+            return "a symbolic link loop"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "a symbolic link loop"
+            return "a symbolic link to nothing (no such file or folder)"
+    return "no such file or folder"
 
 
 @dataclass
@@ -146,10 +162,8 @@ def scan_file(path: Path, known: Mapping[str, tuple[int, str]], limits: InputLim
     if single:
         scan.changed.append((labelled(docs[0], source, label), digest))
         return scan
-    unique = _last_wins(docs)
-    if len(unique) < len(docs):
-        counts = Counter(d.source for d in docs)
-        scan.duplicates = sorted(s for s, n in counts.items() if n > 1)
+    unique, repeated = last_wins(docs, lambda d: d.source)
+    scan.duplicates = sorted(repeated)
     for doc in unique:
         digest = document_hash(doc)
         if known.get(doc.source, (0, ""))[1] == digest:
@@ -212,10 +226,8 @@ class Ingestor:
         started = time.perf_counter()
         report = IngestReport()
         given = list(documents)
-        docs = _last_wins(given)
-        if len(docs) < len(given):
-            counts = Counter(doc.source for doc in given)
-            report.duplicates.extend(source for source, n in counts.items() if n > 1)
+        docs, repeated = last_wins(given, lambda d: d.source)
+        report.duplicates.extend(repeated)
         with self._recorded_run(report, started):
             known = self.collection.known_documents(sources=[d.source for d in docs])
             self._write_all(self._changed(docs, known, report), report)
@@ -233,6 +245,9 @@ class Ingestor:
             try:
                 yield
                 status = "completed" if not report.errors else "completed_with_errors"
+            except KeyboardInterrupt:  # Ctrl-C: what was published is kept, like a crash
+                status = "interrupted"
+                raise
             finally:
                 report.seconds = time.perf_counter() - started
                 self.collection.finish_run(run_id, status, _run_stats(report), report.errors)
@@ -350,15 +365,6 @@ class Ingestor:
             if inside_folder or inside_file:
                 stale.append(doc_id)
         return stale
-
-
-def _last_wins(docs: list[Document]) -> list[Document]:
-    """A file that repeats an id keeps its last record, as a re-ingest would."""
-    by_source: dict[str, Document] = {}
-    for doc in docs:
-        by_source.pop(doc.source, None)
-        by_source[doc.source] = doc
-    return list(by_source.values())
 
 
 def _run_stats(report: IngestReport) -> dict[str, Any]:

@@ -63,11 +63,12 @@ def chat_question(turns: Sequence[Turn], max_chars: int) -> ChatQuestion:
     return ChatQuestion(question=question, retrieval_query=query)
 
 
-class ContextRetriever:
+class ContextRetriever(Retriever):
     """Retrieves with the conversation's query whatever question the pipeline passes."""
 
     def __init__(self, inner: Retriever, query: str) -> None:
         self.inner, self.query = inner, query
+        self.max_query_chars, self.max_k = inner.max_query_chars, inner.max_k
 
     def retrieve(self, query: str, k: int = 10) -> list[Passage]:
         return self.inner.retrieve(self.query, k)

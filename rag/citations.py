@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from indexes.types import Passage
@@ -40,7 +40,6 @@ __all__ = [
 
 Origin = Literal["model", "attributed"]
 
-FRAGMENT_WORDS = 3
 _NOT_FOUND_PATTERNS = re.compile(
     r"\b(unanswerable|do(es)? not (contain|provide|mention|say|include)|not (found|mentioned|given|stated) in|"
     r"not in the (sources|passages|context)|no information|cannot be answered|can ?not answer|not enough information|don'?t know)\b",
@@ -304,7 +303,3 @@ def annotate_attributed(answer: Answer, mark: str = "*") -> str:
     for at, piece in sorted(inserts, reverse=True):
         text = text[:at] + piece + text[at:]
     return text
-
-
-def with_timings(answer: Answer, timings: dict[str, float]) -> Answer:
-    return replace(answer, timings={**answer.timings, **timings})

@@ -86,19 +86,37 @@ def _normalized(scores: np.ndarray, method: Normalization) -> tuple[np.ndarray, 
     return np.zeros_like(scores), -1.0
 
 
-def convex_ranking(dense: Ranking, sparse: Ranking, weight: float = 0.5, normalization: Normalization = "zscore") -> Ranking:
+def convex_ranking(
+    dense: Ranking,
+    sparse: Ranking,
+    weight: float = 0.5,
+    normalization: Normalization = "zscore",
+    depth: int | None = None,
+) -> Ranking:
     """score(d) = weight * dense'(d) + (1 - weight) * sparse'(d) over normalised scores; every
     candidate of the union, best first.
 
     A passage one list did not return gets that list's lowest normalised score: it ranked below
-    everything the list returned, so it is treated as no better than its last candidate.
+    everything the list returned, so it is treated as no better than its last candidate. Except
+    where the keyword list is known to be complete: asked for `depth` candidates, BM25 returns
+    every passage that shares a term with the query when fewer match, and every other passage
+    scores exactly 0. Those zeros then count in its normalisation (the list is padded to `depth`
+    with 0) and a passage it lacks gets the normalised 0. Without that, a lone keyword hit (the
+    only passage holding a rare query term) was one unit above "missing" while 100 dense
+    candidates spread over about five, and z-score fusion ranked it 76th of 101 (issue 26).
     """
     if not 0.0 <= weight <= 1.0:
         raise InvalidInput("hybrid weight must be between 0 and 1")
     ids = np.union1d(dense[1], sparse[1]).astype(np.int64)
     total = np.zeros(len(ids), dtype=np.float64)
-    for share, (scores, side) in ((weight, dense), (1.0 - weight, sparse)):
-        normalized, floor = _normalized(scores, normalization)
+    for share, (scores, side), complete in ((weight, dense, False), (1.0 - weight, sparse, True)):
+        padding = max(0, depth - len(side)) if complete and depth is not None else 0
+        if padding and len(side):
+            padded = np.concatenate([np.asarray(scores, dtype=np.float64), np.zeros(padding)])
+            normalized_all, _ = _normalized(padded, normalization)
+            normalized, floor = normalized_all[: len(side)], float(normalized_all[-1])
+        else:
+            normalized, floor = _normalized(scores, normalization)
         values = np.full(len(ids), floor, dtype=np.float64)
         values[np.searchsorted(ids, side)] = normalized
         total += share * values
@@ -115,3 +133,25 @@ def convex_combination(
     """`convex_ranking` over passage lists: the top k passages with their fused scores."""
     passages = {p.chunk_id: p for ranking in (sparse, dense) for p in reversed(ranking)}
     return _ranked(convex_ranking(ranking_of(dense), ranking_of(sparse), weight, normalization), passages, k)
+
+
+Fusion = Literal["rrf", "convex"]
+
+
+def fuse(
+    dense: Ranking,
+    sparse: Ranking,
+    fusion: Fusion = "convex",
+    weight: float = 0.5,
+    normalization: Normalization = "zscore",
+    rrf_k: float = 60.0,
+    depth: int | None = None,
+) -> Ranking:
+    """One hybrid ranking from the dense and keyword candidates, as `HybridRetriever` fuses them,
+    `depth` being how many candidates each side was asked for (see `convex_ranking`). `weight` is
+    the dense share for RRF too (weighted RRF; 0.5 is plain RRF)."""
+    if fusion == "rrf":
+        return rrf_ranking([dense, sparse], rrf_k, [2 * weight, 2 * (1 - weight)])
+    if fusion == "convex":
+        return convex_ranking(dense, sparse, weight, normalization, depth)
+    raise InvalidInput(f"unknown fusion {fusion!r}; use 'rrf' or 'convex'")

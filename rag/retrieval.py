@@ -8,9 +8,10 @@ own for the queries of one retriever.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -20,13 +21,12 @@ from indexes.errors import InvalidInput
 from indexes.faisslib import load_faiss
 from indexes.store import Collection
 from indexes.types import Passage, Ranking
-from rag.fusion import Normalization, convex_ranking, rrf_ranking
+from rag.fusion import Normalization, fuse
 
 if TYPE_CHECKING:
     from rag.rerank import CrossEncoderReranker
     from rag.settings import Settings
 
-RetrieverKind = Literal["dense", "bm25", "hybrid"]
 RETRIEVER_KINDS: tuple[str, ...] = ("dense", "bm25", "hybrid")
 
 
@@ -61,16 +61,10 @@ def _few_query_threads(n_queries: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-@runtime_checkable
-class Retriever(Protocol):
-    """Ranked passages for a query; `retrieve_many` answers several queries in one batch."""
+class Retriever(ABC):
+    """Ranked passages for a query; `retrieve_many` answers several queries in one batch. The one
+    contract of every retriever and wrapper, with the query and k checks they share."""
 
-    def retrieve(self, query: str, k: int = 10) -> list[Passage]: ...
-
-    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]: ...
-
-
-class _Base:
     max_query_chars: int
     max_k: int
 
@@ -82,11 +76,11 @@ class _Base:
             raise InvalidInput(f"k must be between 1 and {self.max_k}, not {k}")
         return [validate_query(q, self.max_query_chars) for q in queries]
 
-    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
-        raise NotImplementedError
+    @abstractmethod
+    def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]: ...
 
 
-class DenseRetriever(_Base):
+class DenseRetriever(Retriever):
     """Embeds queries with the collection's own encoder and searches its FAISS index."""
 
     def __init__(
@@ -111,8 +105,9 @@ class DenseRetriever(_Base):
             return self.collection.search(vectors, k, self.search_params)
 
 
-class BM25Retriever(_Base):
-    """Searches the collection's BM25 keyword index (rebuilt from SQL whenever SQL changes)."""
+class BM25Retriever(Retriever):
+    """Searches the collection's BM25 keyword index (per-segment term counts written with each batch,
+    idf computed at query time)."""
 
     def __init__(self, collection: Collection, max_query_chars: int = 2000, max_k: int = 1000) -> None:
         self.collection = collection
@@ -123,7 +118,7 @@ class BM25Retriever(_Base):
         return self.collection.keyword_search(self._checked(queries, k), k)
 
 
-class HybridRetriever(_Base):
+class HybridRetriever(Retriever):
     """Dense and BM25 candidates, each `depth` deep, fused by RRF or a convex combination."""
 
     def __init__(
@@ -156,21 +151,17 @@ class HybridRetriever(_Base):
         vectors = self.dense.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
             snapshot, dense, sparse = self.dense.collection.hybrid_candidates(vectors, cleaned, depth, self.dense.search_params)
-        fused: list[Ranking] = []
-        for d, s in zip(dense, sparse):
-            if self.fusion == "rrf":
-                # `weight` is the dense share for RRF too: 0.5 is plain RRF.
-                fused.append(rrf_ranking([d, s], self.rrf_k, [2 * self.weight, 2 * (1 - self.weight)]))
-            else:
-                fused.append(convex_ranking(d, s, self.weight, self.normalization))
+        fused: list[Ranking] = [
+            fuse(d, s, self.fusion, self.weight, self.normalization, self.rrf_k, depth) for d, s in zip(dense, sparse)
+        ]
         # Only the winners are read from SQL, from the snapshot the candidates came from.
         return snapshot.passages(fused, k)
 
 
-class RerankingRetriever(_Base):
+class RerankingRetriever(Retriever):
     """Any retriever's top `depth` candidates reordered by a cross-encoder."""
 
-    def __init__(self, base: _Base, reranker: CrossEncoderReranker, depth: int = 50) -> None:
+    def __init__(self, base: Retriever, reranker: CrossEncoderReranker, depth: int = 50) -> None:
         self.base = base
         self.reranker = reranker
         self.depth = depth
@@ -183,10 +174,10 @@ class RerankingRetriever(_Base):
         return [self.reranker.rerank(q, c[: max(self.depth, k)], k) for q, c in zip(cleaned, candidates)]
 
 
-class MMRRetriever(_Base):
+class MMRRetriever(Retriever):
     """Any retriever's top `depth` candidates reordered by MMR over their dense vectors."""
 
-    def __init__(self, base: _Base, collection: Collection, encoder: Encoder, lam: float = 0.7, depth: int = 50) -> None:
+    def __init__(self, base: Retriever, collection: Collection, encoder: Encoder, lam: float = 0.7, depth: int = 50) -> None:
         if not 0.0 <= lam <= 1.0:
             raise InvalidInput("mmr lambda must be between 0 and 1")
         self.base = base
@@ -224,7 +215,7 @@ def build_retriever(
     kind: str | None = None,
     reranker: CrossEncoderReranker | None = None,
     params: SearchParams | None = None,
-) -> _Base:
+) -> Retriever:
     """The retriever `settings` describe (`kind` overrides `settings.retriever`, `params` the
     settings' nprobe / efSearch where set), with reranking and MMR wrapped around it when configured."""
     kind = kind or settings.retriever
@@ -235,7 +226,7 @@ def build_retriever(
     if kind != "bm25" or settings.mmr_lambda is not None:
         if encoder is None:
             raise InvalidInput(f"the {kind} retriever needs the collection's encoder")
-    retriever: _Base
+    retriever: Retriever
     if kind == "dense":
         assert encoder is not None
         retriever = DenseRetriever(collection, encoder, search_params=params, **limits)

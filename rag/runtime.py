@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,9 +29,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Loaded encoders are shared by every Runtime of the process (an API worker, a test session):
-# weights are read-only after load, and loading costs seconds.
-_ENCODERS: dict[tuple[object, ...], Encoder] = {}
+class EncoderCache:
+    """Loaded encoders by what makes them differ (model, runtime, device, dtype, ...), each loaded
+    once: loading costs seconds and the weights are read-only after it. A Runtime owns one; two
+    threads (API requests) asking for the same encoder wait for one load instead of doing two."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[object, ...], Encoder] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[object, ...], threading.Lock] = {}
+
+    def get(self, key: tuple[object, ...], load: Callable[[], Encoder]) -> Encoder:
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            per_key = self._loading.setdefault(key, threading.Lock())
+        with per_key:  # one load per key; other keys load meanwhile
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            encoder = load()
+            with self._lock:
+                self._loaded[key] = encoder
+                self._loading.pop(key, None)
+            return encoder
 
 
 def resolve_device(requested: str, cuda_available: bool) -> str:
@@ -62,8 +85,9 @@ def _cuda_available() -> bool:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, encoders: EncoderCache | None = None) -> None:
         self.settings = settings
+        self.encoders = encoders if encoders is not None else EncoderCache()
         self._reranker: CrossEncoderReranker | None = None
         self._reader: ExtractiveReader | None = None
         self._generator: Generator | None = None
@@ -106,10 +130,12 @@ class Runtime:
         runtime, quantize = choose_runtime(s.encoder_runtime, self.device, s.quantize)
         dtype = encoder_dtype(runtime, s.precision, self.device)
         key = spec.identity() + (spec.max_tokens, runtime, self.device, dtype, quantize, s.threads)
-        if key not in _ENCODERS:
+
+
+        def load() -> Encoder:
             if s.encoder_runtime == "auto" and runtime == "torch" and self.device == "cpu":
                 log.warning("neither openvino nor onnxruntime is installed: encoding with torch; pip install 'rag[speed]' to embed 1.7-3.9x faster")
-            _ENCODERS[key] = load_encoder(
+            return load_encoder(
                 spec,
                 runtime,
                 device=self.device,
@@ -118,7 +144,8 @@ class Runtime:
                 threads=s.threads,
                 cache_dir=s.graph_dir,
             )
-        return _ENCODERS[key]
+
+        return self.encoders.get(key, load)
 
     def collection(self, name: str | None = None) -> Collection:
         return self.store.collection(name or self.settings.collection)

@@ -86,8 +86,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def encoder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The embedded default embedder (all-MiniLM-L6-v2 from its PyPI package) on the reference
-    runtime (torch fp32), loaded once and shared with every Runtime the tests build that asks for
-    torch (the runtime's process-wide cache)."""
+    runtime (torch fp32), loaded once for the session (a Runtime a test builds loads its own)."""
     from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
     from rag.runtime import Runtime
     from rag.settings import Settings
@@ -101,7 +100,7 @@ def browser() -> Iterator[Any]:
     """Headless Chromium driven by Playwright: the web page and report tests."""
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium; scripts/bootstrap does it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    from playwright import sync_api  # the dev extra: missing, the suite fails
     with sync_api.sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield launched

@@ -255,6 +255,31 @@ def test_keys_are_created_listed_and_revoked_from_the_cli(server: Server) -> Non
     assert key not in stored and all(len(h) == 64 for h in stored)
 
 
+def test_an_unknown_collection_is_a_404_that_names_no_other_collection(server: Server) -> None:
+    """Issue 26 item 16: the 404 listed every collection name to any key."""
+    with server.client("read") as client:
+        body = assert_error(client.post("/v1/search", json={"query": "x", "collection": "missing"}), 404)
+        assert "other" not in body["error"]["message"] and "docs" not in body["error"]["message"]
+
+
+def test_keys_for_a_collection_that_does_not_exist_are_refused(server: Server) -> None:
+    made = run_cli("keys", "create", "--name", "ghost-key", "-c", "ghost", home=server.home)
+    assert made.returncode == 2
+    assert "no collection named 'ghost'" in made.stderr and "Traceback" not in made.stderr
+    assert "ghost-key" not in run_cli("keys", "list", home=server.home).stdout
+    assert run_cli("keys", "create", "--name", "docs-key", "-c", "docs", home=server.home).returncode == 0
+
+
+def test_info_without_a_key_does_not_name_the_default_collection(server: Server) -> None:
+    with server.client(None) as client:
+        public = client.get("/v1/info").json()
+        assert "default_collection" not in public and server.state.settings.collection not in json.dumps(public)
+    with server.client("read") as client:
+        assert client.get("/v1/info").json()["default_collection"] == server.state.settings.collection
+    with server.client("rag_not-a-real-key") as client:
+        assert "default_collection" not in client.get("/v1/info").json()
+
+
 def test_serve_refuses_no_auth_beyond_loopback(tmp_path: Path) -> None:
     result = run_cli("serve", "--host", "0.0.0.0", "--no-auth", home=tmp_path, timeout=60)
     assert result.returncode == 1
@@ -603,7 +628,7 @@ def test_a_document_that_gives_instructions_is_only_data(server: Server) -> None
 
 def test_generated_requests_never_get_a_5xx_and_errors_keep_their_shape(server: Server) -> None:
     """schemathesis draws requests from /openapi.json for every operation (bounded examples)."""
-    schemathesis = pytest.importorskip("schemathesis")
+    import schemathesis  # the dev extra
     from hypothesis import HealthCheck, given, settings
 
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")

@@ -298,3 +298,118 @@ def test_a_bad_index_or_chunking_is_refused_before_the_collection_exists(tmp_pat
     assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"collection": "x", "deleted": True}
     assert json.loads(invoke("collections", "--json", home=home).stdout) == []
     assert not (home / "collections" / "x").exists()
+
+
+def test_ctrl_c_during_an_ingest_says_so_exits_130_and_records_the_run_interrupted(tmp_path: Path) -> None:
+    """Issue 26 item 16: SIGINT exited 130 silently and recorded the run `failed`."""
+    import shutil
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"doc{i:03d}.txt").write_text(f"Document {i} talks about topic {i % 13}. " * 40, encoding="utf-8")
+    home = tmp_path / "home"
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    env = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", "RAG_BATCH_CHUNKS": "16"}
+    process = subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    try:
+        while True:  # wait until the run is recorded and a first batch is published
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the ingest never started a run"
+            try:
+                with sqlite3.connect(home / "rag.db") as db:
+                    running = db.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+                    published = db.execute("SELECT max(generation) FROM collections").fetchone()[0]
+            except sqlite3.OperationalError:
+                running, published = 0, 0
+            if running and published:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted; what was fully written is kept" in stderr and "Traceback" not in stderr
+    with sqlite3.connect(home / "rag.db") as db:
+        assert [r[0] for r in db.execute("SELECT status FROM runs")] == ["interrupted"]
+
+
+def test_a_folder_with_no_supported_file_is_a_usage_error(tmp_path: Path) -> None:
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    (folder / "picture.png").write_bytes(b"\x89PNG\r\n")
+    (folder / "notes.xyz").write_text("x", encoding="utf-8")
+    result = invoke("ingest", str(folder), home=tmp_path / "home")
+    assert result.returncode == 2, result.stderr
+    line = _one_line_error(result)
+    assert "no supported file" in line and str(folder) in line
+
+
+def test_a_symbolic_link_loop_is_reported_as_one(tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    result = invoke("ingest", str(loop), home=tmp_path / "home")
+    assert result.returncode == 1
+    assert f"{loop}: a symbolic link loop" in result.stderr and "no such file" not in result.stderr
+
+
+def test_file_names_with_newlines_are_printed_escaped(tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "bad\nname.txt").write_bytes(b"caf\xe9")  # fails: not UTF-8
+    (folder / "good.txt").write_text("Ordinary text about lakes.", encoding="utf-8")
+    result = invoke("ingest", str(folder), home=tmp_path / "home")
+    assert result.returncode == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "bad\\nname.txt" in errors[0], result.stderr
+
+
+def test_doctor_reports_runs_left_running_by_a_process_that_died(tmp_path: Path) -> None:
+    """Issue 26 item 16: a run whose process was killed stayed `running` and doctor said nothing."""
+    import shutil
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"doc{i:03d}.txt").write_text(f"Document {i} talks about topic {i % 13}. " * 40, encoding="utf-8")
+    home = tmp_path / "home"
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    env = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", "RAG_BATCH_CHUNKS": "16"}
+    process = subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline
+            try:
+                with sqlite3.connect(home / "rag.db") as db:
+                    published = db.execute("SELECT max(generation) FROM collections").fetchone()[0]
+            except sqlite3.OperationalError:
+                published = 0
+            if published:
+                break
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    check = invoke("doctor", "-c", "big", "--check-only", home=home)
+    assert "runs left running by a process that died: 1 (rag doctor without --check-only" in check.stdout, check.stdout
+    with sqlite3.connect(home / "rag.db") as db:
+        assert [r[0] for r in db.execute("SELECT status FROM runs")] == ["running"]  # check-only changed nothing
+    repaired = invoke("doctor", "-c", "big", home=home)
+    assert "runs left running by a process that died: 1 (marked interrupted)" in repaired.stdout, repaired.stdout
+    with sqlite3.connect(home / "rag.db") as db:
+        assert [r[0] for r in db.execute("SELECT status FROM runs")] == ["interrupted"]
+    assert "died" not in invoke("doctor", "-c", "big", "--check-only", home=home).stdout

@@ -268,3 +268,31 @@ def test_a_collection_built_with_torch_is_searched_with_onnx(tmp_path: Path) -> 
     top = searched.retriever("c").retrieve(query, 3)
     assert top[0].source == "doc7"
     assert searched.encoder_for(searched.collection("c")).runtime == "onnx"
+
+
+def test_threads_asking_one_runtime_for_an_encoder_share_one_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 26: the encoder cache was a process-wide dict without a lock; concurrent requests each
+    loaded the encoder and got different objects. Now the Runtime owns a locked cache."""
+    import threading
+
+    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    runtime = Runtime(Settings(home=tmp_path, encoder_runtime="torch"))
+    spec = EncoderSpec.detect(DEFAULT_EMBEDDER)
+    start = threading.Barrier(3)
+    got: list[object] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(runtime.encoder(spec))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and all(e is got[0] for e in got)
+    other = Runtime(Settings(home=tmp_path, encoder_runtime="torch"))
+    assert other.encoders is not runtime.encoders  # owned by the Runtime, not the process

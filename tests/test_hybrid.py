@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from indexes.errors import InvalidInput
@@ -111,13 +112,14 @@ def test_hybrid_returns_k_distinct_ranked_passages_led_by_the_obvious_match(corp
 def test_hybrid_recall_at_10_is_at_least_that_of_either_side(corpus, encoder) -> None:  # type: ignore[no-untyped-def]
     collection, _, claims = corpus
     dense, sparse = DenseRetriever(collection, encoder), BM25Retriever(collection)
-    hybrid = HybridRetriever(dense, sparse, depth=30)
+    hybrid = HybridRetriever(dense, sparse, depth=Settings().candidate_depth)  # the default depth and fusion
 
-    def found(retriever: Retriever) -> int:
-        results = retriever.retrieve_many(list(claims), 10)
+    def found(retriever: Retriever, k: int) -> int:
+        results = retriever.retrieve_many(list(claims), k)
         return sum(doc in {h.external_id for h in hits} for doc, hits in zip(claims.values(), results))
 
-    assert found(hybrid) >= max(found(dense), found(sparse)) - 1
+    for k in (3, 10):
+        assert found(hybrid, k) >= max(found(dense, k), found(sparse, k)), k
 
 
 def test_a_deleted_document_never_comes_back_through_hybrid(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
@@ -158,3 +160,24 @@ def test_runtime_retriever_takes_a_kind(corpus, tmp_path: Path) -> None:  # type
     bm25 = runtime.retriever("h", kind="bm25")
     assert isinstance(bm25, BM25Retriever)
     assert bm25.retrieve(docs[1].title, 1)[0].external_id == docs[1].external_id
+
+
+def test_a_lone_keyword_hit_ranks_near_the_top_at_the_default_depth(encoder) -> None:  # type: ignore[no-untyped-def]
+    """Issue 26 item 18: 100 dense candidates (real cosine scores of SciFact abstracts for a claim)
+    and one BM25 hit that dense did not return: the default fusion ranked it 76th of 101."""
+    from rag.fusion import fuse, ranking_of
+
+    docs, claims = scifact_sample(120)
+    settings = Settings()
+    depth = settings.candidate_depth
+    claim = next(iter(claims))
+    texts = [d.text for d in docs[: depth + 1]]
+    scores = encoder.encode(texts, kind="passage") @ encoder.encode([claim], kind="query")[0]
+    order = np.argsort(-scores)
+    dense = _ranking(*((int(i), float(scores[i])) for i in order[:depth]))  # the depth best
+    lone = int(order[depth])  # the one dense ranked below its depth
+    sparse = _ranking((lone, 7.5))
+    fused = fuse(ranking_of(dense), ranking_of(sparse), settings.fusion, settings.hybrid_weight, settings.normalization, settings.rrf_k, depth)
+    rank = [int(c) for c in fused[1]].index(lone) + 1
+    assert len(fused[1]) == depth + 1
+    assert rank <= 3, f"the only keyword hit ranked {rank} of {depth + 1}"

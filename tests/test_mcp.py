@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp  # noqa: F401  (the dev extra, scripts/bootstrap installs it: missing, the suite fails)
 import pytest
-
-mcp = pytest.importorskip("mcp", reason="the mcp package is in the dev extra (scripts/bootstrap installs it)")
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "examples" / "corpus"
@@ -106,3 +105,38 @@ def test_errors_are_tool_errors_with_a_clear_message(talk: dict[str, Any]) -> No
     assert "nope" in talk["missing"].content[0].text
     assert talk["bad_k"].is_error
     assert "less than or equal to 50" in talk["bad_k"].content[0].text
+
+
+def test_a_malformed_line_gets_a_parse_error_reply_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    """Issue 26 item 16: a line that is not JSON got no reply at all (JSON-RPC says -32700)."""
+    import json
+    import subprocess
+
+    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
+    env = {**os.environ, "RAG_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen([rag, "mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdin is not None and process.stdout is not None
+
+    def line() -> str:
+        import select
+
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, "no reply within 120 s"
+        return process.stdout.readline()  # type: ignore[union-attr]
+
+    try:
+        process.stdin.write("{this is not json\n")
+        process.stdin.flush()
+        reply = json.loads(line())
+        assert reply["error"]["code"] == -32700 and reply["id"] is None and "\n" not in reply["error"]["message"]
+        hello = {
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        }  # fmt: skip
+        process.stdin.write(json.dumps(hello) + "\n")
+        process.stdin.flush()
+        answer = json.loads(line())
+        assert answer["id"] == 1 and answer["result"]["serverInfo"]["name"] == "rag"
+    finally:
+        process.kill()
+        process.wait(timeout=30)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import io
 
 import pytest
+import reportlab  # noqa: F401  (makes the test PDFs; the dev extra: missing, the suite fails)
 
 from ingest.loaders import LoadError, load_bytes
 from tests.pdf_samples import FOOTER, HEADER, two_column
-
-pytest.importorskip("reportlab", reason="reportlab makes the test PDFs (dev extra)")
 
 
 @pytest.fixture(scope="module")

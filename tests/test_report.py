@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import matplotlib  # noqa: F401  (the report extra, in dev: missing, the suite fails)
 import pytest
 
 from tests.conftest import SCIFACT, SQUAD_DEV, invoke
-
-pytest.importorskip("matplotlib", reason="matplotlib is in the report extra (dev includes it)")
 
 READER_NA = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "reader-minilm-l6-squad-na"
 
@@ -146,7 +145,7 @@ def test_server_lists_serves_and_the_web_page_links_the_newest_report(reports: d
     from tests.test_api import api_settings, start_server
 
     home = reports["home"]
-    assert sorted(p.name for p in (home / "reports").iterdir()) == ["qa.html", "retrieval.html"]
+    assert sorted(p.name for p in (home / "reports").glob("*.html")) == ["qa.html", "retrieval.html"]
     settings = api_settings(home, reader_model=str(READER_NA))
     key = KeyStore(Store(home, settings.sql_url)).create("report-reader", "read")[0]
     _, uv, thread, url = start_server(settings)
@@ -211,3 +210,47 @@ def test_grounding_records_make_the_same_page() -> None:
     table = page.split('id="questions"')[1].split("</table>")[0]
     assert table.count("<tr") == 5 and len(set(re.findall(r'href="#(p-[^"]+)"', table))) == 1  # one passage text, one anchor
     assert ">crag_score<" in page and 'data-plot="tradeoff"' in page
+
+
+def test_a_key_limited_to_one_collection_reads_only_that_collections_reports(reports: dict[str, Any]) -> None:
+    """Issue 26 item 9: a report shows its collection's questions and passages, so a key scoped to
+    another collection gets the same 404 as for a missing report and an empty listing; a report
+    that records no collection is for unrestricted keys only."""
+    import shutil
+
+    from api.keys import KeyStore
+    from indexes.store import Store
+    from tests.test_api import api_settings, start_server
+
+    home = reports["home"]
+    retrieval_collection = reports["retrieval_json"]["collection"]
+    qa_collection = reports["qa_json"]["collection"]
+    settings = api_settings(home, reader_model=str(READER_NA))
+    keys = KeyStore(Store(home, settings.sql_url))
+    attacker = keys.create("attacker", "write", qa_collection)[0]  # may read the QA collection only
+    everything = keys.create("admin-reader", "read")[0]
+    legacy = home / "reports" / "legacy.html"  # as written before reports recorded a collection
+    shutil.copyfile(home / "reports" / "retrieval.html", legacy)
+    secret = retrieval_collection
+    _, uv, thread, url = start_server(settings)
+    try:
+
+        def get(path: str, key: str) -> httpx.Response:
+            return httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+        assert [r["name"] for r in get("/v1/reports", attacker).json()["reports"]] == ["qa.html"]
+        for name in ("retrieval.html", "legacy.html"):
+            stolen = get(f"/v1/reports/{name}", attacker)
+            assert stolen.status_code == 404, name
+            assert "<html" not in stolen.text.lower() and secret not in stolen.text
+        assert get("/v1/reports/qa.html", attacker).status_code == 200
+        assert sorted(r["name"] for r in get("/v1/reports", everything).json()["reports"]) == [
+            "legacy.html", "qa.html", "retrieval.html",
+        ]  # fmt: skip
+        for name in ("retrieval.html", "legacy.html", "qa.html"):
+            assert get(f"/v1/reports/{name}", everything).status_code == 200
+        assert retrieval_collection != qa_collection
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        legacy.unlink()

@@ -134,6 +134,10 @@ def test_unknown_collections_and_bad_names_are_clear_errors(tmp_path: Path, enco
         store.collection("nope")
     with pytest.raises(InvalidInput):
         store.create_collection("../escape", _config(encoder))
+    for bad in ("name\n", "name\r\n", "\nname"):  # `$` matched before a final newline (issue 26)
+        with pytest.raises(InvalidInput):
+            store.create_collection(bad, _config(encoder))
+    assert store.collection_names() == []
 
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF4,Flat"])

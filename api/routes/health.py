@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from api.auth import authenticate
+from api.auth import authenticate, optional_principal
 from api.errors import ApiError
 from api.keys import Principal
 from api.schemas import Health, Readiness
@@ -44,12 +44,20 @@ def readyz(request: Request) -> Any:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/v1/info", summary="Server capabilities (no key needed)", tags=["health"])
+@router.get(
+    "/v1/info",
+    summary="Server capabilities (no key needed; default_collection only for a key that may read it)",
+    tags=["health"],
+)
 def info(request: Request) -> dict[str, Any]:
     state = api_state(request)
+    body: dict[str, Any] = {"auth": state.settings.auth}
+    # A collection name is the deployment's data: only a caller that may read it learns it.
+    principal = optional_principal(request)
+    if principal is not None and principal.sees(state.settings.collection):
+        body["default_collection"] = state.settings.collection
     return {
-        "auth": state.settings.auth,
-        "default_collection": state.settings.collection,
+        **body,
         "modes": ["extractive", "generative"],
         "limits": {
             "max_query_chars": state.settings.max_query_chars,

@@ -16,7 +16,7 @@ from indexes.config import SearchParams
 from indexes.errors import InvalidInput
 from indexes.types import Passage
 from ingest.sources import public_source
-from rag.retrieval import validate_query
+from rag.retrieval import Retriever, validate_query
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -82,7 +82,7 @@ def _retrieve(state: ApiState, collection: str, query: str, k: int, kind: str | 
     return list(get_retriever(state, collection, kind, params).retrieve(query, k))
 
 
-class FilteredRetriever:
+class FilteredRetriever(Retriever):
     """A retriever whose results pass `filters`; lets the answer pipeline honour /v1/ask filters."""
 
     def __init__(self, state: ApiState, collection: str, kind: str | None, filters: Filters) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import json
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,21 @@ MAX_ROWS = 300
 def reports_dir(home: Path) -> Path:
     """Where reports are kept for `rag serve` to list: RAG_HOME/reports."""
     return Path(home) / "reports"
+
+
+def _owner_file(kept: Path) -> Path:
+    # NAME.html.owner.json: never matches the served `*.html` names.
+    return kept.with_name(kept.name + ".owner.json")
+
+
+def report_collection(kept: Path) -> str | None:
+    """The collection a kept report covers, or None when it records none (an older report, or an
+    unreadable record): such a report is shown to unrestricted keys only."""
+    try:
+        found = json.loads(_owner_file(kept).read_text(encoding="utf-8")).get("collection")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -401,18 +417,27 @@ def answer_report(records: Sequence[AnswerRecord | Mapping[str, Any]], summary: 
     return _page(title, f"answer evaluation · {len(items)} questions", "".join(parts))
 
 
-def write_report(page: str, path: Path, home: Path) -> Path:
-    """Write the page to `path` and keep a copy in RAG_HOME/reports for `rag serve` to list."""
+def write_report(page: str, path: Path, home: Path, collection: str) -> Path:
+    """Write the page to `path` and keep a copy in RAG_HOME/reports for `rag serve` to list,
+    recording the collection it covers: the page shows that collection's questions and passages,
+    so the server shows it only to keys that may read that collection."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(path)
     folder = reports_dir(home)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.") or "report"
     kept = folder / f"{name}.html"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The kept page goes first, then its owner record, then the new page: no moment shows a page
+    # under another collection's record (with no record, only unrestricted keys see a page).
+    kept.unlink(missing_ok=True)
+    owner = _owner_file(kept)
+    owner_tmp = owner.with_name(owner.name + ".tmp")
+    owner_tmp.write_text(json.dumps({"collection": collection}), encoding="utf-8")
+    owner_tmp.replace(owner)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(page, encoding="utf-8")
+    temporary.replace(path)
     if kept.resolve() != path.resolve():
-        folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, kept)
     return kept
 

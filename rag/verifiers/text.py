@@ -1,5 +1,5 @@
-"""Text the citation check and the verifiers share: sentences, content words, names, and the
-instruction-like patterns that make a passage suspicious.
+"""Text the citation check and the verifiers share: sentences, content words, names, and (from
+`rag.injection`) the detector of instruction-like text that makes a passage suspicious.
 
 Words are lower-cased and Snowball-stemmed, stop words and answer boilerplate ("answer",
 "source", ...) dropped, numbers kept verbatim (number words become digits: "three" is 3).
@@ -12,26 +12,12 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
+from rag.injection import is_instruction as is_instruction  # re-exported for the verifiers and the citation check
+
 _CITATION = re.compile(r"\[(\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*)\]")
 _LEADING_CITATIONS = re.compile(r"(?:\s*\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\][.,;]?)+")
 _PARAGRAPH = re.compile(r"\S(?:.|\n(?![ \t]*\n))*")
 _WORD = re.compile(r"[^\W_]+(?:['’.][^\W_]+)*", re.UNICODE)
-_INJECTION = re.compile(
-    r"\b(ignore|disregard|forget|override|bypass)\b.{0,40}\b(instruction|instructions|prompt|rules?|above|previous|guidelines|context)\b"
-    r"|\byou (must|should|are now|will|have to|need to) (now )?(answer|say|reply|respond|output|ignore|write|state|print|claim|tell)\b"
-    r"|\b(answer|reply|respond|say|output)\s+(with\s+)?[\"'“]?\w+[\"'”]?\s+(to|for)\s+(every|all|any)\b"
-    r"|\b(the|your) answer to (every|all|any|each) questions?\b"
-    r"|\bsystem prompt\b|\bnew (instructions?|rules?|task)\b|\bfrom (now on|the administrator)\b"
-    r"|(^|\n|[.!?]\s)\s*(system|assistant|admin|administrator|developer)\s*:"
-    r"|<\|?(system|im_start|im_end|assistant)\|?>|\[/?INST\]"
-    r"|\b(as an ai|language model),? (you|ignore)\b",
-    re.IGNORECASE | re.DOTALL,
-)
-_NOT_FOUND_PATTERNS = re.compile(
-    r"\b(unanswerable|do(es)? not (contain|provide|mention|say|include)|not (found|mentioned|given|stated) in|"
-    r"no information|cannot be answered|can ?not answer|not enough information|don'?t know)\b",
-    re.IGNORECASE,
-)
 
 STOP_WORDS = frozenset(
     """a an the and or but if then else of to in on at by for with from as into onto over under about
@@ -164,6 +150,3 @@ def strip_citations(text: str) -> str:
     return " ".join(_CITATION.sub(" ", text).split())
 
 
-def is_instruction(text: str) -> bool:
-    """Text that addresses the model ("ignore your instructions", "SYSTEM: ...")."""
-    return bool(_INJECTION.search(text))
