@@ -132,6 +132,19 @@ def test_onnx_int8_stays_within_cosine_099_of_torch(encoder: Encoder, onnx_cache
     assert cosine.min() < 0.9999
 
 
+def test_an_int8_vector_is_the_same_alone_and_in_a_batch_of_32_random_others(onnx_cache: Path) -> None:
+    """Static int8: activation scales are constants of the graph, so a query's vector cannot move
+    with what the API's micro-batching puts beside it (dynamic int8 moved it to cosine 0.98)."""
+    int8 = load_encoder(EncoderSpec.detect(DEFAULT_EMBEDDER), "onnx", quantize=True, cache_dir=onnx_cache)
+    pool = _scifact_texts(300)
+    rng = np.random.default_rng(7)
+    for text in ["what causes ALS?", pool[0], "Marie Curie was born in Warsaw."]:
+        others = [pool[i] for i in rng.choice(len(pool), 32, replace=False)]
+        alone = int8.encode([text], kind="query")[0]
+        batched = int8.encode(others[:16] + [text] + others[16:], kind="query")[16]
+        assert float(alone @ batched) >= 1 - 1e-6, text
+
+
 def test_the_onnx_export_is_made_once_and_reused(encoder: Encoder, onnx_cache: Path) -> None:
     from indexes.encoder.export import export_folder
 
@@ -221,14 +234,18 @@ def test_rag_graph_cache_holds_the_exported_graph_instead_of_the_data_home(tmp_p
     assert not (tmp_path / "home" / "models").exists()
 
 
-def test_auto_runtime_is_openvino_bf16_or_onnx_fp32_on_the_cpu_and_torch_on_a_gpu() -> None:
-    from indexes.encoder import choose_runtime
+def test_auto_runtime_is_openvino_bf16_or_onnx_static_int8_on_the_cpu_and_torch_on_a_gpu() -> None:
+    from indexes.encoder import choose_runtime, explain_runtime
 
-    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None): never int8 (batch-dependent).
+    # onnxruntime is installed here (rag[speed]); RAG_QUANTIZE unset (None): static int8 where
+    # the CPU has no native bf16 (batch-independent, so the default); false: fp32.
     assert choose_runtime("auto", "cpu", None, cpu_bf16=True) == ("openvino", False)
     assert choose_runtime("auto", "cpu", True, cpu_bf16=True) == ("onnx", True)  # int8 asked for
-    assert choose_runtime("auto", "cpu", None, cpu_bf16=False) == ("onnx", False)
+    assert choose_runtime("auto", "cpu", None, cpu_bf16=False) == ("onnx", True)
+    assert choose_runtime("auto", "cpu", False, cpu_bf16=False) == ("onnx", False)
     assert choose_runtime("auto", "cpu", True, cpu_bf16=False) == ("onnx", True)
+    assert "no native bf16" in explain_runtime("auto", "cpu", None, cpu_bf16=False).reason
+    assert "bf16 natively" in explain_runtime("auto", "cpu", None, cpu_bf16=True).reason
     assert choose_runtime("auto", "cuda:0", None, cpu_bf16=True) == ("torch", False)
     assert choose_runtime("onnx", "cpu", None) == ("onnx", False)
     assert choose_runtime("torch", "cpu", True) == ("torch", True)
@@ -268,3 +285,23 @@ def test_a_collection_built_with_torch_is_searched_with_onnx(tmp_path: Path) -> 
     top = searched.retriever("c").retrieve(query, 3)
     assert top[0].source == "doc7"
     assert searched.encoder_for(searched.collection("c")).runtime == "onnx"
+
+
+def test_available_cores_honours_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    import os
+
+    from indexes.encoder.spec import available_cores, cgroup_cpu_limit
+
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert available_cores(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 threads
+    assert cgroup_cpu_limit(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert available_cores(tmp_path) == 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v1) == 3
