@@ -305,3 +305,23 @@ def test_available_cores_honours_a_cgroup_cpu_quota(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert cgroup_cpu_limit(v1) == 3
+
+
+def test_rag_doctor_runtime_prints_the_choice_the_cpu_flags_and_the_reason(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from indexes.encoder import cpu_flags, explain_runtime
+
+    env = {**os.environ, "RAG_HOME": str(tmp_path), "RAG_DEVICE": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "cli.main", "doctor", "--runtime", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    expected = explain_runtime("auto", "cpu", None)
+    assert (shown["runtime"], shown["int8"], shown["reason"]) == (expected.runtime, expected.quantize, expected.reason)
+    assert shown["cpu_flags"] == cpu_flags() and set(shown["cpu_flags"]) >= {"avx2", "avx512_bf16", "amx_bf16"}
+    forced = subprocess.run([sys.executable, "-m", "cli.main", "doctor", "--runtime"], capture_output=True, text=True,
+                            env={**env, "RAG_ENCODER_RUNTIME": "onnx", "RAG_QUANTIZE": "true"}, timeout=120)
+    assert forced.returncode == 0 and "encoder runtime: onnx int8 on cpu" in forced.stdout
+    assert "reason: RAG_ENCODER_RUNTIME=onnx with RAG_QUANTIZE" in forced.stdout
