@@ -3,8 +3,10 @@
 Baseline: sentence-transformers `encode(batch_size=64)` on "title text" + `faiss.IndexFlatIP`,
 the ten lines a user would write, over the same all-MiniLM-L6-v2 folder.
 Ours: `rag` ingestion (parse, chunk, embed, SQL + FAISS writes) with each encoder runtime:
-`auto` (RAG_ENCODER_RUNTIME=auto: OpenVINO bf16 on CPUs with native bf16, else ONNX Runtime fp32), `torch` (the reference),
-`onnx` (ONNX Runtime, fp32), `onnx-int8`, `openvino`, `torch-int8`.
+`auto` (RAG_ENCODER_RUNTIME=auto: OpenVINO bf16 on CPUs with native bf16, else ONNX Runtime
+static int8), `torch` (the reference), `onnx` (ONNX Runtime, fp32), `onnx-int8` (static, calibrated
+int8: what `auto` runs on CPUs without native bf16), `openvino`, `torch-int8`. It prints the CPU
+flags first and what `auto` resolves to on this CPU.
 
 Each variant runs in its own subprocess (its own peak RSS, no warm caches shared). The machine
 is noisy, so variants run in rounds, interleaved and in rotating order, and the script prints
@@ -92,7 +94,7 @@ def run_baseline(corpus: Path, quality: bool) -> dict[str, float]:
 
 
 # variant -> (encoder runtime, int8, precision); "auto" is RAG_ENCODER_RUNTIME=auto with RAG_QUANTIZE
-# and RAG_PRECISION unset (here: OpenVINO bf16 on a CPU with native bf16, else ONNX Runtime fp32)
+# and RAG_PRECISION unset (OpenVINO bf16 on a CPU with native bf16, else ONNX Runtime static int8)
 RUNTIMES: dict[str, tuple[str, bool | None, str]] = {
     "auto": ("auto", None, "auto"),
     "torch": ("torch", False, "auto"),
@@ -246,6 +248,11 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    from indexes.encoder import cpu_flags, explain_runtime
+
+    choice = explain_runtime("auto", "cpu", None)
+    print("cpu flags: " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_flags().items())
+          + f"; {os.cpu_count()} cores; variant auto is {choice.runtime}{' int8' if choice.quantize else ''} here ({choice.reason})", flush=True)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v != "baseline" and v not in RUNTIMES]
     if unknown:

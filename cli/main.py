@@ -297,9 +297,25 @@ def delete(
 def doctor(
     collection: str | None = CollectionOpt,
     repair: bool = typer.Option(True, "--repair/--check-only", help="fix drift (re-embed missing vectors); --check-only reads and changes nothing"),
+    runtime: bool = typer.Option(False, "--runtime", help="print the encoder runtime RAG_ENCODER_RUNTIME resolves to, the CPU flags and why, and exit"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check that SQL and FAISS agree; exit 0 only when they do."""
+    if runtime:
+        rt = _runtime()
+        from indexes.encoder import cpu_flags, explain_runtime
+
+        choice = explain_runtime(rt.settings.encoder_runtime, rt.device, rt.settings.quantize)
+        flags = cpu_flags()
+        requested = rt.settings.encoder_runtime
+        info = {"requested": requested, "runtime": choice.runtime, "int8": choice.quantize, "device": rt.device, "cpu_flags": flags, "reason": choice.reason}
+        if as_json:
+            _print_json(info)
+        else:
+            typer.echo(f"encoder runtime: {choice.runtime}{' int8' if choice.quantize else ''} on {rt.device} (RAG_ENCODER_RUNTIME={requested})")
+            typer.echo("cpu flags: " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
+            typer.echo(f"reason: {choice.reason}")
+        return
     rt = _reading_runtime()  # nothing to check or repair in a home that does not exist
     target = rt.collection(collection)
     before = target.check()

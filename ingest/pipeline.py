@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -311,6 +313,45 @@ class Ingestor:
             yield doc, digest
 
     def _write_all(self, items: Iterable[tuple[Document, str]], report: IngestReport) -> None:
+        """Embed and write batches while one producer thread reads, parses and chunks the next
+        (a queue of two batches bounds memory), so the encoder does not wait for parsing."""
+        batches: queue.Queue[list[tuple[Document, str, list[Any]]] | BaseException | None] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item: list[tuple[Document, str, list[Any]]] | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in self._batches(items, report):
+                    if not put(batch):
+                        return
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(exc)
+            else:
+                put(None)
+
+        producer = threading.Thread(target=produce, name="ingest-chunking", daemon=True)
+        producer.start()
+        try:
+            while (batch := batches.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                self._flush(batch, report)
+        finally:
+            stop.set()  # a failed write: the producer stops at its next batch
+            producer.join()
+
+    def _batches(
+        self, items: Iterable[tuple[Document, str]], report: IngestReport
+    ) -> Iterator[list[tuple[Document, str, list[Any]]]]:
+        """Changed documents with their chunks, in batches of about `batch_chunks` chunks."""
         pending: list[tuple[Document, str, list[Any]]] = []
         size = 0
         for doc, digest in items:
@@ -321,10 +362,10 @@ class Ingestor:
             pending.append((doc, digest, chunks))
             size += len(chunks)
             if size >= self.batch_chunks:
-                self._flush(pending, report)
+                yield pending
                 pending, size = [], 0
         if pending:
-            self._flush(pending, report)
+            yield pending
 
     def _flush(self, pending: list[tuple[Document, str, list[Any]]], report: IngestReport) -> None:
         texts = [self.collection.embedding_text(doc.title, c.text) for doc, _, chunks in pending for c in chunks]

@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     quantize: bool | None = Field(
         None,
         description=(
-            "int8 weights for the encoder (CPU; torch and onnx runtimes); unset: no int8 "
-            "(ONNX Runtime int8 vectors move with their batch neighbours)"
+            "int8 encoder (CPU; torch and onnx runtimes; onnx: static int8, a vector does not depend "
+            "on its batch); unset: no int8 (onnx int8 costs 0.0035 dense nDCG@10 on SciFact)"
         ),
     )
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")

@@ -163,3 +163,64 @@ def test_a_source_repeated_in_one_request_or_file_is_stored_once_last_wins_and_r
     assert sorted(d["source"] for d in docs) == sorted(["api/7", f"{records.resolve()}#a", f"{records.resolve()}#b"])
     assert "polonium" in collection.document_text(collection.find_documents("api/7", by="source")[0])
     assert collection.check().consistent
+
+
+def test_the_next_batch_is_chunked_while_the_current_one_is_embedded(runtime: Runtime, tmp_path: Path) -> None:
+    """Pipeline overlap: the encoder's first batch waits until the second batch has been chunked,
+    which only a chunking thread running beside the encoder can do (else the wait times out)."""
+    import threading
+
+    from ingest.chunking import SentenceWindowChunker
+    from ingest.pipeline import Ingestor
+
+    second_chunked = threading.Event()
+    overlapped: list[bool] = []
+
+    class WatchedChunker(SentenceWindowChunker):
+        def split(self, text: str):  # type: ignore[no-untyped-def]
+            if text.startswith("Second"):
+                second_chunked.set()
+            return super().split(text)
+
+    collection = runtime.writable_collection("c")
+    encoder = runtime.encoder_for(collection)
+    plain_encode = encoder.encode
+
+    class WaitingEncoder:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(encoder, name)
+
+        def encode(self, texts, kind="passage", progress=None):  # type: ignore[no-untyped-def]
+            if any("First" in t for t in texts):
+                overlapped.append(second_chunked.wait(timeout=10))
+            return plain_encode(texts, kind=kind, progress=progress)
+
+    chunker = WatchedChunker(encoder.tokenizer, 48, 8)
+    ingestor = Ingestor(collection, WaitingEncoder(), chunker, batch_chunks=1)  # type: ignore[arg-type]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.txt").write_text("First document, about radium.", encoding="utf-8")
+    (tmp_path / "a" / "2.txt").write_text("Second document, about polonium.", encoding="utf-8")
+    report = ingestor.ingest_paths([str(tmp_path / "a")])
+    assert (report.documents_added, report.errors, overlapped) == (2, [], [True])
+    assert collection.check().consistent
+
+
+def test_a_chunking_error_in_the_producer_thread_fails_the_run_and_writes_nothing_after_it(runtime: Runtime, tmp_path: Path) -> None:
+    from indexes.errors import RagError
+    from ingest.chunking import SentenceWindowChunker
+    from ingest.pipeline import Ingestor
+
+    class BrokenChunker(SentenceWindowChunker):
+        def split(self, text: str):  # type: ignore[no-untyped-def]
+            if text.startswith("Second"):
+                raise RagError("chunker broke")
+            return super().split(text)
+
+    collection = runtime.writable_collection("c")
+    encoder = runtime.encoder_for(collection)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.txt").write_text("First document.", encoding="utf-8")
+    (tmp_path / "a" / "2.txt").write_text("Second document.", encoding="utf-8")
+    with pytest.raises(RagError, match="chunker broke"):
+        Ingestor(collection, encoder, BrokenChunker(encoder.tokenizer, 48, 8), batch_chunks=1).ingest_paths([str(tmp_path / "a")])
+    assert collection.check().consistent

@@ -2,11 +2,13 @@
 
 - `torch` (the reference): the HF model in torch; CPU or GPU, fp32/fp16/bf16,
   optional int8 dynamic quantisation on the CPU.
-- `onnx`: ONNX Runtime on the CPU with transformer fusions; fp32, or int8 weights (`quantize`).
+- `onnx`: ONNX Runtime on the CPU with transformer fusions; fp32, or static int8 (`quantize`:
+  activation scales calibrated once, so a text's vector does not depend on its batch).
 - `openvino`: OpenVINO on the CPU, fp32, or bf16 where the CPU computes it natively (AMX).
-- `auto` (resolved by `choose_runtime`): on a CPU with native bf16, `openvino` in bf16 (cosine
-  0.99997 to torch fp32, ~3.9x faster here); on other CPUs `onnx` in fp32 when onnxruntime is
-  installed (int8 is batch-dependent, so only on request); else, and on a GPU, `torch`.
+- `auto` (resolved by `choose_runtime`, explained by `explain_runtime`): on a CPU with native
+  bf16, `openvino` in bf16 (cosine 0.99997 to torch fp32, ~3.9x faster on an AMX Xeon); on other
+  CPUs `openvino` in fp32, else `onnx` fp32; `onnx` static int8 only with RAG_QUANTIZE; else, and
+  on a GPU, `torch`.
 
 The ONNX graphs are exported from the local weights once and cached (`indexes.encoder.export`).
 Every runtime computes the same recipe (`EncoderSpec`, pooled by `indexes.encoder.pooling`); fp32
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -46,9 +49,12 @@ __all__ = [
     "Pooling",
     "TextKind",
     "TextTokenizer",
+    "RuntimeChoice",
     "available_cores",
     "choose_runtime",
     "cpu_computes_bf16",
+    "cpu_flags",
+    "explain_runtime",
     "encoder_dtype",
     "encoder_tokenizer",
     "load_encoder",
@@ -71,30 +77,73 @@ def cpu_computes_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def choose_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16: bool | None = None) -> tuple[str, bool]:
-    """(runtime, int8) for a requested runtime (`auto` or one of `ENCODER_RUNTIMES`) on `device`.
+CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
 
-    `auto` is the fastest CPU runtime measured at equal quality whose vectors do not depend on
-    their batch neighbours: OpenVINO in bf16 where the CPU computes bf16 natively (`cpu_bf16`;
-    None asks `cpu_computes_bf16`), 3.9x torch fp32 per token on an AMX Xeon at cosine 0.99997;
-    elsewhere ONNX Runtime in fp32 when installed, else torch; torch on a GPU. int8 (`quantize`
-    True) is faster on such CPUs but never chosen by `auto`: ONNX Runtime quantises activations
-    per batch tensor, so a text's vector moves with what it is batched with (cosine down to 0.981
-    between a query alone and in a batch of 20), and the API's micro-batching would let one
-    user's query change another's results. `quantize` True makes `auto` take the int8 path; a
-    runtime named explicitly runs without int8 unless `quantize` is True.
+
+def cpu_flags() -> dict[str, bool]:
+    """The instruction-set flags that decide which encoder runtime is fastest, read from
+    /proc/cpuinfo (all False where there is none): printed by the benches and `rag doctor --runtime`."""
+    found: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    found = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {flag: flag in found for flag in CPU_FLAGS}
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What `auto` (or an explicit request) resolves to, and why."""
+
+    runtime: str
+    quantize: bool
+    reason: str
+
+
+def explain_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16: bool | None = None) -> RuntimeChoice:
+    """`choose_runtime` with its reason in words.
+
+    `auto` is the fastest runtime measured at equal quality (SciFact nDCG@10 within 0.003 of
+    fp32) whose vectors do not depend on their batch neighbours: OpenVINO in bf16 where the CPU
+    computes bf16 natively (`cpu_bf16`; None asks `cpu_computes_bf16`), 3.9x torch fp32 on an AMX
+    Xeon; elsewhere OpenVINO in fp32 (x1.31 ONNX Runtime fp32 on a Zen 4 forced to fp32, and
+    1.2x torch on an AMX Xeon; ONNX Runtime fp32 was no faster than torch there), then ONNX
+    Runtime fp32, then torch; torch on a GPU. `quantize` True takes ONNX Runtime's static int8
+    (activation scales calibrated once: a text's vector is the same alone and in any batch), x1.45
+    ONNX Runtime fp32 but 0.0035 below it in dense SciFact nDCG@10, so never `auto`'s own choice.
+    A runtime named explicitly runs without int8 unless `quantize` is True.
     """
     if requested == "auto":
         if device != "cpu":
-            return "torch", bool(quantize)
-        if not quantize and (cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16):
-            return "openvino", False
+            return RuntimeChoice("torch", bool(quantize), f"device {device}: torch is the GPU runtime")
+        bf16 = cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16
+        if not quantize and bf16:
+            return RuntimeChoice("openvino", False, "the CPU computes bf16 natively: OpenVINO bf16 is the fastest at fp32 quality")
+        if quantize and importlib.util.find_spec("onnxruntime") is not None:
+            return RuntimeChoice("onnx", True, "RAG_QUANTIZE=true: ONNX Runtime static int8 (batch-independent)")
+        if not quantize and importlib.util.find_spec("openvino") is not None:
+            return RuntimeChoice(
+                "openvino", False,
+                "no native bf16 on this CPU: OpenVINO fp32 (measured x1.31 ONNX Runtime fp32, same vectors); "
+                "static int8 is x1.45 but costs 0.0035 dense nDCG@10 on SciFact, over the 0.003 budget, so only on request",
+            )
         if importlib.util.find_spec("onnxruntime") is not None:
-            return "onnx", bool(quantize)
-        return "torch", bool(quantize)
+            return RuntimeChoice("onnx", bool(quantize), "no native bf16 and no openvino: ONNX Runtime" + (" static int8" if quantize else " fp32"))
+        return RuntimeChoice("torch", bool(quantize), "neither openvino nor onnxruntime is installed: torch")
     if requested not in ENCODER_RUNTIMES:
         raise InvalidInput(f"unknown encoder runtime {requested!r}; use auto or one of {', '.join(ENCODER_RUNTIMES)}")
-    return requested, bool(quantize)
+    return RuntimeChoice(requested, bool(quantize), f"RAG_ENCODER_RUNTIME={requested}" + (" with RAG_QUANTIZE" if quantize else ""))
+
+
+def choose_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16: bool | None = None) -> tuple[str, bool]:
+    """(runtime, int8) for a requested runtime (`auto` or one of `ENCODER_RUNTIMES`) on `device`;
+    the rule and its reasons are `explain_runtime`'s."""
+    choice = explain_runtime(requested, device, quantize, cpu_bf16)
+    return choice.runtime, choice.quantize
 
 
 def resolve_precision(requested: str, device: str, bf16_supported: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""ONNX Runtime on the CPU: the exported graph with transformer fusions, fp32 or int8 weights."""
+"""ONNX Runtime on the CPU: the exported graph with transformer fusions, fp32 or static int8
+(calibrated activation scales, so a vector does not depend on its batch: `indexes.encoder.export`)."""
 
 from __future__ import annotations
 

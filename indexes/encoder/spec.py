@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,8 +117,32 @@ class EncoderSpec:
         )
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPUs a cgroup quota grants this process, rounded up (cgroup v2 `cpu.max`, or v1
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None without a quota. A container limited to 2
+    CPUs on a 64-core host sees 64 in os.cpu_count() and its affinity mask, and 64 threads there
+    spend their time descheduled."""
+    try:
+        if (root / "cpu.max").is_file():
+            quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+            if quota == "max":
+                return None
+            return max(1, math.ceil(int(quota) / int(period or 100000)))
+        for folder in (root / "cpu", root / "cpu,cpuacct", root):
+            if (folder / "cpu.cfs_quota_us").is_file():
+                quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+                period_us = int((folder / "cpu.cfs_period_us").read_text())
+                return None if quota_us <= 0 else max(1, math.ceil(quota_us / period_us))
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may actually use: its affinity mask, capped by a cgroup CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit(cgroup_root)
+    return max(1, min(cores, quota)) if quota else cores
 
 
 def set_threads(threads: int | None) -> None:
