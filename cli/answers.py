@@ -220,10 +220,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         ),
         collection: str | None = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
         retriever: str | None = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        from_article: int = typer.Option(
+            1, "--from-article", min=1, help="ask only questions of article N and later (held-out articles, e.g. 13); the corpus stays whole"
+        ),
+        records_file: Path | None = typer.Option(None, "--records", help="write each question's record as JSON lines as it is asked"),
         report_file: Path | None = ReportOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Abstention on unanswerable questions, EM/F1 on answerable ones, CRAG score, verified-citation precision."""
+        import json
         import re
 
         from indexes.errors import RagError
@@ -249,14 +254,26 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from ingest.progress import progress_bar
 
         answerable = limit_answerable if limit_answerable is not None else limit
-        asked = min(answerable or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
+        n_answerable = sum(q.article >= from_article - 1 for q in data.answerable)
+        n_unanswerable = sum(q.article >= from_article - 1 for q in data.unanswerable)
+        asked = min(n_answerable if answerable is None else answerable, n_answerable) + min(n_unanswerable if limit is None else limit, n_unanswerable)
         bar = progress_bar(asked, "question", "asking", enabled=not as_json)
+        sink = records_file.open("w", encoding="utf-8") if records_file is not None else None
+
+        def keep(record: Any) -> None:
+            if sink is not None:
+                sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                sink.flush()
+
         try:
             result, records = evaluate_grounding(
-                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, answerable, limit, progress=bar.update
+                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, answerable, limit, progress=bar.update,
+                first_article=from_article - 1, on_record=keep,
             )
         finally:
             bar.close()
+            if sink is not None:
+                sink.close()
         rows = [r.to_dict() for r in records]
         settings = rt.settings
         summary: dict[str, Any] = {
@@ -296,6 +313,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         for key in (
             "abstention_unanswerable", "answered_answerable", "em_answerable", "f1_answerable", "em_answered",
             "crag_score", "verified_citations", "verified_citation_precision", "unanswerable_with_verified_sentence",
+            "answerable_with_verified_citation", "answerable_with_correct_verified_citation", "reader_span_fallbacks", "latency_p50_ms",
         ):
             typer.echo(f"  {key:<38} {summary[key]}")
         _print_curve(summary)
