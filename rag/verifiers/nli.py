@@ -2,10 +2,9 @@
 or MiniCheck where they can be downloaded; offline, `shared/models/verifier-minilm-l6-support`
 (MiniLM-L6 trained on synthetic SQuAD pairs, fp16 weights loaded as float32).
 
-Such models do not see who did what to whom (the shared model accepts "Pierre Curie was born in
-Warsaw" from a passage where Marie was), so by default a positive verdict must also pass the
-shared guards on the passage sentence that overlaps the claim most: its names, negation, numbers
-and name order.
+This class loads the model and scores pairs (`probabilities`); the verdict (threshold, guards)
+is `rag.verifiers.judge`, whose calibration file says which threshold and guards pay on labelled
+pairs the choice did not see.
 """
 
 from __future__ import annotations
@@ -15,15 +14,24 @@ from collections.abc import Sequence
 from indexes.encoder import resolve_model_path
 from indexes.errors import MissingDependency, ModelLoadError
 from indexes.types import Passage
-from rag.verifiers.base import Claim, Evidence, Source, conflicts, missing_names
+from rag.verifiers.base import Evidence
+from rag.verifiers.judge import Judgement, judge, parse_guards
 
 SUPPORTED_LABEL = 1
 
 
 class NLIVerifier:
     def __init__(
-        self, model: str, *, threshold: float = 0.5, guards: bool = True, device: str = "cpu", max_tokens: int = 256, batch: int = 32
+        self,
+        model: str,
+        *,
+        threshold: float = 0.5,
+        guards: bool | str | Sequence[str] = True,
+        device: str = "cpu",
+        max_tokens: int = 256,
+        batch: int = 32,
     ) -> None:
+        """`guards`: True (all), False (none) or the names to apply (`rag.verifiers.judge.GUARDS`)."""
         try:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -43,20 +51,21 @@ class NLIVerifier:
         self._torch = torch
         self.device = device
         self.threshold = threshold
-        self.guards = guards
+        self.guards = parse_guards(guards)
         self.max_tokens = max_tokens
         self.batch = batch
-        self.name = "nli" if guards else "nli-unguarded"
+        self.name = "nli" if self.guards else "nli-unguarded"
         self.note = ""
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """P(supported) for (claim, passage) pairs."""
+        """P(supported) for (claim, passage) pairs; a pair over `max_tokens` loses tokens from its
+        longer side (a claim longer than the limit would make "only the passage" impossible)."""
         torch = self._torch
         out: list[float] = []
         for i in range(0, len(pairs), self.batch):
             part = pairs[i : i + self.batch]
             enc = self.tokenizer(
-                [c for c, _ in part], [p for _, p in part], truncation="only_second", max_length=self.max_tokens,
+                [c for c, _ in part], [p for _, p in part], truncation="longest_first", max_length=self.max_tokens,
                 padding=True, return_tensors="pt",
             ).to(self.device)
             with torch.inference_mode():
@@ -64,27 +73,9 @@ class NLIVerifier:
             out.extend(torch.softmax(logits, dim=-1)[:, SUPPORTED_LABEL].tolist())
         return out
 
+    def judgements(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Judgement]]:
+        """Each pair's verdict with its probability and the guards that fire (for evaluation)."""
+        return judge(self.probabilities, question, claims, passages, self.threshold, self.guards)
+
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]:
-        sources = [Source.of(p) for p in passages]
-        parsed = [Claim(c, question) for c in claims]
-        # the title leads the passage: "She was born in Warsaw" is about the Marie Curie it names
-        pairs = [(c.as_statement(), f"{s.passage.title}. {s.clean_text()}" if s.passage.title else s.clean_text()) for c in parsed for s in sources]
-        probs = iter(self.probabilities(pairs)) if pairs else iter(())
-        out = []
-        for claim in parsed:
-            words = claim.words | (Claim(claim.as_statement(), question).words if claim.short else set())
-            row = []
-            for n, source in enumerate(sources, start=1):
-                p = next(probs)
-                if not source.windows:
-                    row.append(Evidence(n, 0, 0, p))
-                    continue
-                # the sentence of the passage that says the claim: the one sharing most of its words
-                window = max(range(len(source.windows)), key=lambda i: (len(words & source.words[i]), -i))
-                start, end = source.windows[window]
-                ok = p >= self.threshold
-                if ok and self.guards:
-                    ok = not missing_names(claim, source, window) and conflicts(claim.text, source.window_text(window), question) is None
-                row.append(Evidence(n, start, end, p, ok))
-            out.append(row)
-        return out
+        return [[j.evidence for j in row] for row in self.judgements(question, claims, passages)]
