@@ -196,3 +196,17 @@ def test_eval_verifiers_reader_applies_the_support_threshold_setting(tmp_path: P
         assert result.returncode == 0, result.stderr
         accuracy[threshold] = json.loads(result.stdout)["results"][0]["accuracy"]
     assert accuracy == {"0.7": 1.0, "0.9": 0.0}
+
+
+def test_the_answer_path_does_not_import_the_evaluation_package() -> None:
+    """Issue 26, code health: the verifiers, the citation check and the ask pipeline answer
+    questions; scoring them (rag.evaluation) must not be loaded to do it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nimport rag.qa, rag.guided, rag.citations, rag.verifiers.reader, rag.verifiers.nli, rag.verifiers.judge\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('rag.evaluation'))\nassert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
