@@ -18,7 +18,7 @@ from indexes.types import Passage
 from rag.answer import NOT_IN_SOURCES, Answer, Mode
 from rag.citations import DEFAULT_THRESHOLD, check_answer, suspicious_passages
 from rag.generation.base import Generator
-from rag.guided import reader_hints, span_fallback
+from rag.guided import guided_answer, reader_hints
 from rag.prompt import build_messages
 from rag.retrieval import Retriever
 from rag.verifiers import LexicalVerifier, Verifier
@@ -220,8 +220,9 @@ class AskPipeline:
             timings["generate_ms"] = _ms(generate_started)
             check_started = time.perf_counter()
             answer = check_answer(question, text, passages, verifier=self.verifier)
-            # the model's sentences failed: the reader's span in its sentence, if the judge verifies it
-            answer = span_fallback(question, guide, passages, self.verifier, answer) or answer
+            # guided: the reader must answer and the judge verify its span; the model's sentences must
+            # state it, else the reader's span in its sentence stands in (marked)
+            answer = guided_answer(question, guide, passages, self.verifier, answer)
             timings["check_ms"] = _ms(check_started)
             extra = {"generator": generator.name, "reader_guided": guide is not None}
             if guide is not None:

@@ -419,3 +419,29 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                     + (" (generative records keep no candidates: replay `rag eval grounding --mode extractive` output)" if "generated" in record else "")
                 )
     return records
+
+
+def score_records(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The headline scores from recorded rows (`--records` JSON lines, e.g. of a run cut short):
+    the same definitions as `score_grounding`, read from each row's own fields."""
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    verified = [c["correct"] for r in rows for c in r["verified_citations"]]
+
+    def share(values: Sequence[bool]) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {
+        "answerable": len(answerable),
+        "unanswerable": len(unanswerable),
+        "abstention_unanswerable": share([not r["found"] for r in unanswerable]),
+        "answered_answerable": share([r["found"] for r in answerable]),
+        "em_answerable": round(100 * sum(r["em"] for r in answerable) / len(answerable), 2) if answerable else None,
+        "accuracy_answered": share([r["correct"] for r in answerable if r["found"]]),
+        "answerable_with_verified_citation": share([bool(r["verified_citations"]) for r in answerable]),
+        "verified_citations": len(verified),
+        "verified_citation_precision": share(verified),
+        "unanswerable_with_verified_sentence": share([bool(r["verified_citations"]) for r in unanswerable]),
+        "reader_span_fallbacks": sum(1 for r in rows if r.get("fallback")),
+        "latency_p50_ms": median_or_none([r["total_ms"] for r in rows if r.get("total_ms") is not None]),
+    }

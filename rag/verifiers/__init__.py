@@ -37,15 +37,14 @@ def build_verifier(settings: Settings, reader: Callable[[], Any], device: str = 
         else:
             fallback = ""
         if "reader_model" not in settings.model_fields_set:
-            unset = "auto: no judge (RAG_VERIFIER_MODEL) or reader (RAG_READER_MODEL) is configured"
-            return LexicalVerifier(settings.support_threshold, note=fallback or unset)
+            return LexicalVerifier(settings.support_threshold, note=fallback or "auto: no reader is configured (RAG_READER_MODEL)")
         try:
             loaded = reader()
         except (ModelLoadError, MissingDependency) as exc:
             return LexicalVerifier(settings.support_threshold, note=f"auto: the reader could not be loaded ({str(exc).split(' (')[0]})")
         from rag.verifiers.reader import ReaderVerifier
 
-        return ReaderVerifier(loaded, note=fallback or "auto: the configured reader (no RAG_VERIFIER_MODEL)", threshold=settings.support_threshold)
+        return ReaderVerifier(loaded, note=fallback or "auto: the configured reader", threshold=settings.support_threshold)
     if kind == "lexical":
         return LexicalVerifier(settings.support_threshold)
     if kind == "reader":
