@@ -65,20 +65,33 @@ def test_a_broken_calibration_file_is_a_clear_error(tmp_path: Path) -> None:
         Calibration.read(tmp_path / "missing.json")
 
 
-@pytest.mark.parametrize(
-    "case",
-    [c for c in WRITTEN if c.kind in ("paraphrase", "passive", "pronoun", "pronoun-year", "sentence-year")],
-    ids=lambda c: c.id,
-)
+# Known misses of the shipped judge at its calibrated threshold (docs/judge.md): strict, so a
+# better judge or guard that fixes one makes the test say so.
+KNOWN_MISSES = {
+    "w-born-where": "paraphrase 'birthplace was' scores under 0.98",
+    "w-raducanu-sentence": "paraphrase scores under 0.98",
+    "w-rhine-source": "'begins in' for 'flows from' scores under 0.98",
+    "w-passive-swap": "roles swapped across a passive: the name-order guard sees 'by' on both sides",
+    "w-raducanu-passive-swap": "roles swapped in a passive sentence against an active one",
+    "w-rhine-reverse": "from/to swapped: not names on either side of a verb",
+    "w-halley-swap": "who persuaded whom: the names share one side of the verb",
+}
+
+
+def _cases(kinds: tuple[str, ...]) -> list[object]:
+    return [
+        pytest.param(c, id=c.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[c.id])) if c.id in KNOWN_MISSES else pytest.param(c, id=c.id)
+        for c in WRITTEN
+        if c.kind in kinds
+    ]
+
+
+@pytest.mark.parametrize("case", _cases(("paraphrase", "passive", "pronoun", "pronoun-year", "sentence-year")))
 def test_supported_paraphrases_passives_pronouns_and_years_are_verified(judge: NLIVerifier, case) -> None:  # type: ignore[no-untyped-def]
     assert case.label and verdict(case, judge)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [c for c in WRITTEN if c.kind in ("name-swap", "number", "negation", "wrong-passage", "swap-answer", "swap-sentence", "qualifier")],
-    ids=lambda c: c.id,
-)
+@pytest.mark.parametrize("case", _cases(("name-swap", "number", "negation", "wrong-passage", "swap-answer", "swap-sentence", "qualifier")))
 def test_name_swaps_numbers_negations_and_answers_from_the_wrong_passage_are_rejected(judge: NLIVerifier, case) -> None:  # type: ignore[no-untyped-def]
     assert not case.label and not verdict(case, judge)
 
@@ -99,5 +112,5 @@ def test_the_judge_meets_its_floors_on_the_held_out_test_part(judge: NLIVerifier
     assert result["supported_verified"] >= FLOOR_SUPPORTED and result["unsupported_verified"] <= CEILING_UNSUPPORTED, result
 
 
-FLOOR_SUPPORTED = 0.0
-CEILING_UNSUPPORTED = 1.0
+FLOOR_SUPPORTED = 0.40  # full test part: 0.467 (docs/judge.md)
+CEILING_UNSUPPORTED = 0.04  # full test part: 0.020
