@@ -179,6 +179,14 @@ def missing_names(claim: Claim, source: Source, window: int) -> set[str]:
     return {n for n in missing if not (n in asked and n in source.all_words)}
 
 
+def answers_elsewhere(claim: Claim, source: Source, window: int) -> bool:
+    """A short answer ("Paris.") whose evidence sentence shares no word of what the question asks
+    besides its names ("Where was Marie Curie born?" against "She moved to Paris in 1891"): the
+    passage names the answer, but not as the answer to this question."""
+    predicate = content_words(claim.question) - name_words(claim.question)
+    return claim.short and bool(predicate) and not predicate & source.words[window]
+
+
 def is_fragment(text: str, last: bool) -> bool:
     """A piece that cannot be a claim: it ends on a function word ("... the Nobel Prize in"), or it
     is the last sentence and stops without a full stop or a citation (cut by the token limit)."""

@@ -8,7 +8,8 @@ this module, or `RAG_VERIFIER_CALIBRATION`), written from `rag eval verifiers --
 design`; the figures behind it are in docs/judge.md.
 
 Guards (each measured on the test part of the verification sets): `names` (a name the claim gives
-must be in the evidence sentence, or given by the question and found in the passage), `negation`,
+must be in the evidence sentence, or given by the question and found in the passage; a short
+answer's sentence must share a word of what the question asks), `negation`,
 `number`, `qualifier` ("before 1903" is not "in 1903"), `name order` (who did what to whom).
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from indexes.errors import InvalidInput
 from indexes.types import Passage
-from rag.verifiers.base import Claim, Evidence, Source, conflict_kinds, missing_names
+from rag.verifiers.base import Claim, Evidence, Source, answers_elsewhere, conflict_kinds, missing_names
 from rag.verifiers.text import content_words
 
 GUARDS = ("names", "negation", "number", "qualifier", "name order")
@@ -98,7 +99,7 @@ def evidence_window(claim: Claim, source: Source) -> int:
 
 def guard_firings(claim: Claim, source: Source, window: int) -> tuple[str, ...]:
     """Every guard that rejects `claim` on sentence `window` of `source`."""
-    fired = ["names"] if missing_names(claim, source, window) else []
+    fired = ["names"] if missing_names(claim, source, window) or answers_elsewhere(claim, source, window) else []
     fired.extend(conflict_kinds(claim.text, source.window_text(window), claim.question))
     return tuple(fired)
 
