@@ -129,6 +129,9 @@ class AnswerOut(_Open):
     answer: str
     mode: str
     found: bool
+    fallback: str | None = Field(
+        None, description="reader_span: the generator's sentences failed the check; the answer is the reader's verified span in its sentence"
+    )
     score: float | None
     citations: list[CitationOut]
     passages: list[PassageOut]

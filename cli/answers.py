@@ -220,10 +220,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         ),
         collection: str | None = typer.Option(None, "--collection", "-c", help="default: grounding-FILESTEM-SEED-REMOVE"),
         retriever: str | None = typer.Option(None, "--retriever", help="dense | bm25 | hybrid"),
+        from_article: int = typer.Option(
+            1, "--from-article", min=1, help="ask only questions of article N and later (held-out articles, e.g. 13); the corpus stays whole"
+        ),
+        records_file: Path | None = typer.Option(None, "--records", help="write each question's record as JSON lines as it is asked"),
         report_file: Path | None = ReportOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Abstention on unanswerable questions, EM/F1 on answerable ones, CRAG score, verified-citation precision."""
+        import json
         import re
 
         from indexes.errors import RagError
@@ -249,14 +254,26 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from ingest.progress import progress_bar
 
         answerable = limit_answerable if limit_answerable is not None else limit
-        asked = min(answerable or len(data.answerable), len(data.answerable)) + min(limit or len(data.unanswerable), len(data.unanswerable))
+        n_answerable = sum(q.article >= from_article - 1 for q in data.answerable)
+        n_unanswerable = sum(q.article >= from_article - 1 for q in data.unanswerable)
+        asked = min(n_answerable if answerable is None else answerable, n_answerable) + min(n_unanswerable if limit is None else limit, n_unanswerable)
         bar = progress_bar(asked, "question", "asking", enabled=not as_json)
+        sink = records_file.open("w", encoding="utf-8") if records_file is not None else None
+
+        def keep(record: Any) -> None:
+            if sink is not None:
+                sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                sink.flush()
+
         try:
             result, records = evaluate_grounding(
-                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, answerable, limit, progress=bar.update
+                lambda q: pipeline.ask(q, name, chosen, k, retriever), data, answerable, limit, progress=bar.update,
+                first_article=from_article - 1, on_record=keep,
             )
         finally:
             bar.close()
+            if sink is not None:
+                sink.close()
         rows = [r.to_dict() for r in records]
         settings = rt.settings
         summary: dict[str, Any] = {
@@ -296,6 +313,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         for key in (
             "abstention_unanswerable", "answered_answerable", "em_answerable", "f1_answerable", "em_answered",
             "crag_score", "verified_citations", "verified_citation_precision", "unanswerable_with_verified_sentence",
+            "answerable_with_verified_citation", "answerable_with_correct_verified_citation", "reader_span_fallbacks", "latency_p50_ms",
         ):
             typer.echo(f"  {key:<38} {summary[key]}")
         _print_curve(summary)
@@ -349,34 +367,27 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def eval_verifiers(
         cases: Path = typer.Option(Path("examples/verifier-cases.jsonl"), "--cases", help="labelled (question, answer, passage) cases, JSON lines"),
         verifier: list[str] | None = typer.Option(None, "--verifier", help="lexical | reader | nli | nli-unguarded (repeatable; default: all that load)"),
+        sets: str | None = typer.Option(
+            None, "--set", help="verification sets built from --data instead of --cases: squad,scifact,written (comma-separated)"
+        ),
+        part: str = typer.Option("test", "--part", callback=_one_of("design", "test", "all"), help="design | test | all (with --set)"),
+        per_kind: int | None = typer.Option(250, "--per-kind", min=1, help="pairs per source and kind (with --set), chosen by a hash of the id"),
+        data: Path = typer.Option(Path("../shared/data"), "--data", help="folder holding squad/ and beir/scifact/ (with --set)"),
+        write_calibration: Path | None = typer.Option(
+            None, "--write-calibration", help="with --set --part design: choose the judge's threshold and guards and write them here"
+        ),
         as_json: bool = JsonOpt,
     ) -> None:
-        """Accuracy of each support verifier on labelled cases, with the cases it gets wrong."""
-        from rag.evaluation.verifiers import evaluate_verifier, read_cases
-        from rag.verifiers import LexicalVerifier
-
+        """Accuracy of each support verifier on labelled cases, with the cases it gets wrong; with
+        --set, the judge's precision/recall curve and each guard's effect on a verification set."""
         rt = _runtime()
-        s = rt.settings
+        if sets is not None:
+            _eval_verification_set(rt, sets, part, per_kind, data, verifier, write_calibration, as_json)
+            return
+        from rag.evaluation.verifiers import evaluate_verifier, read_cases
+
         labelled = read_cases(cases)
-        chosen = verifier or ["lexical", "reader", "nli", "nli-unguarded"]
-        results = []
-        for name in chosen:
-            if name == "lexical":
-                v: Any = LexicalVerifier(s.support_threshold)
-            elif name == "reader":
-                from rag.verifiers.reader import ReaderVerifier
-
-                v = ReaderVerifier(rt.reader())
-            elif name in ("nli", "nli-unguarded"):
-                from rag.verifiers.nli import NLIVerifier
-
-                if not s.verifier_model:
-                    typer.echo(f"{name}: skipped (set RAG_VERIFIER_MODEL)", err=True)
-                    continue
-                v = NLIVerifier(s.verifier_model, threshold=s.verifier_threshold, guards=name == "nli", device=s.device)
-            else:
-                raise typer.BadParameter(f"unknown verifier {name!r}")
-            results.append(evaluate_verifier(v, labelled))
+        results = [evaluate_verifier(v, labelled) for v in _verifiers(rt, verifier or ["lexical", "reader", "nli", "nli-unguarded"])]
         if as_json:
             _print_json({"cases": str(cases), "results": results})
             return
@@ -385,3 +396,118 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 f"{r['verifier']:<14} accuracy {r['accuracy']:.3f} ({r['cases']} cases)  "
                 f"false positives: {', '.join(r['false_positives']) or '-'}  false negatives: {', '.join(r['false_negatives']) or '-'}"
             )
+
+    def _verifiers(rt: Any, names: list[str]) -> list[Any]:
+        """The verifiers named, built as `rag ask` builds them (resolved device, the settings'
+        thresholds, the calibrated judge); a judge without RAG_VERIFIER_MODEL is skipped with a note."""
+        from rag.verifiers import LexicalVerifier, build_verifier
+
+        s = rt.settings
+        out: list[Any] = []
+        for name in names:
+            if name == "lexical":
+                out.append(LexicalVerifier(s.support_threshold))
+            elif name == "reader":
+                from rag.verifiers.reader import ReaderVerifier
+
+                out.append(ReaderVerifier(rt.reader(), threshold=s.support_threshold))
+            elif name in ("nli", "nli-unguarded"):
+                if not s.verifier_model:
+                    typer.echo(f"{name}: skipped (set RAG_VERIFIER_MODEL)", err=True)
+                    continue
+                judge: Any = build_verifier(s.model_copy(update={"verifier": "nli"}), rt.reader, rt.device)
+                if name == "nli-unguarded":
+                    judge.guards, judge.name = (), "nli-unguarded"
+                out.append(judge)
+            else:
+                raise typer.BadParameter(f"unknown verifier {name!r}")
+        return out
+
+    def _eval_verification_set(
+        rt: Any, sets: str, part: str, per_kind: int | None, data: Path, names: list[str] | None, write_calibration: Path | None, as_json: bool
+    ) -> None:
+        import json
+
+        from indexes.errors import InvalidInput
+        from rag.evaluation.verification_sets import build_set
+        from rag.evaluation.verifiers import (
+            THRESHOLDS,
+            by_kind,
+            choose_guards,
+            choose_threshold,
+            guard_effects,
+            judge_cases,
+            rates,
+            verdicts,
+        )
+        from rag.verifiers.judge import GUARDS
+
+        s = rt.settings
+        if not s.verifier_model:
+            raise InvalidInput("--set measures the support judge: set RAG_VERIFIER_MODEL (e.g. ../shared/models/verifier-minilm-l6-support)")
+        if write_calibration is not None and part != "design":
+            raise InvalidInput("--write-calibration chooses on the design part only: add --part design")
+        labelled = build_set(data, [x.strip() for x in sets.split(",") if x.strip()], part, per_kind)  # type: ignore[arg-type]
+        judge = _verifiers(rt, ["nli"])[0]
+        judged = judge_cases(judge.probabilities, labelled)
+        if write_calibration is not None:
+            bare = choose_threshold(judged, frozenset())
+            kept = choose_guards(judged, bare, GUARDS)
+            threshold = choose_threshold(judged, frozenset(kept))
+        else:
+            threshold, kept = judge.threshold, list(judge.guards)
+        summary: dict[str, Any] = {
+            "sets": sets,
+            "part": part,
+            "per_kind": per_kind,
+            "cases": len(labelled),
+            "model": s.verifier_model,
+            "threshold": threshold,
+            "guards": kept,
+            "judge": rates(judged, threshold, frozenset(kept)),
+            "judge_unguarded": rates(judged, threshold, frozenset()),
+            "judge_all_guards": rates(judged, threshold, frozenset(GUARDS)),
+            "curve": [{"threshold": t, **rates(judged, t, frozenset(kept))} for t in THRESHOLDS],
+            "curve_unguarded": [{"threshold": t, **rates(judged, t, frozenset())} for t in THRESHOLDS],
+            "guard_effects": guard_effects(judged, threshold, kept, GUARDS),
+            "by_kind": by_kind(judged, threshold, frozenset(kept)),
+        }
+        others = [n for n in names or [] if n not in ("nli", "nli-unguarded")]
+        summary["others"] = [verdicts(v, labelled) for v in _verifiers(rt, others)]
+        if write_calibration is not None:
+            from pathlib import Path as _Path
+
+            record = {
+                "model": _Path(s.verifier_model.rstrip("/")).name,
+                "threshold": threshold,
+                "guards": kept,
+                "chosen_on": f"rag eval verifiers --set {sets} --part design --per-kind {per_kind} ({len(labelled)} pairs)",
+                "rule": "threshold: most supported pairs verified with at most 3% of unsupported ones verified; "
+                "guards: each alone on the bare judge at that threshold, kept when it prevents more false accepts than it loses supported pairs",
+                "design": summary["judge"],
+            }
+            write_calibration.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if as_json:
+            _print_json(summary)
+            return
+        j = summary["judge"]
+        typer.echo(
+            f"judge {s.verifier_model} on {sets} ({part}, {len(labelled)} pairs: {j['supported']} supported, {j['unsupported']} unsupported)"
+        )
+        typer.echo(f"  threshold {threshold}, guards {', '.join(kept) or 'none'}: supported verified {j['supported_verified']}, "
+                   f"unsupported verified {j['unsupported_verified']}, precision {j['precision']}")
+        for label in ("judge_unguarded", "judge_all_guards"):
+            r = summary[label]
+            typer.echo(f"  {label:<18} supported verified {r['supported_verified']}  unsupported verified {r['unsupported_verified']}")
+        typer.echo("  curve (kept guards):  threshold  supported verified  unsupported verified  precision")
+        for row in summary["curve"]:
+            typer.echo(f"  {row['threshold']:>28}  {row['supported_verified']!s:>18}  {row['unsupported_verified']!s:>20}  {row['precision']!s:>9}")
+        typer.echo("  guard            kept  recall lost  false accepts prevented")
+        for e in summary["guard_effects"]:
+            typer.echo(f"  {e['guard']:<15} {e['kept']!s:>5}  {e['recall_lost']:>11}  {e['false_accepts_prevented']:>23}")
+        for key, row in summary["by_kind"].items():
+            typer.echo(f"  {key:<30} {'supported' if row['label'] else 'unsupported':<11} {row['cases']:>5} cases, verified {row['verified']}")
+        for r in summary["others"]:
+            typer.echo(f"  {r['verifier']:<10} supported verified {r['supported_verified']}  unsupported verified {r['unsupported_verified']}")
+        if write_calibration is not None:
+            typer.echo(f"calibration written to {write_calibration}", err=True)

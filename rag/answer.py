@@ -69,12 +69,16 @@ class Answer:
     found: bool = True
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # "reader_span": the generator's sentences failed the check, and the answer is the passage
+    # sentence holding the reader's verified span (rag.guided); None: the answer is the generator's
+    fallback: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.answer,
             "mode": self.mode,
             "found": self.found,
+            "fallback": self.fallback,
             "score": self.score,
             "citations": [c.to_dict() for c in self.citations],
             "passages": [p.to_dict() for p in self.passages],

@@ -7,6 +7,10 @@ them is never an instruction. The rules follow the seed prompt ("say 'unanswerab
 Small instruct models (SmolLM2-135M, Qwen2.5-Coder-0.5B) follow an example better than a rule: one
 worked turn (made-up sources, a one-sentence answer ending in `[n]`) comes before the real one, and
 the question is repeated after the sources, next to where the answer starts.
+
+Reader-guided (`hints`): the extractive reader's confident answer spans, each with its source
+number, come after the sources, and the model is asked for one or two sentences that state the
+answer and cite it, so that what it writes can be checked (`rag.guided`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ EXAMPLE_SOURCES = (
     ("Velmor Observatory", "The Velmor Observatory is a research telescope. The observatory stands on Mount Ardel, north of Lenby."),
 )
 EXAMPLE_ANSWER = "The observatory stands on Mount Ardel, north of Lenby [2]."
+EXAMPLE_HINTS = ((2, "Mount Ardel"),)
+GUIDED_RULE = (
+    "5. A reader marked candidate answers in the sources. Answer in one or two short sentences that state the answer "
+    "in the words of the source, each ending with its number [n]. Do not repeat the question."
+)
 
 
 _DELIMITER = re.compile(r"<\s*(/?)\s*sources\s*>", re.IGNORECASE)
@@ -65,8 +74,14 @@ def format_sources(passages: Sequence[Passage], max_chars: int = 2000) -> str:
     return "<sources>\n" + "\n\n".join(blocks) + "\n</sources>"
 
 
-def _user_turn(sources: str, question: str) -> str:
-    return f"Question: {question}\n\n{sources}\n\nQuestion: {question}\nReply with one sentence followed by [n] where n is the source number."
+def _user_turn(sources: str, question: str, hints: Sequence[tuple[int, str]] = ()) -> str:
+    if not hints:
+        return f"Question: {question}\n\n{sources}\n\nQuestion: {question}\nReply with one sentence followed by [n] where n is the source number."
+    marked = "; ".join(f'"{escape(" ".join(text.split()))}" in [{n}]' for n, text in hints)
+    return (
+        f"Question: {question}\n\n{sources}\n\nCandidate answers found in the sources: {marked}.\n"
+        f"Question: {question}\nReply with one or two sentences that state the answer, each followed by [n] where n is the source number."
+    )
 
 
 def _format_pairs(pairs: Sequence[tuple[str, str]]) -> str:
@@ -74,10 +89,13 @@ def _format_pairs(pairs: Sequence[tuple[str, str]]) -> str:
     return "<sources>\n" + "\n\n".join(blocks) + "\n</sources>"
 
 
-def build_messages(question: str, passages: Sequence[Passage], max_chars: int = 2000) -> list[Message]:
+def build_messages(question: str, passages: Sequence[Passage], max_chars: int = 2000, hints: Sequence[tuple[int, str]] = ()) -> list[Message]:
+    """The chat for `question` over `passages`; `hints` = (source number, span) from the reader
+    switch on the reader-guided rule and show the candidates (in the worked example too)."""
+    system = SYSTEM if not hints else SYSTEM.rsplit("\n", 1)[0] + "\n" + GUIDED_RULE
     return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": _user_turn(_format_pairs(EXAMPLE_SOURCES), EXAMPLE_QUESTION)},
+        {"role": "system", "content": system},
+        {"role": "user", "content": _user_turn(_format_pairs(EXAMPLE_SOURCES), EXAMPLE_QUESTION, EXAMPLE_HINTS if hints else ())},
         {"role": "assistant", "content": EXAMPLE_ANSWER},
-        {"role": "user", "content": _user_turn(format_sources(passages, max_chars), question.strip())},
+        {"role": "user", "content": _user_turn(format_sources(passages, max_chars), question.strip(), hints)},
     ]

@@ -2,6 +2,8 @@
 
 `AskPipeline` is what `rag ask` and `POST /v1/ask` call. `stream` yields the generated text piece by
 piece and then the final `Answer` (checked, with timings), so an SSE endpoint can forward both.
+Generative answers are reader-guided when a reader loads (`rag.guided`): its confident spans go into
+the prompt, and its verified span stands in (marked) when the generator's sentences fail the check.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from indexes.types import Passage
 from rag.answer import NOT_IN_SOURCES, Answer, Mode
 from rag.citations import DEFAULT_THRESHOLD, check_answer, suspicious_passages
 from rag.generation.base import Generator
+from rag.guided import guided_answer, reader_hints
 from rag.prompt import build_messages
 from rag.retrieval import Retriever
 from rag.verifiers import LexicalVerifier, Verifier
@@ -66,10 +69,13 @@ class AskPipeline:
         max_tokens: int | None = None,
         verifier: Callable[[], Verifier] | None = None,
         fallback_to_generative: bool = False,
+        reader_guided: bool = False,
     ) -> None:
         """`fallback_to_generative`: when no mode is asked for, the default is extractive and no
         reader can be loaded, answer generatively (with a note in `details`) instead of failing.
-        `verifier` builds the citation check's support verifier (default: lexical)."""
+        `verifier` builds the citation check's support verifier (default: lexical).
+        `reader_guided`: generative answers get the reader's spans and its span fallback when a
+        reader loads (without one they are generated as before)."""
         self._retriever = retriever
         self._reader_factory = reader
         self._generator_factory = generator
@@ -83,6 +89,8 @@ class AskPipeline:
         self._verifier_factory = verifier
         self._verifier: Verifier | None = None
         self.fallback_to_generative = fallback_to_generative
+        self.reader_guided = reader_guided
+        self._guide_failed: str | None = None
 
     def with_retriever(self, retriever: RetrieverFactory) -> AskPipeline:
         """The same pipeline (settings, and reader, generator and verifier shared: nothing loads
@@ -98,6 +106,7 @@ class AskPipeline:
             max_tokens=self.max_tokens,
             verifier=lambda: self.verifier,
             fallback_to_generative=self.fallback_to_generative,
+            reader_guided=self.reader_guided,
         )
 
     @property
@@ -123,6 +132,17 @@ class AskPipeline:
             self._generator = self._generator_factory()
         return self._generator
 
+    def _guide(self) -> Reader | None:
+        """The reader that guides generation, or None (not asked for, or it cannot load: then
+        generation runs unguided, and `details.guide_note` says why)."""
+        if not self.reader_guided or self._reader_factory is None:
+            return None
+        try:
+            return self.reader
+        except (ModelLoadError, MissingDependency) as exc:
+            self._guide_failed = str(exc).split(" (")[0]
+            return None
+
     def _mode(self, mode: str | None) -> Mode:
         chosen = mode or self.default_mode
         if chosen not in MODES:
@@ -147,6 +167,7 @@ class AskPipeline:
         else:
             self.generator  # noqa: B018
             self.verifier  # noqa: B018
+            self._guide()  # the reader that guides generation, when asked for
 
     def _check_k(self, k: int | None) -> int:
         k = k or self.default_k
@@ -192,6 +213,7 @@ class AskPipeline:
             loading = pool.submit(self._load_models, chosen)
             search = self._retriever(collection, retriever)  # the collection's encoder (and reranker)
             loading.result()
+        guide_reader = self._guide() if chosen == "generative" else None
         timings = {"load_ms": _ms(started)}
         retrieve_started = time.perf_counter()
         passages = search.retrieve(question, k)
@@ -206,7 +228,12 @@ class AskPipeline:
                 yield answer.answer
         else:
             generator = self.generator
-            messages = build_messages(question, passages)
+            guide = None
+            if guide_reader is not None:
+                guide_started = time.perf_counter()
+                guide = guide_reader.answer(question, passages, suspicious_passages(passages))
+                timings["guide_ms"] = _ms(guide_started)
+            messages = build_messages(question, passages, hints=reader_hints(guide))
             generate_started = time.perf_counter()
             if _stream_tokens:
                 pieces: list[str] = []
@@ -222,8 +249,16 @@ class AskPipeline:
             text = whole_sentences(text)
             check_started = time.perf_counter()
             answer = check_answer(question, text, passages, verifier=self.verifier)
+            # guided: the reader must answer and the judge verify its span; the model's sentences must
+            # state it, else the reader's span in its sentence stands in (marked)
+            answer = guided_answer(question, guide, passages, self.verifier, answer)
             timings["check_ms"] = _ms(check_started)
-            answer = replace(answer, details={**answer.details, "generator": generator.name})
+            extra = {"generator": generator.name, "reader_guided": guide is not None}
+            if guide is not None:
+                extra["reader_hints"] = [{"n": n, "text": t} for n, t in reader_hints(guide)]
+            elif self._guide_failed:
+                extra["guide_note"] = f"generation not reader-guided: {self._guide_failed}"
+            answer = replace(answer, details={**answer.details, **extra})
         if note:
             answer = replace(answer, details={**answer.details, "note": note})
         timings["total_ms"] = _ms(started)

@@ -122,15 +122,29 @@ class Settings(BaseSettings):
     )
     verifier: Literal["auto", "lexical", "reader", "nli"] = Field(
         "auto",
-        description="citation check: auto (the extractive reader when it loads, else lexical), lexical (no model), "
-        "reader (the extractive reader) or nli (cross-encoder, RAG_VERIFIER_MODEL)",
+        description="citation check: auto (the support judge when RAG_VERIFIER_MODEL is set and loads, else the reader when "
+        "RAG_READER_MODEL is, else lexical), lexical (no model), reader (the extractive reader) or nli (the support judge: "
+        "a cross-encoder, RAG_VERIFIER_MODEL, at its calibrated threshold)",
     )
     verifier_model: str | None = Field(
         SHIPPED_VERIFIER,
-        description="verifier=nli: the shipped verifier-minilm-l6-support, an exported folder, or an HF id or folder of a "
+        description="the support judge: the shipped verifier-minilm-l6-support, an exported folder, or an HF id or folder of a "
         "(claim, passage) -> supported sequence classifier",
     )
-    verifier_threshold: float = Field(0.5, ge=0.0, le=1.0, description="verifier=nli: probability of 'supported' that verifies")
+    verifier_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="support judge: probability of 'supported' that verifies; default: the calibration file's"
+    )
+    verifier_guards: str | None = Field(
+        None, description="support judge: rule guards applied (comma-separated: names, negation, number, qualifier, name order; "
+        "or none); default: those the calibration file keeps"
+    )
+    verifier_calibration: Path | None = Field(
+        None, description="support judge calibration (JSON: model, threshold, guards); default: the one shipped in rag/verifiers"
+    )
+    reader_guided: bool = Field(
+        True, description="generative answers: give the generator the reader's answer spans, and fall back to the reader's span "
+        "(marked) when the model's sentence fails the check"
+    )
 
     # API (`rag serve`): where it listens, who may call it, and how much one caller may ask for.
     api_host: str = Field("127.0.0.1", description="interface `rag serve` binds to")

@@ -1,6 +1,8 @@
 """`AskPipeline` and `rag ask` on the sample corpus with real models: the encoder, SmolLM2 through
 llama.cpp (greedy, so its answers are fixed), and the abstaining reader from shared/.
-Generation is kept to 48 tokens."""
+Generation is kept to 48 tokens and unguided (RAG_READER_GUIDED=false): these tests pin SmolLM2's
+answers to the plain prompt, to test the check, attribution and retraction; reader-guided generation
+is tested in tests/test_guided.py."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runtime(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     import xllamacpp  # noqa: F401  (the llm extra, in dev: missing, these tests fail)
     rt = Runtime(
-        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL))
+        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL), reader_guided=False)
     )
     rt.ingestor(rt.writable_collection("demo")).ingest_paths([str(REPO / "examples" / "corpus")])
     hostile = tmp_path_factory.mktemp("hostile") / "hostile.jsonl"
@@ -187,7 +189,7 @@ def test_rag_ask_text_withdraws_an_unsupported_draft_and_shows_the_best_passages
 def test_rag_ask_text_shows_the_verified_sentences_as_the_answer_and_the_dropped_ones_labelled(runtime: Runtime, home: Path) -> None:
     result = run_cli(
         "ask", PIERRE, "--collection", "demo", "--mode", "generative",
-        home=home, env={"RAG_GENERATOR_MAX_TOKENS": "48", "RAG_READER_MODEL": str(NA_READER_MODEL)},
+        home=home, env={"RAG_GENERATOR_MAX_TOKENS": "48", "RAG_READER_MODEL": str(NA_READER_MODEL), "RAG_READER_GUIDED": "false"},
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -250,7 +252,7 @@ def test_sse_retracts_a_draft_the_check_rejects_or_cuts_before_the_final_answer(
 
     settings = load_settings(
         home=home, auth=False, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL),
-        generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
+        reader_guided=False, generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
     )
     _, server, thread, url = start_server(settings)
     try:

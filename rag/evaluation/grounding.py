@@ -158,6 +158,8 @@ class GroundingRecord:
             "verified_citations": [{"n": n, "correct": ok} for n, ok in self.verified_citations()],
             "verified_sentences": sum(1 for s in details.get("sentences", []) if s.get("supported")),
             "reason": details.get("reason"),
+            "fallback": details.get("fallback"),
+            "total_ms": self.answer.timings.get("total_ms"),
             "gold_sentence": gold_sentence(self.question),
         }
         if "candidates" in details:
@@ -197,7 +199,17 @@ def score_grounding(records: Sequence[GroundingRecord]) -> dict[str, Any]:
         "unanswerable_with_verified_sentence": mean(
             [any(True for _ in r.verified_citations()) for r in unanswerable]
         ),
+        # generative: an answer a user can check (a verified citation), on questions the sources answer
+        "answerable_with_verified_citation": mean([any(True for _ in r.verified_citations()) for r in answerable]),
+        "answerable_with_correct_verified_citation": mean([any(ok for _, ok in r.verified_citations()) for r in answerable]),
+        "reader_span_fallbacks": sum(1 for r in records if r.answer.details.get("fallback")),
+        "latency_p50_ms": median_or_none([r.answer.timings["total_ms"] for r in records if "total_ms" in r.answer.timings]),
     }
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    """The median, or None for no values."""
+    return round(float(np.median(values)), 1) if len(values) else None
 
 
 def threshold_curve(
@@ -257,15 +269,26 @@ def evaluate_grounding(
     limit_answerable: int | None = None,
     limit_unanswerable: int | None = None,
     progress: Callable[[int], None] | None = None,
+    first_article: int = 0,
+    on_record: Callable[[GroundingRecord], None] | None = None,
 ) -> tuple[dict[str, Any], list[GroundingRecord]]:
+    """Ask the questions (answerable and unanswerable interleaved in proportion, so a run cut short
+    still holds both kinds); `first_article` (0-based) keeps only the questions of that article and
+    later ones (the corpus stays whole): held-out articles. `on_record` sees each record as it is made."""
     from rag.evaluation.qa import spread
 
-    questions = [(q, True) for q in spread(data.answerable, limit_answerable)] + [
-        (q, False) for q in spread(data.unanswerable, limit_unanswerable)
-    ]
+    answerable = [q for q in data.answerable if q.article >= first_article]
+    unanswerable = [q for q in data.unanswerable if q.article >= first_article]
+    tagged: list[tuple[float, bool, SquadQuestion]] = []
+    for label, chosen in ((True, spread(answerable, limit_answerable)), (False, spread(unanswerable, limit_unanswerable))):
+        tagged.extend((i / len(chosen), not label, q) for i, q in enumerate(chosen))
     records = []
-    for q, answerable in questions:
-        records.append(GroundingRecord(q, answerable, ask(q.question)))
+    for _, unlabelled, q in sorted(tagged, key=lambda t: (t[0], t[1])):
+        is_answerable = not unlabelled
+        record = GroundingRecord(q, is_answerable, ask(q.question))
+        records.append(record)
+        if on_record:
+            on_record(record)
         if progress:
             progress(1)
     return score_grounding(records), records
@@ -396,3 +419,29 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                     + (" (generative records keep no candidates: replay `rag eval grounding --mode extractive` output)" if "generated" in record else "")
                 )
     return records
+
+
+def score_records(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The headline scores from recorded rows (`--records` JSON lines, e.g. of a run cut short):
+    the same definitions as `score_grounding`, read from each row's own fields."""
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    verified = [c["correct"] for r in rows for c in r["verified_citations"]]
+
+    def share(values: Sequence[bool]) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {
+        "answerable": len(answerable),
+        "unanswerable": len(unanswerable),
+        "abstention_unanswerable": share([not r["found"] for r in unanswerable]),
+        "answered_answerable": share([r["found"] for r in answerable]),
+        "em_answerable": round(100 * sum(r["em"] for r in answerable) / len(answerable), 2) if answerable else None,
+        "accuracy_answered": share([r["correct"] for r in answerable if r["found"]]),
+        "answerable_with_verified_citation": share([bool(r["verified_citations"]) for r in answerable]),
+        "verified_citations": len(verified),
+        "verified_citation_precision": share(verified),
+        "unanswerable_with_verified_sentence": share([bool(r["verified_citations"]) for r in unanswerable]),
+        "reader_span_fallbacks": sum(1 for r in rows if r.get("fallback")),
+        "latency_p50_ms": median_or_none([r["total_ms"] for r in rows if r.get("total_ms") is not None]),
+    }

@@ -9,8 +9,6 @@ from __future__ import annotations
 import collections
 import gzip
 import json
-import re
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +16,8 @@ from typing import Any
 
 from indexes.errors import InvalidInput, not_utf8
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, drop punctuation, the articles a/an/the and extra whitespace (official v1.1)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+# the answer path compares spans with it too, so it lives there; evaluation re-exports it
+from rag.verifiers.text import normalize_answer as normalize_answer
 
 
 def exact_match(prediction: str, gold: str) -> float:

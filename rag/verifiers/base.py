@@ -110,28 +110,36 @@ def _negated(text: str) -> bool:
     return any(w in NEGATIONS for w in raw_words(text))
 
 
-def conflicts(claim: str, evidence: str, question: str = "") -> str | None:
-    """Why `evidence` cannot support `claim` whatever the words in common, or None.
+def conflict_kinds(claim: str, evidence: str, question: str = "") -> list[str]:
+    """Every reason why `evidence` cannot support `claim` whatever the words in common ([] if none),
+    so that each guard's effect can be measured on its own (`rag eval verifiers --set`).
 
     Negation must agree; every number and qualifying relation word next to it must be there;
     names shared by both must come in the same order unless one side is passive ("by").
     """
+    found = []
     claim_words, evidence_words = raw_words(claim), raw_words(evidence)
     if _negated(claim) != _negated(evidence):
-        return "negation"
+        found.append("negation")
     claim_numbers = {w for w in name_words(claim) if w.isdigit()}
     evidence_numbers = {w for w in name_words(evidence) if w.isdigit()} | {w for w in name_words(question) if w.isdigit()}
     if not claim_numbers <= evidence_numbers:
-        return "number"
+        found.append("number")
     relations = {w for w in claim_words if w in RELATIONS} - set(raw_words(question))
     if not relations <= set(evidence_words):
-        return "qualifier"
+        found.append("qualifier")
     claim_sides, evidence_sides = _sides(claim), _sides(evidence)
     if ("by" in claim_words) == ("by" in evidence_words):
         (c_subject, c_object), (e_subject, e_object) = claim_sides, evidence_sides
         if (c_subject & e_object) and (c_object & e_subject):
-            return "name order"
-    return None
+            found.append("name order")
+    return found
+
+
+def conflicts(claim: str, evidence: str, question: str = "") -> str | None:
+    """The first reason of `conflict_kinds`, or None."""
+    found = conflict_kinds(claim, evidence, question)
+    return found[0] if found else None
 
 
 def _sides(text: str) -> tuple[set[str], set[str]]:
@@ -163,11 +171,20 @@ def missing_names(claim: Claim, source: Source, window: int) -> set[str]:
     missing = {n for n in names if n not in here}
     # "She was born in Warsaw" may stand for the Marie Curie the question and the passage name;
     # "Marie Curie was born in Warsaw" may not stand for Pierre: a window naming someone else
-    # than the claim does is about that one
-    others = name_words(source.window_text(window)) - names - asked
+    # than the claim does is about that one (a year or a number is not someone else: "He was born
+    # in Paris in 1950" is still about the person the question names)
+    others = {w for w in name_words(source.window_text(window)) if not w[:1].isdigit()} - names - asked
     if others:
         return missing
     return {n for n in missing if not (n in asked and n in source.all_words)}
+
+
+def answers_elsewhere(claim: Claim, source: Source, window: int) -> bool:
+    """A short answer ("Paris.") whose evidence sentence shares no word of what the question asks
+    besides its names ("Where was Marie Curie born?" against "She moved to Paris in 1891"): the
+    passage names the answer, but not as the answer to this question."""
+    predicate = content_words(claim.question) - name_words(claim.question)
+    return claim.short and bool(predicate) and not predicate & source.words[window]
 
 
 def is_fragment(text: str, last: bool) -> bool:

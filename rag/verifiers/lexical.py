@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from indexes.types import Passage
-from rag.verifiers.base import Claim, Evidence, Source, conflicts, missing_names
+from rag.verifiers.base import Claim, Evidence, Source, answers_elsewhere, conflicts, missing_names
 from rag.verifiers.text import content_words, name_words
 
 DEFAULT_THRESHOLD = 0.7
@@ -52,6 +52,8 @@ class LexicalVerifier:
             return 0.0
         if conflicts(claim.text, source.window_text(window), claim.question):
             return 0.0
+        if answers_elsewhere(claim, source, window):
+            return 0.0  # costs "grew" for "grow" (w-short-right-2): irregular verbs do not stem alike
         # names the question gives, found elsewhere in the passage, count as read here
         evidence = source.words[window] | (name_words(claim.question) & source.all_words)
         asked = question - sentence if claim.short else set()

@@ -2,10 +2,9 @@
 or MiniCheck where they can be downloaded; by default the shipped `verifier-minilm-l6-support`
 (MiniLM-L6 trained on synthetic SQuAD pairs; an ONNX export with int8 weights, `rag.shipped`).
 
-Such models do not see who did what to whom (the shared model accepts "Pierre Curie was born in
-Warsaw" from a passage where Marie was), so by default a positive verdict must also pass the
-shared guards on the passage sentence that overlaps the claim most: its names, negation, numbers
-and name order.
+This class loads the model and scores pairs (`probabilities`); the verdict (threshold, guards)
+is `rag.verifiers.judge`, whose calibration file says which threshold and guards pay on labelled
+pairs the choice did not see.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ import numpy as np
 from indexes.errors import ModelLoadError
 from indexes.types import Passage
 from rag.shipped import VERIFIER
-from rag.verifiers.base import Claim, Evidence, Source, conflicts, missing_names
+from rag.verifiers.base import Evidence
+from rag.verifiers.judge import Judgement, judge, parse_guards
 
 SUPPORTED_LABEL = 1
 
@@ -28,7 +28,7 @@ class NLIVerifier:
         model: str = VERIFIER,
         *,
         threshold: float = 0.5,
-        guards: bool = True,
+        guards: bool | str | Sequence[str] = True,
         device: str = "cpu",
         max_tokens: int = 256,
         batch: int = 32,
@@ -36,7 +36,8 @@ class NLIVerifier:
         threads: int | None = None,
     ) -> None:
         """`model`: the shipped export (default), an exported folder (ONNX Runtime) or an HF
-        folder / hub id (torch); `runtime` as `rag.heads.load_head`."""
+        folder / hub id (torch); `runtime` as `rag.heads.load_head`. `guards`: True (all), False (none)
+        or the names to apply (`rag.verifiers.judge.GUARDS`)."""
         from rag.heads import load_head
 
         try:
@@ -48,10 +49,10 @@ class NLIVerifier:
             ) from exc
         self.device = device
         self.threshold = threshold
-        self.guards = guards
+        self.guards = parse_guards(guards)
         self.max_tokens = max_tokens
         self.batch = batch
-        self.name = "nli" if guards else "nli-unguarded"
+        self.name = "nli" if self.guards else "nli-unguarded"
         self.note = ""
         # claim first, passage cut to fit (transformers' truncation="only_second"); a claim too long
         # for that is cut with the passage (longest_first) rather than failing
@@ -76,27 +77,9 @@ class NLIVerifier:
             out.append(float(shifted[SUPPORTED_LABEL] / shifted.sum()))
         return out
 
+    def judgements(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Judgement]]:
+        """Each pair's verdict with its probability and the guards that fire (for evaluation)."""
+        return judge(self.probabilities, question, claims, passages, self.threshold, self.guards)
+
     def verify(self, question: str, claims: Sequence[str], passages: Sequence[Passage]) -> list[list[Evidence]]:
-        sources = [Source.of(p) for p in passages]
-        parsed = [Claim(c, question) for c in claims]
-        # the title leads the passage: "She was born in Warsaw" is about the Marie Curie it names
-        pairs = [(c.as_statement(), f"{s.passage.title}. {s.clean_text()}" if s.passage.title else s.clean_text()) for c in parsed for s in sources]
-        probs = iter(self.probabilities(pairs)) if pairs else iter(())
-        out = []
-        for claim in parsed:
-            words = claim.words | (Claim(claim.as_statement(), question).words if claim.short else set())
-            row = []
-            for n, source in enumerate(sources, start=1):
-                p = next(probs)
-                if not source.windows:
-                    row.append(Evidence(n, 0, 0, p))
-                    continue
-                # the sentence of the passage that says the claim: the one sharing most of its words
-                window = max(range(len(source.windows)), key=lambda i: (len(words & source.words[i]), -i))
-                start, end = source.windows[window]
-                ok = p >= self.threshold
-                if ok and self.guards:
-                    ok = not missing_names(claim, source, window) and conflicts(claim.text, source.window_text(window), question) is None
-                row.append(Evidence(n, start, end, p, ok))
-            out.append(row)
-        return out
+        return [[j.evidence for j in row] for row in self.judgements(question, claims, passages)]

@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from indexes.types import Passage
-from rag.evaluation.squad import normalize_answer
 from rag.verifiers.base import Claim, Evidence, Source, conflicts, missing_names
 from rag.verifiers.lexical import DEFAULT_THRESHOLD, LexicalVerifier
-from rag.verifiers.text import content_words
+from rag.verifiers.text import content_words, normalize_answer
 
 
 class ReaderVerifier:

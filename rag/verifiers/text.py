@@ -8,6 +8,7 @@ Words are lower-cased and Snowball-stemmed, stop words and answer boilerplate ("
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
@@ -56,6 +57,19 @@ NEGATIONS = frozenset("not no never nor neither none nobody nothing cannot witho
 RELATIONS = frozenset(
     "before after until since prior later earlier than more less fewer over under least most approximately about nearly almost".split()
 )
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation, the articles a/an/the and extra whitespace (official SQuAD
+    v1.1). Here, not in `rag.evaluation`, because the answer path compares spans with it too."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
 
 
 def raw_words(text: str) -> list[str]:

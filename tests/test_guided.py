@@ -1,0 +1,91 @@
+"""Reader-guided generation on real models: SmolLM2 through llama.cpp (greedy), the abstaining
+reader and the support judge from shared/, over the sample corpus. The span fallback is forced
+honestly: a generation cut at a few tokens is a fragment, which the check never verifies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rag.answer import NOT_IN_SOURCES
+from rag.guided import READER_SPAN
+from rag.prompt import build_messages
+from rag.qa import AskPipeline
+from rag.runtime import Runtime
+from rag.settings import load_settings
+from tests.conftest import NA_READER_MODEL, REPO, SUPPORT_MODEL
+
+QUESTION = "Where was Marie Curie born?"
+UNANSWERABLE = "Who designed the Sydney Opera House?"
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    pytest.importorskip("xllamacpp")
+    rt = Runtime(
+        load_settings(
+            home=tmp_path_factory.mktemp("guided-home"), generator_context_tokens=2048, generator_max_tokens=48,
+            reader_model=str(NA_READER_MODEL), verifier_model=str(SUPPORT_MODEL),
+        )
+    )
+    rt.ingestor(rt.writable_collection("demo")).ingest_paths([str(REPO / "examples" / "corpus")])
+    yield rt
+
+
+@pytest.fixture(scope="module")
+def pipeline(runtime: Runtime) -> AskPipeline:
+    return runtime.ask_pipeline()
+
+
+def _sibling(pipeline: AskPipeline, max_tokens: int, reader_guided: bool = True) -> AskPipeline:
+    """The same loaded models with another generation length (or guide setting)."""
+    other = pipeline.with_retriever(pipeline._retriever)
+    other.max_tokens, other.reader_guided = max_tokens, reader_guided
+    return other
+
+
+def test_the_prompt_gives_the_readers_spans_with_their_passage_numbers() -> None:
+    from indexes.types import Passage
+
+    passage = Passage(
+        chunk_id=1, doc_id=1, text="Marie Curie was born in Warsaw.", start=0, end=31, ordinal=0, source="c.md", title="Marie Curie",
+        external_id=None, score=1.0, rank=1,
+    )
+    guided = build_messages(QUESTION, [passage], hints=[(1, "Warsaw")])
+    plain = build_messages(QUESTION, [passage])
+    assert 'Candidate answers found in the sources: "Warsaw" in [1].' in guided[-1]["content"]
+    assert "one or two sentences that state the answer" in guided[-1]["content"] and "state the answer" in guided[0]["content"]
+    assert "Candidate answers" not in plain[-1]["content"] and "Candidate answers" not in plain[1]["content"]
+
+
+def test_a_generative_answer_is_reader_guided_and_verified_by_the_judge(pipeline: AskPipeline) -> None:
+    answer = pipeline.ask(QUESTION, "demo", "generative", k=3)
+    assert answer.details["reader_guided"] and answer.details["reader_hints"][0]["text"] == "Warsaw"
+    assert answer.details["verifier"] == "nli" and answer.details["verifier_note"] == "auto: the configured support judge"
+    assert answer.found and "Warsaw" in answer.answer and any(c.verified for c in answer.citations)
+    assert "guide_ms" in answer.timings
+
+
+def test_a_failed_generation_falls_back_to_the_readers_verified_span_marked_as_such(pipeline: AskPipeline) -> None:
+    # 3 tokens: the model's sentence is cut by the token limit, which the check never verifies
+    answer = _sibling(pipeline, 3).ask(QUESTION, "demo", "generative", k=3)
+    assert answer.found and answer.fallback == READER_SPAN and answer.to_dict()["fallback"] == READER_SPAN
+    assert answer.details["fallback"] == READER_SPAN and answer.details["reader_span"] == "Warsaw"
+    [citation] = answer.citations
+    assert citation.verified and "Warsaw" in citation.text and answer.answer.endswith(f"[{citation.n}].")
+    assert answer.passages[citation.n - 1].text[citation.chunk_start : citation.chunk_end] == citation.text
+    assert answer.details["unsupported_sentences"]  # the model's cut draft is still reported
+
+
+def test_without_the_guide_the_same_failed_generation_says_not_in_the_sources(pipeline: AskPipeline) -> None:
+    answer = _sibling(pipeline, 3, reader_guided=False).ask(QUESTION, "demo", "generative", k=3)
+    assert not answer.found and answer.answer == NOT_IN_SOURCES and answer.fallback is None
+    assert not answer.details["reader_guided"]
+
+
+def test_an_unanswerable_question_is_still_refused_with_no_fallback(pipeline: AskPipeline) -> None:
+    for tokens in (3, 48):
+        answer = _sibling(pipeline, tokens).ask(UNANSWERABLE, "demo", "generative", k=3)
+        assert not answer.found and answer.answer == NOT_IN_SOURCES and answer.fallback is None, tokens
+        assert answer.details["reader_hints"] == []  # the reader abstained: no candidate was offered
