@@ -18,6 +18,7 @@ from indexes.config import SearchParams
 from indexes.encoder import Encoder
 from indexes.errors import InvalidInput
 from indexes.faisslib import load_faiss
+from indexes.filters import Where
 from indexes.store import Collection
 from indexes.types import Passage, Ranking
 from rag.fusion import Normalization, convex_ranking, rrf_ranking
@@ -73,6 +74,18 @@ class Retriever(Protocol):
 class _Base:
     max_query_chars: int
     max_k: int
+    where: Where | None = None  # a filter pushed down into the indexes (indexes/filtered.py)
+
+    def with_where(self, where: Where | None) -> _Base:
+        """This retriever searching only passages that match `where` (a shallow copy)."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.where = where if where else None
+        base = getattr(self, "base", None)
+        if isinstance(base, _Base):
+            twin.base = base.with_where(where)  # type: ignore[attr-defined]
+        return twin
 
     def retrieve(self, query: str, k: int = 10) -> list[Passage]:
         return self.retrieve_many([query], k)[0]
@@ -108,6 +121,8 @@ class DenseRetriever(_Base):
         cleaned = self._checked(queries, k)
         vectors = self.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
+            if self.where:
+                return self.collection.search(vectors, k, self.search_params, where=self.where)
             return self.collection.search(vectors, k, self.search_params)
 
 
@@ -120,6 +135,8 @@ class BM25Retriever(_Base):
         self.max_k = max_k
 
     def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        if self.where:
+            return self.collection.keyword_search(self._checked(queries, k), k, where=self.where)
         return self.collection.keyword_search(self._checked(queries, k), k)
 
 
@@ -155,7 +172,12 @@ class HybridRetriever(_Base):
         depth = max(self.depth, k)
         vectors = self.dense.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
-            snapshot, dense, sparse = self.dense.collection.hybrid_candidates(vectors, cleaned, depth, self.dense.search_params)
+            if self.where:
+                snapshot, dense, sparse = self.dense.collection.hybrid_candidates(
+                    vectors, cleaned, depth, self.dense.search_params, where=self.where
+                )
+            else:
+                snapshot, dense, sparse = self.dense.collection.hybrid_candidates(vectors, cleaned, depth, self.dense.search_params)
         fused: list[Ranking] = []
         for d, s in zip(dense, sparse):
             if self.fusion == "rrf":

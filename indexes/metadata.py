@@ -1,0 +1,76 @@
+"""Document metadata as the filter language can use it: typed values only.
+
+Values are strings (ISO dates are strings and compare as dates), numbers, booleans, or lists of
+strings (tags, matched with `$in`/`$contains`). Anything else is refused on the way in, with the
+key named, so a filter never meets a value it cannot compare.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from indexes.errors import InvalidInput
+
+MAX_KEYS = 100
+MAX_KEY = 64
+MAX_VALUE = 10_000
+MAX_TAGS = 1000
+
+
+def check_metadata(metadata: Any, *, allow_none: bool = False) -> dict[str, Any]:
+    """A copy of `metadata` with every value checked; `allow_none` lets None mean 'remove'."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput(f"metadata is an object of key -> value, not {type(metadata).__name__}")
+    if len(metadata) > MAX_KEYS:
+        raise InvalidInput(f"metadata has {len(metadata)} keys; the limit is {MAX_KEYS}")
+    checked: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+            raise InvalidInput(f"metadata key {key!r}: keys are strings of 1-{MAX_KEY} characters")
+        checked[key] = check_value(key, value, allow_none)
+    return checked
+
+
+def check_value(key: str, value: Any, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInput(f"metadata {key}: {value} is not a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_VALUE:
+            raise InvalidInput(f"metadata {key}: strings are at most {MAX_VALUE:,} characters")
+        return value
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_TAGS or not all(isinstance(v, str) for v in value):
+            raise InvalidInput(f"metadata {key}: a list holds at most {MAX_TAGS} strings (tags)")
+        return list(value)
+    raise InvalidInput(
+        f"metadata {key}: {type(value).__name__} is not a metadata value; use a string, number, boolean, "
+        "ISO date string or list of strings"
+    )
+
+
+def parse_pairs(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs (CLI): numbers, booleans and JSON lists of strings are typed, the rest
+    are strings (an ISO date stays a string and compares as a date)."""
+    import json
+
+    found: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"metadata {item!r}: use key=value")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if value is None or isinstance(value, dict):
+            value = raw
+        found[key.strip()] = check_value(key.strip(), value)
+    return found
