@@ -31,6 +31,8 @@ class ApiKeyRow(ApiBase):
     prefix: Mapped[str] = mapped_column(String(16))
     scope: Mapped[str] = mapped_column(String(8))
     collection: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # A mandatory filter (indexes/filters.py) ANDed into every read the key makes: a tenant's scope.
+    where_filter: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -58,3 +60,15 @@ class JobRow(ApiBase):
 
 def create_tables(engine: Engine) -> None:
     create_schema(ApiBase.metadata, engine)
+    _add_missing_columns(engine)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was made (nullable, so old rows keep their meaning)."""
+    from sqlalchemy import inspect, text
+
+    present = {c["name"] for c in inspect(engine).get_columns("api_keys")}
+    if "where_filter" not in present:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS where_filter JSON")
+                               if engine.dialect.name == "postgresql" else text("ALTER TABLE api_keys ADD COLUMN where_filter JSON"))

@@ -8,7 +8,8 @@ JSON column), which resolves to the set of matching chunk ids of a snapshot; the
 search only that set (indexes/snapshot.py).
 
 Fields: metadata keys by name (`year`, `tenant`, `tags`), or `metadata.NAME` for a key that shares
-a name with a built-in; built-ins `source`, `doc_id`, `external_id`, `ingested_at`.
+a name with a built-in; built-ins `source` (the stored source or the label the API shows),
+`doc_id`, `external_id`, `ingested_at`.
 Operators: `$eq $ne $gt $gte $lt $lte $in $nin $exists $contains $prefix`, `$and $or $not`.
 """
 
@@ -392,14 +393,25 @@ class _Compiler:
         if c.field == "ingested_at" and self.dialect == "sqlite":
             value = value.replace(tzinfo=None) if isinstance(value, datetime) else value
         if c.op == "$eq":
-            return column == value
-        if c.op == "$in":
-            return or_(*[column == v for v in c.value]) if c.value else column.in_([])
-        if c.op == "$exists":
+            found = column == value
+        elif c.op == "$in":
+            found = or_(*[column == v for v in c.value]) if c.value else column.in_([])
+        elif c.op == "$exists":
             return column.isnot(None) if c.value else column.is_(None)
-        if c.op == "$prefix":
-            return column.startswith(value, autoescape=True)
-        return _compare(column, c.op, value)
+        elif c.op == "$prefix":
+            found = column.startswith(value, autoescape=True)
+        else:
+            return _compare(column, c.op, value)
+        if c.field == "source":
+            # A source is shown (API, web page) as its label: either one matches.
+            from sqlalchemy import false, func
+
+            from indexes.metadata import LABEL_KEY
+
+            label = Cond(LABEL_KEY, False, c.op, c.value)
+            shown = self.sqlite(label) if self.dialect == "sqlite" else self.postgres(label)
+            return or_(func.coalesce(found, false()), func.coalesce(shown, false()))
+        return found
 
     # SQLite: json_type/json_extract on the column; json_each for list membership.
     def sqlite(self, c: Cond) -> Any:

@@ -13,6 +13,9 @@ from typing import Any
 
 from indexes.errors import InvalidInput
 
+# Where ingestion keeps the label a document's source is shown as (ingest/sources.py): the
+# built-in filter field `source` matches the stored source or this label.
+LABEL_KEY = "source_label"
 MAX_KEYS = 100
 MAX_KEY = 64
 MAX_VALUE = 10_000

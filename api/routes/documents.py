@@ -14,7 +14,7 @@ from api.auth import check_collection, require
 from api.errors import ApiError
 from api.jobs import api_document, writer_collection
 from api.keys import Principal
-from api.schemas import DeleteResponse, DocumentList, DocumentsIn, ErrorOut, JobOut
+from api.schemas import DeleteResponse, DocumentList, DocumentsIn, ErrorOut, JobOut, MetadataIn, MetadataOut
 from api.state import ApiState, api_state
 from indexes.errors import DocumentNotFound
 from indexes.store import Collection
@@ -125,11 +125,17 @@ def list_documents(
     name: str = NamePath,
     offset: int = Query(0, ge=0, le=10_000_000),
     limit: int = Query(100, ge=1, le=1000),
+    where: str | None = Query(None, max_length=20_000, description='a filter as JSON, e.g. {"year": {"$gte": 2020}} (the language of /v1/search)'),
     principal: Principal = Depends(require("read")),
 ) -> dict[str, Any]:
+    from api.filtering import scoped
+    from indexes.filters import parse_where
+
     check_collection(principal, name)
     target = api_state(request).runtime.collection(name)
-    documents = [{**doc, "source": public_source(doc["source"], doc.get("metadata") or {})} for doc in target.documents(offset, limit)]
+    chosen = scoped(principal, parse_where(where) if where else None)
+    listed = target.documents(offset, limit, where=chosen)
+    documents = [{**doc, "source": public_source(doc["source"], doc.get("metadata") or {})} for doc in listed]
     return {"collection": name, "offset": offset, "limit": limit, "documents": documents}
 
 
@@ -149,13 +155,42 @@ def delete_document(
     state = api_state(request)
     state.runtime.collection(name)  # 404 for an unknown collection, without creating it
     target: Collection = writer_collection(state.runtime, name)
+    from api.filtering import scoped
+    from indexes.filters import parse_where
+
+    scope = scoped(principal, None)
     with target.writer():
         try:
             found = target.find_documents(doc_id, by="id")
         except DocumentNotFound:
             found = []
+        if found and scope and not target.documents(0, 1, where=scope.and_(parse_where({"doc_id": doc_id}))):
+            found = []  # another tenant's document: as absent as a missing one
         if not found:
             raise DocumentNotFound(f"no document {doc_id} in collection {name!r}")
         result = target.delete(found)
     state.metrics.documents.labels("deleted").inc(result["deleted"])
     return {"collection": name, "deleted": result["deleted"], "document_ids": found}
+
+
+@router.patch(
+    "/{doc_id}",
+    response_model=MetadataOut,
+    summary="Change a document's metadata without re-embedding it; the next search's filters see it",
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+)
+def patch_document(
+    body: MetadataIn,
+    request: Request,
+    name: str = NamePath,
+    doc_id: int = Path(ge=1, le=2**62),
+    principal: Principal = Depends(require("write")),
+) -> dict[str, Any]:
+    from api.filtering import scoped
+
+    check_collection(principal, name)
+    state = api_state(request)
+    state.runtime.collection(name)  # 404 for an unknown collection, without creating it
+    target: Collection = writer_collection(state.runtime, name)
+    metadata = target.set_metadata(doc_id, body.metadata, merge=body.merge, where=scoped(principal, None))
+    return {"collection": name, "document_id": doc_id, "metadata": metadata}
