@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from indexes.config import CollectionConfig, SearchParams
 from indexes.consistency import ConsistencyReport, check
@@ -23,7 +23,7 @@ from indexes.encoder import EncoderSpec
 from indexes.errors import DocumentNotFound, EncoderMismatch, InvalidInput, RagError
 from indexes.filters import Where
 from indexes.keyword import KeywordSpec
-from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow, visible_at
+from indexes.schema import ChunkRow, CollectionRow, DocumentFilterRow, DocumentRow, RunRow, utcnow, visible_at
 from indexes.segments import Manifest, Segment, SegmentMissing
 from indexes.snapshot import Snapshot, batched
 from indexes.types import Passage, Ranking
@@ -249,7 +249,7 @@ class Collection:
                 .where(DocumentRow.collection_id == self.id, visible_at(self._generation()))
             )
             if condition is not None:
-                statement = statement.where(condition)
+                statement = statement.join(DocumentFilterRow, DocumentFilterRow.document_id == DocumentRow.id).where(condition)
             rows = session.execute(statement.order_by(DocumentRow.id).offset(offset).limit(limit))
             return [
                 {
@@ -282,7 +282,9 @@ class Collection:
                 if where:
                     from indexes.filters import to_sql
 
-                    statement = statement.where(to_sql(where, self.store.engine.dialect.name))
+                    statement = statement.join(DocumentFilterRow, DocumentFilterRow.document_id == DocumentRow.id).where(
+                        to_sql(where, self.store.engine.dialect.name)
+                    )
                 doc = session.scalars(statement).first()
                 if doc is None:
                     raise DocumentNotFound(f"no document {doc_id} in collection {self.name!r}")
@@ -293,6 +295,9 @@ class Collection:
                     else:
                         current[key] = value
                 doc.doc_metadata = current
+                session.execute(
+                    update(DocumentFilterRow).where(DocumentFilterRow.document_id == doc_id).values(doc_metadata=current)
+                )
                 if where:
                     session.flush()
                     still = session.scalar(statement.with_only_columns(DocumentRow.id))

@@ -40,11 +40,12 @@ def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
     """Sorted chunk ids of the snapshot's visible documents that match `where` (one SQL query)."""
     from sqlalchemy import select
 
-    from indexes.schema import ChunkRow, DocumentRow, visible_at
+    from indexes.schema import ChunkRow, DocumentFilterRow, DocumentRow, visible_at
 
     statement = (
         select(ChunkRow.id)
         .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+        .join(DocumentFilterRow, DocumentFilterRow.document_id == DocumentRow.id)
         .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
     )
     condition = to_sql(where, dialect_of(snap))

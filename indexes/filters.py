@@ -340,7 +340,8 @@ def _typed(field: str, kind: str, op: str, value: Scalar, path: str) -> Any:
 
 # -- SQL -----------------------------------------------------------------------------------------
 def to_sql(where: Where | Node | None, dialect: str) -> Any:
-    """The SQLAlchemy condition on `DocumentRow` for a parsed filter (None: no condition)."""
+    """The SQLAlchemy condition for a parsed filter (None: no condition), on `DocumentRow` (the
+    built-in fields) and `DocumentFilterRow` (metadata): the statement joins both."""
     node = where.root if isinstance(where, Where) else where
     if node is None:
         return None
@@ -417,10 +418,10 @@ class _Compiler:
     def sqlite(self, c: Cond) -> Any:
         from sqlalchemy import Float, String, and_, func, literal, or_, select
 
-        from indexes.schema import DocumentRow
+        from indexes.schema import DocumentFilterRow
 
         path = '$."' + c.field + '"'
-        column = DocumentRow.doc_metadata
+        column = DocumentFilterRow.doc_metadata
         kind = func.json_type(column, path)
         if c.op == "$exists":
             return kind.isnot(None) if c.value else kind.is_(None)
@@ -443,9 +444,9 @@ class _Compiler:
         from sqlalchemy import Float, String, case, cast, func, literal, or_
         from sqlalchemy.dialects.postgresql import JSONB
 
-        from indexes.schema import DocumentRow
+        from indexes.schema import DocumentFilterRow
 
-        doc = cast(DocumentRow.doc_metadata, JSONB)
+        doc = cast(DocumentFilterRow.doc_metadata, JSONB)
         item = doc[c.field]
 
         def js(v: Any) -> Any:

@@ -77,3 +77,39 @@ def parse_pairs(items: list[str]) -> dict[str, Any]:
             value = raw
         found[key.strip()] = check_value(key.strip(), value)
     return found
+
+
+def write_filter_rows(session: Any, collection_id: int, doc_ids: list[int], metadata: list[dict[str, Any]]) -> None:
+    """The narrow filter rows (`DocumentFilterRow`) of newly inserted documents, in the writer's
+    transaction: a document is filterable exactly when it is visible."""
+    from sqlalchemy import insert
+
+    from indexes.schema import DocumentFilterRow
+
+    if doc_ids:
+        session.execute(
+            insert(DocumentFilterRow),
+            [{"document_id": d, "collection_id": collection_id, "doc_metadata": m or {}} for d, m in zip(doc_ids, metadata)],
+        )
+
+
+def backfill_filter_rows(engine: Any) -> int:
+    """Filter rows for documents written before the table existed (one statement; none when
+    every document has one). Returns how many were added."""
+    from sqlalchemy import exists, insert, select, text
+
+    from indexes.schema import _SCHEMA_LOCK, DocumentFilterRow, DocumentRow
+
+    missing = ~exists().where(DocumentFilterRow.document_id == DocumentRow.id)
+    with engine.begin() as connection:
+        if connection.execute(select(DocumentRow.id).where(missing).limit(1)).first() is None:
+            return 0
+        if engine.dialect.name == "postgresql":  # two processes opening one database: one fills
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        result = connection.execute(
+            insert(DocumentFilterRow).from_select(
+                [DocumentFilterRow.document_id, DocumentFilterRow.collection_id, DocumentFilterRow.doc_metadata],
+                select(DocumentRow.id, DocumentRow.collection_id, DocumentRow.doc_metadata).where(missing),
+            )
+        )
+        return int(result.rowcount or 0)

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -99,6 +100,20 @@ class ChunkRow(Base):
     text: Mapped[str] = mapped_column(Text)
 
     document: Mapped[DocumentRow] = relationship(back_populates="chunks")
+
+
+class DocumentFilterRow(Base):
+    """A narrow copy of each document's metadata for filters (indexes/filters.py): scanning it
+    never reads the wide documents rows (text inline, metadata behind it: on SQLite that meant
+    walking every row's overflow pages, 6x slower). Written with the document in the same
+    transaction; `Collection.set_metadata` updates both; deleted with it (cascade)."""
+
+    __tablename__ = "document_filters"
+    __table_args__ = (Index("ix_document_filters_collection", "collection_id"),)
+
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(Integer)
+    doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON().with_variant(JSONB(), "postgresql"), default=dict)
 
 
 class RunRow(Base):

@@ -266,3 +266,30 @@ def test_hybrid_fuses_only_matching_candidates(tmp_path: Path) -> None:
             assert len(fused) == 10 and all(p.metadata["year"] >= 2020 for p in fused)
     finally:
         store.close()
+
+
+def test_a_database_made_before_filters_is_backfilled_on_open(tmp_path: Path, database_url: str) -> None:
+    from sqlalchemy import delete, func, select
+
+    from indexes.schema import DocumentFilterRow
+
+    store, collection, vectors = _build(tmp_path, database_url, 30, batches=1)
+    with store.engine.begin() as connection:  # as an older version left it: no filter rows
+        connection.execute(delete(DocumentFilterRow))
+    store.close()
+    reopened = Store(tmp_path / "home", database_url)
+    try:
+        with reopened.engine.connect() as connection:
+            assert connection.scalar(select(func.count()).select_from(DocumentFilterRow)) == 30
+        hits = reopened.collection("filters").search(vectors[:1], 30, where=parse_where({"tenant": "t1"}))[0]
+        assert {p.title for p in hits} == {f"d{i}" for i in range(30) if i % 5 == 1}
+    finally:
+        reopened.close()
+
+
+def test_a_deleted_document_no_longer_matches(small: Any) -> None:
+    collection, vectors = small
+    doomed = collection.find_documents("ext-1", by="external_id")
+    with collection.writer():
+        collection.delete(doomed)
+    assert len(collection.search(vectors[:1], 5, where=parse_where({"external_id": {"$in": ["ext-1", "ext-2"]}}))[0]) == 1
