@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from indexes.config import CollectionConfig, SearchParams
 from indexes.consistency import ConsistencyReport, check
@@ -23,7 +23,7 @@ from indexes.encoder import EncoderSpec
 from indexes.errors import DocumentNotFound, EncoderMismatch, InvalidInput, RagError
 from indexes.filters import Where
 from indexes.keyword import KeywordSpec
-from indexes.schema import ChunkRow, CollectionRow, DocumentFilterRow, DocumentRow, RunRow, utcnow, visible_at
+from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow, visible_at
 from indexes.segments import Manifest, Segment, SegmentMissing
 from indexes.snapshot import Snapshot, batched
 from indexes.types import Passage, Ranking
@@ -249,7 +249,7 @@ class Collection:
                 .where(DocumentRow.collection_id == self.id, visible_at(self._generation()))
             )
             if condition is not None:
-                statement = statement.join(DocumentFilterRow, DocumentFilterRow.document_id == DocumentRow.id).where(condition)
+                statement = statement.where(condition)
             rows = session.execute(statement.order_by(DocumentRow.id).offset(offset).limit(limit))
             return [
                 {
@@ -271,7 +271,7 @@ class Collection:
         writer lock: the next search's filter sees the new values, a running one the old ones.
         `merge` keeps keys not named (a None value removes a key); `where` (a key's mandatory
         filter) must match the document, else it is not found. Returns the new metadata."""
-        from indexes.metadata import check_metadata
+        from indexes.metadata import check_metadata, replace_filter_rows
 
         patch = check_metadata(metadata, allow_none=merge)
         with self.writer():
@@ -282,9 +282,7 @@ class Collection:
                 if where:
                     from indexes.filters import to_sql
 
-                    statement = statement.join(DocumentFilterRow, DocumentFilterRow.document_id == DocumentRow.id).where(
-                        to_sql(where, self.store.engine.dialect.name)
-                    )
+                    statement = statement.where(to_sql(where, self.store.engine.dialect.name))
                 doc = session.scalars(statement).first()
                 if doc is None:
                     raise DocumentNotFound(f"no document {doc_id} in collection {self.name!r}")
@@ -295,9 +293,7 @@ class Collection:
                     else:
                         current[key] = value
                 doc.doc_metadata = current
-                session.execute(
-                    update(DocumentFilterRow).where(DocumentFilterRow.document_id == doc_id).values(doc_metadata=current)
-                )
+                replace_filter_rows(session, doc_id, current)
                 if where:
                     session.flush()
                     still = session.scalar(statement.with_only_columns(DocumentRow.id))

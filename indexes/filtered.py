@@ -40,19 +40,18 @@ def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
     """Sorted chunk ids of the snapshot's visible documents that match `where` (one SQL query)."""
     from sqlalchemy import select
 
-    from indexes.schema import ChunkRow, DocumentFilterRow, DocumentRow, visible_at
+    from indexes.schema import ChunkRow, DocumentRow, visible_at
 
     statement = (
         select(ChunkRow.id)
         .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
-        .join(DocumentFilterRow, DocumentFilterRow.document_id == DocumentRow.id)
         .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
     )
     condition = to_sql(where, dialect_of(snap))
     if condition is not None:
         statement = statement.where(condition)
     with snap.sessions() as session:
-        found = np.fromiter((int(i) for i in session.scalars(statement)), dtype=np.int64)
+        found = np.asarray(session.execute(statement).scalars().all(), dtype=np.int64)
     return np.unique(found)
 
 

@@ -3,9 +3,10 @@
 A filter is parsed once into a small AST (`Cond`, `And`, `Or`, `Not`); every mistake is refused
 here with the path inside the filter that caused it (`where.$or[1].year.$gte`), never left to fail
 in SQL as a 500 or to match nothing in silence. The AST compiles to one SQLAlchemy condition on
-the documents table (SQLite `json_extract`/`json_each`, PostgreSQL `jsonb` operators on the same
-JSON column), which resolves to the set of matching chunk ids of a snapshot; the indexes then
-search only that set (indexes/snapshot.py).
+the documents table: built-in fields are its columns, metadata fields index range scans of the
+key/value table `document_fields` (one row per value, indexed on (key, number) and (key,
+string): measured against JSON columns in docs/filters.md). It resolves to the set of matching
+chunk ids of a snapshot, and the indexes search only that set (indexes/filtered.py).
 
 Fields: metadata keys by name (`year`, `tenant`, `tags`), or `metadata.NAME` for a key that shares
 a name with a built-in; built-ins `source` (the stored source or the label the API shows),
@@ -28,7 +29,7 @@ from indexes.errors import InvalidInput
 MAX_DEPTH = 8
 MAX_CONDITIONS = 256
 MAX_LIST = 1000
-MAX_STRING = 1000
+MAX_STRING = 500  # the longest metadata string that is filterable (indexes/metadata.py MAX_INDEXED)
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 
 COMPARE = ("$gt", "$gte", "$lt", "$lte")
@@ -340,8 +341,9 @@ def _typed(field: str, kind: str, op: str, value: Scalar, path: str) -> Any:
 
 # -- SQL -----------------------------------------------------------------------------------------
 def to_sql(where: Where | Node | None, dialect: str) -> Any:
-    """The SQLAlchemy condition for a parsed filter (None: no condition), on `DocumentRow` (the
-    built-in fields) and `DocumentFilterRow` (metadata): the statement joins both."""
+    """The SQLAlchemy condition on `DocumentRow` for a parsed filter (None: no condition):
+    built-in fields are its columns, metadata fields subqueries of the key/value table
+    (`DocumentFieldRow`)."""
     node = where.root if isinstance(where, Where) else where
     if node is None:
         return None
@@ -375,9 +377,7 @@ class _Compiler:
             return not_(func.coalesce(self.cond(Cond(c.field, c.builtin, "$in", c.value)), false()))
         if c.builtin:
             return self.builtin(c)
-        if self.dialect == "sqlite":
-            return self.sqlite(c)
-        return self.postgres(c)
+        return self.fields(c)
 
     def builtin(self, c: Cond) -> Any:
         from sqlalchemy import or_
@@ -409,76 +409,45 @@ class _Compiler:
 
             from indexes.metadata import LABEL_KEY
 
-            label = Cond(LABEL_KEY, False, c.op, c.value)
-            shown = self.sqlite(label) if self.dialect == "sqlite" else self.postgres(label)
-            return or_(func.coalesce(found, false()), func.coalesce(shown, false()))
+            return or_(func.coalesce(found, false()), self.fields(Cond(LABEL_KEY, False, c.op, c.value)))
         return found
 
-    # SQLite: json_type/json_extract on the column; json_each for list membership.
-    def sqlite(self, c: Cond) -> Any:
-        from sqlalchemy import Float, String, and_, func, literal, or_, select
+    def fields(self, c: Cond) -> Any:
+        """A metadata condition: the documents with a matching row in the key/value table (an
+        index range scan on (key, number) or (key, string)); a list field matches when any of
+        its elements does, as in Mongo."""
+        from sqlalchemy import false, or_, select
 
-        from indexes.schema import DocumentFilterRow
+        from indexes.schema import DocumentFieldRow as F
+        from indexes.schema import DocumentRow
 
-        path = '$."' + c.field + '"'
-        column = DocumentFilterRow.doc_metadata
-        kind = func.json_type(column, path)
+        def value_is(v: Any) -> Any:
+            if isinstance(v, bool):
+                return (F.kind == "b") & (F.number == float(v))
+            if isinstance(v, (int, float)):
+                return (F.kind == "n") & (F.number == float(v))
+            return (F.kind == "s") & (F.string == v)
+
+        string = F.string.collate("C") if self.dialect == "postgresql" else F.string
         if c.op == "$exists":
-            return kind.isnot(None) if c.value else kind.is_(None)
-        if c.op in ("$in", "$contains"):
-            values = c.value if c.op == "$in" else (c.value,)
-            each = func.json_each(column, path).table_valued("value", "type")
-            match = or_(*[_sqlite_is(each.c.type, each.c.value, v) for v in values]) if values else literal(False)
-            return select(literal(1)).select_from(each).where(match).exists()
-        if c.op == "$eq":
-            return _sqlite_is(kind, func.json_extract(column, path), c.value)
-        if c.op == "$prefix":
-            return and_(kind == "text", func.json_extract(column, path, type_=String).startswith(c.value, autoescape=True))
-        # Ranges: numbers with numbers, ISO date strings with strings.
-        if isinstance(c.value, str):
-            return and_(kind == "text", _compare(func.json_extract(column, path, type_=String), c.op, c.value))
-        return and_(kind.in_(["integer", "real"]), _compare(func.json_extract(column, path, type_=Float), c.op, c.value))
-
-    # PostgreSQL: the JSON column read as jsonb; `@>` for membership, typed CASE for ranges.
-    def postgres(self, c: Cond) -> Any:
-        from sqlalchemy import Float, String, case, cast, func, literal, or_
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        from indexes.schema import DocumentFilterRow
-
-        doc = cast(DocumentFilterRow.doc_metadata, JSONB)
-        item = doc[c.field]
-
-        def js(v: Any) -> Any:
-            return cast(literal(json.dumps(v), String), JSONB)
-
-        if c.op == "$exists":
-            return doc.has_key(c.field) if c.value else ~doc.has_key(c.field)
-        if c.op == "$eq":
-            return item == js(c.value)
-        if c.op == "$in":
-            return or_(*[item.contains(js(v)) for v in c.value]) if c.value else literal(False)
-        if c.op == "$contains":
-            return item.contains(js(c.value))
-        typeof = func.jsonb_typeof(item)
-        if c.op == "$prefix":
-            text = case((typeof == "string", item.astext), else_=None)
-            return text.startswith(c.value, autoescape=True)
-        if isinstance(c.value, str):
-            return _compare(case((typeof == "string", item.astext), else_=None).collate("C"), c.op, c.value)
-        number = case((typeof == "number", cast(item.astext, Float)), else_=None)
-        return _compare(number, c.op, c.value)
-
-
-def _sqlite_is(kind: Any, value: Any, wanted: Any) -> Any:
-    """SQLite: the JSON value (`kind` from json_type) equals `wanted`, types included."""
-    from sqlalchemy import and_
-
-    if isinstance(wanted, bool):
-        return kind == ("true" if wanted else "false")
-    if isinstance(wanted, (int, float)):
-        return and_(kind.in_(["integer", "real"]), value == wanted)
-    return and_(kind == "text", value == wanted)
+            found = None
+        elif c.op in ("$eq", "$contains"):
+            found = value_is(c.value)
+        elif c.op == "$in":
+            found = or_(*[value_is(v) for v in c.value]) if c.value else false()
+        elif c.op == "$prefix":
+            found = (F.kind == "s") & string.startswith(c.value, autoescape=True)
+        elif isinstance(c.value, str):  # an ISO date: ISO strings sort as the dates they name
+            found = (F.kind == "s") & _compare(string, c.op, c.value)
+        else:
+            found = (F.kind == "n") & _compare(F.number, c.op, float(c.value))
+        rows = select(F.document_id).where(F.key == c.field)
+        if found is not None:
+            rows = rows.where(found)
+        matched = DocumentRow.id.in_(rows)
+        if c.op == "$exists" and not c.value:
+            return ~matched
+        return matched
 
 
 def _compare(column: Any, op: str, value: Any) -> Any:

@@ -79,37 +79,75 @@ def parse_pairs(items: list[str]) -> dict[str, Any]:
     return found
 
 
+MAX_INDEXED = 500  # longer strings are kept but not filterable (a PostgreSQL btree entry is at most ~2.7 kB)
+
+
+def field_rows(document_id: int, metadata: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The `DocumentFieldRow`s of one document's metadata: filterable values only (keys a filter
+    can name; numbers, booleans, strings up to MAX_INDEXED characters, lists of those)."""
+    import re
+
+    rows: list[dict[str, Any]] = []
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$", key):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            row = {"document_id": document_id, "key": key, "number": None, "string": None}
+            if isinstance(item, bool):
+                row.update(kind="b", number=float(item))
+            elif isinstance(item, (int, float)) and math.isfinite(item):
+                row.update(kind="n", number=float(item))
+            elif isinstance(item, str) and len(item) <= MAX_INDEXED:
+                row.update(kind="s", string=item)
+            else:
+                continue
+            rows.append(row)
+    return rows
+
+
 def write_filter_rows(session: Any, collection_id: int, doc_ids: list[int], metadata: list[dict[str, Any]]) -> None:
-    """The narrow filter rows (`DocumentFilterRow`) of newly inserted documents, in the writer's
-    transaction: a document is filterable exactly when it is visible."""
+    """The field rows of newly inserted documents, in the writer's transaction: a document is
+    filterable exactly when it is visible. (`collection_id` is implied by the document.)"""
     from sqlalchemy import insert
 
-    from indexes.schema import DocumentFilterRow
+    from indexes.schema import DocumentFieldRow
 
-    if doc_ids:
-        session.execute(
-            insert(DocumentFilterRow),
-            [{"document_id": d, "collection_id": collection_id, "doc_metadata": m or {}} for d, m in zip(doc_ids, metadata)],
-        )
+    rows = [row for d, m in zip(doc_ids, metadata) for row in field_rows(d, m)]
+    for start in range(0, len(rows), 2000):
+        session.execute(insert(DocumentFieldRow), rows[start : start + 2000])
+
+
+def replace_filter_rows(session: Any, document_id: int, metadata: Mapping[str, Any]) -> None:
+    from sqlalchemy import delete, insert
+
+    from indexes.schema import DocumentFieldRow
+
+    session.execute(delete(DocumentFieldRow).where(DocumentFieldRow.document_id == document_id))
+    rows = field_rows(document_id, metadata)
+    if rows:
+        session.execute(insert(DocumentFieldRow), rows)
 
 
 def backfill_filter_rows(engine: Any) -> int:
-    """Filter rows for documents written before the table existed (one statement; none when
-    every document has one). Returns how many were added."""
-    from sqlalchemy import exists, insert, select, text
+    """Field rows for the documents of a database made before the table existed (called when
+    `Store` has just created it; skipped when it already holds rows). Returns rows added."""
+    from sqlalchemy import select, text
 
-    from indexes.schema import _SCHEMA_LOCK, DocumentFilterRow, DocumentRow
+    from indexes.schema import _SCHEMA_LOCK, DocumentFieldRow, DocumentRow
 
-    missing = ~exists().where(DocumentFilterRow.document_id == DocumentRow.id)
+    added = 0
     with engine.begin() as connection:
-        if connection.execute(select(DocumentRow.id).where(missing).limit(1)).first() is None:
-            return 0
         if engine.dialect.name == "postgresql":  # two processes opening one database: one fills
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-        result = connection.execute(
-            insert(DocumentFilterRow).from_select(
-                [DocumentFilterRow.document_id, DocumentFilterRow.collection_id, DocumentFilterRow.doc_metadata],
-                select(DocumentRow.id, DocumentRow.collection_id, DocumentRow.doc_metadata).where(missing),
-            )
-        )
-        return int(result.rowcount or 0)
+        if connection.execute(select(DocumentFieldRow.id).limit(1)).first() is not None:
+            return 0
+        from sqlalchemy.orm import Session
+
+        session = Session(bind=connection)
+        for doc_id, metadata in connection.execute(select(DocumentRow.id, DocumentRow.doc_metadata)):
+            rows = field_rows(doc_id, metadata)
+            if rows:
+                write_filter_rows(session, 0, [doc_id], [metadata])
+                added += len(rows)
+        session.flush()
+    return added

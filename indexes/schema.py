@@ -14,8 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -102,18 +101,29 @@ class ChunkRow(Base):
     document: Mapped[DocumentRow] = relationship(back_populates="chunks")
 
 
-class DocumentFilterRow(Base):
-    """A narrow copy of each document's metadata for filters (indexes/filters.py): scanning it
-    never reads the wide documents rows (text inline, metadata behind it: on SQLite that meant
-    walking every row's overflow pages, 6x slower). Written with the document in the same
-    transaction; `Collection.set_metadata` updates both; deleted with it (cascade)."""
+class DocumentFieldRow(Base):
+    """One filterable metadata value of a document (a list gives one row per element): a
+    key/value table indexed on (key, number) and (key, string), so every field a filter names
+    is an index range scan on SQLite and PostgreSQL alike, whatever the field; the wide
+    documents rows are never read to filter. Written with the document in the same transaction,
+    rewritten by `Collection.set_metadata`, deleted with it (cascade).
 
-    __tablename__ = "document_filters"
-    __table_args__ = (Index("ix_document_filters_collection", "collection_id"),)
+    kind: "n" number, "b" boolean (number 0/1), "s" string (ISO dates compare as strings)."""
 
-    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
-    collection_id: Mapped[int] = mapped_column(Integer)
-    doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON().with_variant(JSONB(), "postgresql"), default=dict)
+    __tablename__ = "document_fields"
+    __table_args__ = (
+        Index("ix_document_fields_number", "key", "number"),
+        Index("ix_document_fields_string", "key", "string"),
+        Index("ix_document_fields_document", "document_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(1))
+    number: Mapped[float | None] = mapped_column(Float, nullable=True)
+    string: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
 
 class RunRow(Base):

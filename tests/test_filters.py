@@ -269,18 +269,20 @@ def test_hybrid_fuses_only_matching_candidates(tmp_path: Path) -> None:
 
 
 def test_a_database_made_before_filters_is_backfilled_on_open(tmp_path: Path, database_url: str) -> None:
-    from sqlalchemy import delete, func, select
+    from sqlalchemy import func, select
 
-    from indexes.schema import DocumentFilterRow
+    from indexes.schema import DocumentFieldRow
 
     store, collection, vectors = _build(tmp_path, database_url, 30, batches=1)
-    with store.engine.begin() as connection:  # as an older version left it: no filter rows
-        connection.execute(delete(DocumentFilterRow))
+    with store.engine.connect() as connection:
+        written = connection.scalar(select(func.count()).select_from(DocumentFieldRow))
+    assert written == sum(len(_meta(i)) + 1 for i in range(30))  # one row a value; tags hold two
+    DocumentFieldRow.__table__.drop(store.engine)  # as an older version left the database
     store.close()
     reopened = Store(tmp_path / "home", database_url)
     try:
         with reopened.engine.connect() as connection:
-            assert connection.scalar(select(func.count()).select_from(DocumentFilterRow)) == 30
+            assert connection.scalar(select(func.count()).select_from(DocumentFieldRow)) == written
         hits = reopened.collection("filters").search(vectors[:1], 30, where=parse_where({"tenant": "t1"}))[0]
         assert {p.title for p in hits} == {f"d{i}" for i in range(30) if i % 5 == 1}
     finally:
