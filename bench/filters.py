@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--indexes", default="Flat,HNSW32,IVF128,Flat", help="semicolon-free list; 'IVF128,Flat' is one entry")
     parser.add_argument("--database", default=None, help="SQLAlchemy URL (default: SQLite in a temporary home)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--cache", default=None, help="an .npz keeping the embeddings between runs (same --real and --queries)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -89,9 +90,17 @@ def main() -> None:
     encoder = runtime.encoder(EncoderSpec.detect(DEFAULT_EMBEDDER))
     real_docs, query_texts = _corpus(args.real)
     started = time.perf_counter()
-    real = encoder.encode([f"{d['title']}\n{d['text']}" for d in real_docs], kind="passage").astype(np.float32)
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.exists():
+        saved = np.load(cache)
+        real, query_vectors = saved["real"], saved["queries"]
+        assert len(real) == len(real_docs) and len(query_vectors) == args.queries, "the cache was made with other --real/--queries"
+    else:
+        real = encoder.encode([f"{d['title']}\n{d['text']}" for d in real_docs], kind="passage").astype(np.float32)
+        query_vectors = encoder.encode(query_texts[: args.queries], kind="query").astype(np.float32)
+        if cache is not None:
+            np.savez(cache, real=real, queries=query_vectors)
     rng = np.random.default_rng(0)
-    query_vectors = encoder.encode(query_texts[: args.queries], kind="query").astype(np.float32)
     print(f"embedded {len(real)} abstracts and {len(query_vectors)} queries in {time.perf_counter() - started:.0f} s", flush=True)
 
     n = args.passages

@@ -126,7 +126,8 @@ def dense(
             if "HNSW" in segment.vectors.factory:
                 base = segment.vectors.effective_params(chosen, k).get("ef_search", 64)
                 widen = math.ceil(base * len(segment.ids) / len(ids))
-                widened = SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, widen)))
+                # At least 10 k: the post-filter this replaces searched max(10 k, 100) deep.
+                widened = SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, widen, 10 * k)))
             scores, labels = segment.vectors.search(queries, want, widened, selector=selector[0])
             found = []
             for q in range(len(queries)):
