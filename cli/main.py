@@ -336,10 +336,14 @@ def eval_retrieval(
     compare: str | None = typer.Option(
         None, "--compare", help="with --report: more retrievers to draw, comma-separated (e.g. dense,bm25)"
     ),
+    where: list[str] | None = WhereOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """nDCG@10, Recall@100, MRR@10 and latency; ingests the corpus first if needed."""
+    """nDCG@10, Recall@100, MRR@10 and latency; ingests the corpus first if needed. With --where,
+    retrieval searches only matching documents (relevant documents outside it count as missed)."""
     from rag.evaluation.retrieval import read_beir, run_queries, score_run
+
+    chosen = where_option(where)
 
     kinds = [k.strip() for k in (compare or "").split(",") if k.strip()]
     for kind in kinds:
@@ -358,7 +362,11 @@ def eval_retrieval(
         "retriever": rt.settings.retriever,
         **({"fusion": rt.settings.fusion} if rt.settings.retriever == "hybrid" else {}),
     }
-    main_run = run_queries(rt.retriever(name), data)
+    searched = rt.retriever(name)
+    if chosen:
+        searched = searched.with_where(chosen)  # type: ignore[attr-defined]
+        result["where"] = chosen.to_dict()
+    main_run = run_queries(searched, data)
     result.update(score_run(data, main_run))
     if report_file is not None:
         kept = _retrieval_report(rt, name, data, result, main_run, kinds, report_file)

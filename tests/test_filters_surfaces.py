@@ -285,3 +285,22 @@ def test_mcp_tools_take_where(server: Server) -> None:
     allowed = {f"scifact/{r['id']}" for i, r in enumerate(_records()) if _tenant(i) == "t1" and r["metadata"]["year"] < 2010}
     assert len(passages) == 6 and {p["source"] for p in passages} <= allowed
     assert out["bad"].is_error and "where.tenant.$gt" in out["bad"].content[0].text
+
+
+def test_rag_eval_retrieval_can_be_restricted_by_a_filter(tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    (folder / "qrels").mkdir(parents=True)
+    records = _records()[:8]
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as handle:
+        for i, r in enumerate(records):
+            handle.write(json.dumps({"_id": r["id"], "title": r["title"], "text": r["text"], "metadata": {"part": "a" if i < 4 else "b"}}) + "\n")
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": records[i]["title"]}) + "\n" for i in (5, 6)))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{records[i]['id']}\t1\n" for i in (5, 6)))
+    home = tmp_path / "home"
+    everything = invoke("eval", "retrieval", "--beir", str(folder), "--retriever", "dense", "--json", home=home)
+    assert everything.returncode == 0, everything.stderr
+    elsewhere = invoke("eval", "retrieval", "--beir", str(folder), "--retriever", "dense", "--where", "part=a", "--json", home=home)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert json.loads(everything.stdout)["recall@100"] == 1.0
+    restricted = json.loads(elsewhere.stdout)
+    assert restricted["where"] == {"part": "a"} and restricted["recall@100"] == 0.0  # the relevant ones are in part b
