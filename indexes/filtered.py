@@ -36,8 +36,36 @@ def dialect_of(snap: Snapshot) -> str:
     return str(snap.sessions.kw["bind"].dialect.name)
 
 
+CACHED_FILTERS = 64  # resolved filters kept per snapshot
+
+
 def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
-    """Sorted chunk ids of the snapshot's visible documents that match `where` (one SQL query)."""
+    """Sorted chunk ids of the snapshot's visible documents that match `where`.
+
+    Resolved by one SQL query, and kept on the snapshot (a repeated filter, such as a tenant's,
+    costs one primary-key lookup): a snapshot's documents and chunks never change, and their
+    metadata changes only through new `document_fields` rows (ids never reused: every change
+    inserts some, see `replace_filter_rows`), so the largest row id versions the metadata."""
+    import json
+
+    from sqlalchemy import func, select
+
+    from indexes.schema import DocumentFieldRow
+
+    key = json.dumps(where.to_dict(), sort_keys=True, default=str)
+    with snap.sessions() as session:
+        version = int(session.scalar(select(func.max(DocumentFieldRow.id))) or 0)
+    cached = snap.filter_cache.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    found = _resolve(snap, where)
+    if len(snap.filter_cache) >= CACHED_FILTERS:
+        snap.filter_cache.pop(next(iter(snap.filter_cache)), None)
+    snap.filter_cache[key] = (version, found)
+    return found
+
+
+def _resolve(snap: Snapshot, where: Where) -> np.ndarray:
     from sqlalchemy import select
 
     from indexes.schema import ChunkRow, DocumentRow, visible_at

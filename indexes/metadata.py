@@ -123,9 +123,10 @@ def replace_filter_rows(session: Any, document_id: int, metadata: Mapping[str, A
     from indexes.schema import DocumentFieldRow
 
     session.execute(delete(DocumentFieldRow).where(DocumentFieldRow.document_id == document_id))
-    rows = field_rows(document_id, metadata)
-    if rows:
-        session.execute(insert(DocumentFieldRow), rows)
+    # Always at least one new row: the largest row id is the metadata's version (filter caches,
+    # indexes/filtered.py). A document left with nothing filterable gets a marker no filter names.
+    rows = field_rows(document_id, metadata) or [{"document_id": document_id, "key": "", "kind": "-", "number": None, "string": None}]
+    session.execute(insert(DocumentFieldRow), rows)
 
 
 def backfill_filter_rows(engine: Any) -> int:

@@ -295,3 +295,14 @@ def test_a_deleted_document_no_longer_matches(small: Any) -> None:
     with collection.writer():
         collection.delete(doomed)
     assert len(collection.search(vectors[:1], 5, where=parse_where({"external_id": {"$in": ["ext-1", "ext-2"]}}))[0]) == 1
+
+
+def test_a_cached_filter_sees_a_document_emptied_of_metadata(small: Any) -> None:
+    collection, vectors = small
+    where = parse_where({"reviewer": {"$exists": True}})
+    before = {p.external_id for p in collection.search(vectors[:1], N_OPS, where=where)[0]}
+    assert "ext-4" in before
+    assert collection.search(vectors[:1], N_OPS, where=where)[0]  # resolved once, then kept on the snapshot
+    collection.set_metadata(collection.find_documents("ext-4", by="external_id")[0], {}, merge=False)
+    after = {p.external_id for p in collection.search(vectors[:1], N_OPS, where=where)[0]}
+    assert after == before - {"ext-4"}
