@@ -20,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 
 from api.tables import ApiKeyRow, create_tables
 from indexes.errors import InvalidInput, RagError
+from indexes.filters import Where, parse_where
 from indexes.schema import utcnow
 from indexes.store import Store
 
@@ -40,6 +41,10 @@ class Principal:
     name: str
     scope: str
     collection: str | None = None
+    where: dict[str, Any] | None = None  # a mandatory filter ANDed into everything the key reads
+
+    def where_filter(self) -> Where | None:
+        return parse_where(self.where, "key filter") if self.where else None
 
     def can(self, scope: str) -> bool:
         return scope == "read" or self.scope == "write"
@@ -61,15 +66,21 @@ class KeyStore:
         self.store = store
         self.sessions: sessionmaker[Any] = store.sessions
 
-    def create(self, name: str, scope: str, collection: str | None = None) -> tuple[str, dict[str, Any]]:
-        """Returns (the key, its record). The key is not stored and cannot be shown again."""
+    def create(
+        self, name: str, scope: str, collection: str | None = None, where: dict[str, Any] | str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Returns (the key, its record). The key is not stored and cannot be shown again.
+        `where` is a mandatory filter (e.g. {"tenant": "acme"}) on all the key reads."""
+        mandatory = parse_where(where, "key filter").to_dict() if where else None
         name = name.strip()
         if not name or len(name) > 200:
             raise InvalidInput("a key needs a name of 1-200 characters")
         if scope not in SCOPES:
             raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = ApiKeyRow(name=name, key_hash=hash_key(key), prefix=key[:10], scope=scope, collection=collection)
+        row = ApiKeyRow(
+            name=name, key_hash=hash_key(key), prefix=key[:10], scope=scope, collection=collection, where_filter=mandatory
+        )
         try:
             with self.sessions.begin() as session:
                 session.add(row)
@@ -109,7 +120,7 @@ class KeyStore:
             row = session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)).first()
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return Principal(key_id=row.id, name=row.name, scope=row.scope, collection=row.collection)
+        return Principal(key_id=row.id, name=row.name, scope=row.scope, collection=row.collection, where=row.where_filter or None)
 
     def touch(self, key_id: int) -> None:
         with self.sessions.begin() as session:
@@ -123,6 +134,7 @@ def _record(row: ApiKeyRow) -> dict[str, Any]:
         "prefix": row.prefix,
         "scope": row.scope,
         "collection": row.collection,
+        "where": row.where_filter,
         "created_at": row.created_at.isoformat() if row.created_at else None,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
     }

@@ -18,6 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from indexes.errors import RagError
+from indexes.filters import parse_where
 from rag.chat import answer_text
 from rag.retrieval import validate_query
 from rag.runtime import Runtime
@@ -91,6 +92,16 @@ def _as_tool_errors() -> Iterator[None]:
         raise ToolError(str(exc)) from exc
 
 
+WhereArg = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description='filter on document metadata, Chroma/Mongo style: {"year": {"$gte": 2020}, "tenant": "acme"}; '
+        "operators $eq $ne $gt $gte $lt $lte $in $nin $exists $contains $prefix, combined with $and $or $not; "
+        "built-in fields source, doc_id, external_id, ingested_at"
+    ),
+]
+
+
 def build_server(runtime: Runtime) -> MCPServer:
     """An `MCPServer` whose tools answer from `runtime`'s store and models."""
     settings = runtime.settings
@@ -127,12 +138,17 @@ def build_server(runtime: Runtime) -> MCPServer:
         collection: CollectionName = None,
         k: Annotated[int, Field(ge=1, le=50, description="passages to return")] = 5,
         retriever: Annotated[Retriever | None, Field(description="default RAG_RETRIEVER")] = None,
+        where: WhereArg = None,
     ) -> SearchResult:
-        """Ranked passages of a collection for a query (hybrid dense + BM25 retrieval by default)."""
+        """Ranked passages of a collection for a query (hybrid dense + BM25 retrieval by default),
+        only among documents matching `where` when given."""
         name = collection or settings.collection
         with _as_tool_errors():
             text = validate_query(query, settings.max_query_chars)
-            return SearchResult(collection=name, passages=_hits(runtime.retriever(name, retriever).retrieve(text, k)))
+            chosen = runtime.retriever(name, retriever)
+            if where:
+                chosen = chosen.with_where(parse_where(where))
+            return SearchResult(collection=name, passages=_hits(chosen.retrieve(text, k)))
 
     @server.tool()
     def ask(
@@ -140,11 +156,17 @@ def build_server(runtime: Runtime) -> MCPServer:
         collection: CollectionName = None,
         mode: Annotated[Mode | None, Field(description="extractive (a span of a passage) or generative; default RAG_ANSWER_MODE")] = None,
         k: Annotated[int | None, Field(ge=1, le=50, description="passages read; default RAG_ANSWER_K")] = None,
+        where: WhereArg = None,
     ) -> AskResult:
-        """Answer a question from a collection; every [n] in the answer cites a passage and was checked."""
+        """Answer a question from a collection; every [n] in the answer cites a passage and was checked.
+        With `where`, only passages of documents matching it are read."""
         name = collection or settings.collection
         with _as_tool_errors():
-            answer = pipeline.ask(validate_query(question, settings.max_query_chars), name, mode, k)
+            chosen = pipeline
+            if where:
+                parsed = parse_where(where)
+                chosen = pipeline.with_retriever(lambda n, kind: runtime.retriever(n or name, kind).with_where(parsed))
+            answer = chosen.ask(validate_query(question, settings.max_query_chars), name, mode, k)
         return AskResult(
             answer=answer_text(answer),
             found=answer.found,

@@ -59,6 +59,13 @@ class Filters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    where: dict[str, Any] | None = Field(
+        None,
+        description="Chroma/Mongo-style filter on document metadata and the built-in fields source, doc_id, external_id, "
+        "ingested_at: {field: value} or {field: {$eq|$ne|$gt|$gte|$lt|$lte|$in|$nin|$exists|$contains|$prefix: ...}}, "
+        "combined with $and, $or, $not. Pushed down into the indexes: k matching passages come back when k exist.",
+        examples=[{"year": {"$gte": 2020}, "tenant": "acme"}],
+    )
     source_prefix: str | None = Field(None, max_length=1000, examples=["upload/"])
     doc_ids: list[JsonInt] | None = Field(None, max_length=1000)
     metadata: dict[str, str | int | float | bool] | None = Field(None, description="exact matches on document metadata")
@@ -149,6 +156,19 @@ class DocumentIn(BaseModel):
     # different JSON Schema generators, so the rule lives in one place, the ingest report.
     text: str = Field(min_length=1, description="a document with only white space is reported by the job, not stored")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetadataIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"metadata": {"year": 2024, "tags": ["a"]}}]})
+
+    metadata: dict[str, Any] = Field(description="string, number, boolean, ISO date string or list of strings per key")
+    merge: bool = Field(True, description="true: change only the keys given (null removes one); false: replace all")
+
+
+class MetadataOut(BaseModel):
+    collection: str
+    document_id: int
+    metadata: dict[str, Any]
 
 
 class DocumentsIn(BaseModel):

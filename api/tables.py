@@ -31,6 +31,8 @@ class ApiKeyRow(ApiBase):
     prefix: Mapped[str] = mapped_column(String(16))
     scope: Mapped[str] = mapped_column(String(8))
     collection: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # A mandatory filter (indexes/filters.py) ANDed into every read the key makes: a tenant's scope.
+    where_filter: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -100,7 +100,7 @@ WEIGHT_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)  # retrieval weights tried by the calibr
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    from cli.main import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, _one_of, _print_json, k_between, text_argument
+    from cli.main import CollectionOpt, JsonOpt, ReportOpt, RetrieverOpt, WhereOpt, _one_of, _print_json, k_between, text_argument, where_option
 
     @app.command()
     def ask(
@@ -111,10 +111,16 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         ),
         k: int | None = typer.Option(None, "-k", "--top-k", callback=k_between(1, 50), help="passages to read [env RAG_ANSWER_K, default 5]"),
         retriever: str | None = RetrieverOpt,
+        where: list[str] | None = WhereOpt,
         as_json: bool = JsonOpt,
     ) -> None:
-        """Answer QUESTION from a collection, with citations to the passages it came from."""
-        pipeline = _runtime(answer_mode=mode).ask_pipeline()
+        """Answer QUESTION from a collection, with citations to the passages it came from (only
+        passages of documents matching --where)."""
+        chosen = where_option(where)
+        rt = _runtime(answer_mode=mode)
+        pipeline = rt.ask_pipeline()
+        if chosen:
+            pipeline = pipeline.with_retriever(lambda name, kind: rt.retriever(name, kind).with_where(chosen))
         tty = sys.stdout.isatty()
         if as_json:
             _print_json(pipeline.ask(question, collection, mode, k, retriever).to_dict())

@@ -113,6 +113,34 @@ def k_between(low: int, high: int) -> Any:
     return check
 
 
+WhereOpt = typer.Option(
+    None,
+    "--where",
+    "-w",
+    help='only documents matching a filter: JSON such as \'{"year": {"$gte": 2020}}\', or key=value (repeatable; all must hold)',
+)
+
+
+def where_option(values: list[str] | None) -> Any:
+    """`--where` parsed (indexes/filters.py), or None; a bad filter is a usage error (exit 2)."""
+    from indexes.filters import FilterError, parse_cli
+
+    try:
+        return parse_cli(values)
+    except FilterError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--where") from None
+
+
+def _metadata_option(values: list[str] | None) -> dict[str, Any]:
+    from indexes.errors import InvalidInput
+    from indexes.metadata import parse_pairs
+
+    try:
+        return parse_pairs(values or [])
+    except InvalidInput as exc:
+        raise typer.BadParameter(str(exc), param_hint="--metadata") from None
+
+
 def _print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
@@ -129,6 +157,9 @@ def ingest(
     prune: bool = typer.Option(True, "--prune/--no-prune", help="delete documents whose files vanished from a re-ingested folder"),
     ray: bool = typer.Option(False, "--ray", help="parse, chunk and embed on a Ray cluster [address: env RAG_RAY_ADDRESS, else auto]"),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster (implies --ray): auto, local or HOST:PORT"),
+    metadata: list[str] | None = typer.Option(
+        None, "--metadata", help="key=value added to every ingested document's metadata (repeatable; numbers, true/false typed)"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Ingest files into a collection: unchanged files are skipped, changed ones replaced.
@@ -139,11 +170,16 @@ def ingest(
         embedding_model=model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, index_factory=index, quantize=quantize,
         ray_address=ray_address,
     )
+    extra = _metadata_option(metadata)
     if ray and not rt.settings.ray_address:
         rt.settings.ray_address = "auto"
     _refuse_folders_with_nothing_to_ingest(paths)
+    if extra and rt.settings.ray_address:
+        raise typer.BadParameter("--metadata is not supported with --ray yet", param_hint="--metadata")
     target = rt.writable_collection(collection)
-    report = rt.ingestor(target, show_progress=not as_json).ingest_paths(paths, prune=prune)
+    ingestor = rt.ingestor(target, show_progress=not as_json)
+    ingestor.metadata = extra
+    report = ingestor.ingest_paths(paths, prune=prune)
     if as_json:
         _print_json({"collection": target.name, **report.to_dict()})
     else:
@@ -195,17 +231,20 @@ def search(
     fusion: str | None = FusionOpt,
     nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else ~sqrt(nlist)]"),
     ef_search: int | None = typer.Option(None, "--ef-search", min=1, help="HNSW candidate list [default: the collection's, else 64]"),
+    where: list[str] | None = WhereOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Print the passages most similar to QUERY."""
+    """Print the passages most similar to QUERY (among documents matching --where)."""
+    chosen = where_option(where)
     rt = _runtime(retriever=retriever, fusion=fusion, nprobe=nprobe, ef_search=ef_search)
     k_between(1, rt.settings.max_k)(k)  # the bound is a setting: a usage error once it is read
-    passages = rt.retriever(collection).retrieve(query, k)
+    found = rt.retriever(collection)
+    passages = (found.with_where(chosen) if chosen else found).retrieve(query, k)
     if as_json:
         _print_json([p.to_dict() for p in passages])
         return
     if not passages:
-        typer.echo("no passages (the collection is empty)")
+        typer.echo("no passages (nothing matches the filter)" if chosen else "no passages (the collection is empty)")
     for p in passages:
         title = p.title or Path(p.source).name
         typer.echo(f"{p.rank:>2}. {p.score:.4f}  {printable(title)} — {printable(p.source)}:{p.start}-{p.end}  (doc {p.doc_id}, chunk {p.chunk_id})")
@@ -384,10 +423,14 @@ def eval_retrieval(
     compare: str | None = typer.Option(
         None, "--compare", help="with --report: more retrievers to draw, comma-separated (e.g. dense,bm25)"
     ),
+    where: list[str] | None = WhereOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """nDCG@10, Recall@100, MRR@10 and latency; ingests the corpus first if needed."""
+    """nDCG@10, Recall@100, MRR@10 and latency; ingests the corpus first if needed. With --where,
+    retrieval searches only matching documents (relevant documents outside it count as missed)."""
     from rag.evaluation.retrieval import read_beir, run_queries, score_run
+
+    chosen = where_option(where)
 
     kinds = [k.strip() for k in (compare or "").split(",") if k.strip()]
     for kind in kinds:
@@ -406,7 +449,11 @@ def eval_retrieval(
         "retriever": rt.settings.retriever,
         **({"fusion": rt.settings.fusion} if rt.settings.retriever == "hybrid" else {}),
     }
-    main_run = run_queries(rt.retriever(name), data)
+    searched = rt.retriever(name)
+    if chosen:
+        searched = searched.with_where(chosen)
+        result["where"] = chosen.to_dict()
+    main_run = run_queries(searched, data)
     result.update(score_run(data, main_run))
     if report_file is not None:
         kept = _retrieval_report(rt, name, data, result, main_run, kinds, report_file)
@@ -440,7 +487,7 @@ def _retrieval_report(
 
 # Commands that live in their own modules: each module defines `register(app, eval_app)` and
 # imports nothing heavy at module level. Add a module by appending its name here.
-COMMAND_MODULES: list[str] = ["cli.serve", "cli.answers", "cli.reader", "cli.models", "cli.mcp"]
+COMMAND_MODULES: list[str] = ["cli.serve", "cli.answers", "cli.reader", "cli.models", "cli.mcp", "cli.documents"]
 
 
 def _register_command_modules() -> None:

@@ -61,6 +61,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         name: str = typer.Option(..., "--name", help="who or what uses the key"),
         scope: str = typer.Option("read", "--scope", help="read (search, ask) or write (also ingest, delete)"),
         collection: str | None = typer.Option(None, "--collection", "-c", help="limit the key to one collection"),
+        key_filter: list[str] | None = typer.Option(
+            None, "--where", help='a mandatory filter ANDed into every read of the key (a tenant): \'{"tenant": "acme"}\' or tenant=acme'
+        ),
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
     ) -> None:
         """Create a key and print it once; only its SHA-256 is stored."""
@@ -72,7 +75,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 keys.store.collection(collection)
             except CollectionNotFound as exc:
                 raise typer.BadParameter(str(exc), param_hint="--collection") from None
-        key, record = keys.create(name, scope, collection)
+        from cli.main import where_option
+
+        chosen = where_option(key_filter)
+        key, record = keys.create(name, scope, collection, chosen.to_dict() if chosen else None)
         if as_json:
             import json
 

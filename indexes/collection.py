@@ -21,6 +21,7 @@ from indexes.config import CollectionConfig, SearchParams
 from indexes.consistency import ConsistencyReport, check
 from indexes.encoder import EncoderSpec
 from indexes.errors import CollectionNotFound, DocumentNotFound, EncoderMismatch, InvalidInput, RagError
+from indexes.filters import Where
 from indexes.handles import StoreHandle
 from indexes.keyword import KeywordSpec
 from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow, visible_at
@@ -139,29 +140,45 @@ class Collection:
         raise RagError(f"collection {self.name!r} is changing too fast to open; try again")
 
     # -- search ------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, params: SearchParams | None = None) -> list[list[Passage]]:
-        """Top-k passages for each query vector, from one snapshot."""
+    def search(
+        self, queries: np.ndarray, k: int, params: SearchParams | None = None, where: Where | None = None
+    ) -> list[list[Passage]]:
+        """Top-k passages for each query vector, from one snapshot (among those matching `where`)."""
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
+        if where:
+            from indexes import filtered
+
+            return snap.passages(filtered.dense(snap, queries, k, filtered.matching_chunk_ids(snap, where), params), k)
         return snap.passages(snap.dense(queries, k, params), k)
 
-    def keyword_search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        """Top-k passages per query by BM25, from one snapshot."""
+    def keyword_search(self, queries: Sequence[str], k: int, where: Where | None = None) -> list[list[Passage]]:
+        """Top-k passages per query by BM25, from one snapshot (among those matching `where`)."""
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
+        if where:
+            from indexes import filtered
+
+            return snap.passages(filtered.keyword(snap, queries, k, filtered.matching_chunk_ids(snap, where)), k)
         return snap.passages(snap.keyword(queries, k), k)
 
     def hybrid_candidates(
-        self, vectors: np.ndarray, queries: Sequence[str], k: int, params: SearchParams | None = None
+        self, vectors: np.ndarray, queries: Sequence[str], k: int, params: SearchParams | None = None, where: Where | None = None
     ) -> tuple[Snapshot, list[Ranking], list[Ranking]]:
         """The first k live (scores, chunk ids) per query from FAISS and from BM25 of one snapshot,
         without touching SQL: the caller fuses them and reads only its winners with
-        `snapshot.passages`, from the same snapshot."""
+        `snapshot.passages`, from the same snapshot. With `where`, both search only the
+        matching chunks (one SQL query resolves them)."""
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
+        if where:
+            from indexes import filtered
+
+            allowed = filtered.matching_chunk_ids(snap, where)
+            return snap, filtered.dense(snap, vectors, k, allowed, params), filtered.keyword(snap, queries, k, allowed)
         dense = [snap.live(found, k) for found in snap.dense(vectors, k, params)]
         sparse = [snap.live(found, k) for found in snap.keyword(queries, k)]
         return snap, dense, sparse
@@ -234,17 +251,21 @@ class Collection:
                 found.update((int(i), str(source)) for i, source in session.execute(stmt))
         return found
 
-    def documents(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def documents(self, offset: int = 0, limit: int = 100, where: Where | None = None) -> list[dict[str, Any]]:
+        """Live documents by id, those matching `where` when given (the search filter language)."""
+        from indexes.filters import to_sql
+
+        condition = to_sql(where, self.store.engine.dialect.name) if where else None
         with self.store.sessions() as session:
             counts = select(ChunkRow.document_id, func.count().label("n")).group_by(ChunkRow.document_id).subquery()
-            rows = session.execute(
+            statement = (
                 select(DocumentRow, counts.c.n)
                 .join(counts, counts.c.document_id == DocumentRow.id, isouter=True)
                 .where(DocumentRow.collection_id == self.id, visible_at(self._generation()))
-                .order_by(DocumentRow.id)
-                .offset(offset)
-                .limit(limit)
             )
+            if condition is not None:
+                statement = statement.where(condition)
+            rows = session.execute(statement.order_by(DocumentRow.id).offset(offset).limit(limit))
             return [
                 {
                     "id": doc.id,
@@ -259,6 +280,41 @@ class Collection:
                 }
                 for doc, n in rows
             ]
+
+    def set_metadata(self, doc_id: int, metadata: dict[str, Any], *, merge: bool = True, where: Where | None = None) -> dict[str, Any]:
+        """Change a live document's metadata without re-embedding it, in one UPDATE under the
+        writer lock: the next search's filter sees the new values, a running one the old ones.
+        `merge` keeps keys not named (a None value removes a key); `where` (a key's mandatory
+        filter) must match the document, else it is not found. Returns the new metadata."""
+        from indexes.metadata import check_metadata, replace_filter_rows
+
+        patch = check_metadata(metadata, allow_none=merge)
+        with self.writer():
+            with self.store.sessions.begin() as session:
+                statement = select(DocumentRow).where(
+                    DocumentRow.id == doc_id, DocumentRow.collection_id == self.id, DocumentRow.removed_gen.is_(None)
+                )
+                if where:
+                    from indexes.filters import to_sql
+
+                    statement = statement.where(to_sql(where, self.store.engine.dialect.name))
+                doc = session.scalars(statement).first()
+                if doc is None:
+                    raise DocumentNotFound(f"no document {doc_id} in collection {self.name!r}")
+                current = dict(doc.doc_metadata or {}) if merge else {}
+                for key, value in patch.items():
+                    if value is None:
+                        current.pop(key, None)
+                    else:
+                        current[key] = value
+                doc.doc_metadata = current
+                replace_filter_rows(session, doc_id, current)
+                if where:
+                    session.flush()
+                    still = session.scalar(statement.with_only_columns(DocumentRow.id))
+                    if still is None:  # the transaction rolls back: the document stays as it was
+                        raise InvalidInput("this change would move the document out of what your key may see")
+                return dict(current)
 
     def document_text(self, doc_id: int) -> str:
         self._generation()  # the collection still exists (ids are never reused, so its rows are its own)

@@ -224,14 +224,18 @@ class KeywordIndex:
         parts = [s.ids for s in self.segments]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-k (scores, chunk ids) per query, best first; chunks sharing no term are left out."""
+    def search(
+        self, queries: Sequence[str], k: int, allowed: np.ndarray | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k (scores, chunk ids) per query, best first; chunks sharing no term are left out.
+        With `allowed` (sorted chunk ids), only those chunks are scored (a filtered search)."""
+        masks = None if allowed is None else [np.isin(s.ids, allowed) for s in self.segments]
         results: list[tuple[np.ndarray, np.ndarray]] = []
         for query in queries:
-            results.append(self._search_one(query, k))
+            results.append(self._search_one(query, k, masks))
         return results
 
-    def _search_one(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_one(self, query: str, k: int, masks: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         empty = (np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
         terms = self.analyzer(query)
         if k < 1 or not terms or not self.total:
@@ -247,7 +251,7 @@ class KeywordIndex:
             return empty
         all_scores: list[np.ndarray] = []
         all_ids: list[np.ndarray] = []
-        for segment in self.segments:
+        for number, segment in enumerate(self.segments):
             scores = np.zeros(segment.count(), dtype=np.float32)
             norm = k1 * (1.0 - b + b * segment.lengths / self.average_length)
             for term in terms:
@@ -258,6 +262,8 @@ class KeywordIndex:
                     # A term's postings name each chunk once, so plain fancy indexing adds correctly
                     # (and is several times faster than np.add.at).
                     scores[positions] += idf[term] * tf / (tf + norm[positions])
+            if masks is not None:
+                scores[~masks[number]] = 0.0
             hit = np.flatnonzero(scores > 0)
             all_scores.append(scores[hit])
             all_ids.append(segment.ids[hit])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event, inspect, text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -113,6 +113,31 @@ class ChunkRow(Base):
     text: Mapped[str] = mapped_column(Text)
 
     document: Mapped[DocumentRow] = relationship(back_populates="chunks")
+
+
+class DocumentFieldRow(Base):
+    """One filterable metadata value of a document (a list gives one row per element): a
+    key/value table indexed on (key, number) and (key, string), so every field a filter names
+    is an index range scan on SQLite and PostgreSQL alike, whatever the field; the wide
+    documents rows are never read to filter. Written with the document in the same transaction,
+    rewritten by `Collection.set_metadata`, deleted with it (cascade).
+
+    kind: "n" number, "b" boolean (number 0/1), "s" string (ISO dates compare as strings)."""
+
+    __tablename__ = "document_fields"
+    __table_args__ = (
+        Index("ix_document_fields_number", "key", "number"),
+        Index("ix_document_fields_string", "key", "string"),
+        Index("ix_document_fields_document", "document_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(1))
+    number: Mapped[float | None] = mapped_column(Float, nullable=True)
+    string: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
 
 class RunRow(Base):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,41 @@ class Segment:
     def search(self, queries: np.ndarray, k: int, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
         # Tombstones are filtered by SQL afterwards: fetch that many more.
         return self.vectors.search(queries, k + self.info.dead, params)
+
+    @cached_property
+    def _id_order(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.ids, kind="stable")
+        return self.ids[order], order
+
+    def positions_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in this segment, ids) of those of the sorted `ids` this segment holds: a
+        binary search per id, so a filter's matching set is split over segments in O(m log n)."""
+        sorted_ids, order = self._id_order
+        if not len(sorted_ids) or not len(ids):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        at = np.searchsorted(sorted_ids, ids)
+        at[at == len(sorted_ids)] = 0
+        held = sorted_ids[at] == ids
+        return order[at[held]], ids[held]
+
+    @cached_property
+    def flat_vectors(self) -> np.ndarray | None:
+        """The segment's vectors in id order as one read-only array view, where FAISS stores them
+        uncompressed (Flat, HNSW's storage): exact filtered search reads them without copying
+        the index. None for IVF and codes (their vectors are reconstructed)."""
+        from indexes.faisslib import load_faiss
+
+        faiss = load_faiss()
+        inner = self.vectors.index
+        if not hasattr(inner, "id_map") or not np.array_equal(faiss.vector_to_array(inner.id_map), self.ids):
+            return None
+        inner = faiss.downcast_index(inner.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        if not isinstance(inner, faiss.IndexFlat) or inner.ntotal != len(self.ids):
+            return None
+        view = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d)
+        return np.asarray(view).reshape(inner.ntotal, inner.d)
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of `ids` (all in this segment), decoded from FAISS (`stored_vectors`: an

@@ -9,7 +9,7 @@ that replaces it is published, and in its new version from then on, never in nei
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -43,6 +43,8 @@ class Snapshot:
     keyword_spec: KeywordSpec
     sessions: sessionmaker[Any]
     unreadable: tuple[str, ...] = ()  # segments the manifest names that could not be read
+    # Resolved filters of this snapshot: filter -> (metadata version, chunk ids) (indexes/filtered.py).
+    filter_cache: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
     # -- indexes -----------------------------------------------------------------------------
     def vector_count(self) -> int:

@@ -67,10 +67,17 @@ class Store:
             ) from None
         configure_sqlite(self.engine)
         with FileLock(str(self.home / ".schema.lock")):
+            had_documents = inspect(self.engine).has_table("documents")
+            new_fields = not inspect(self.engine).has_table("document_fields")
             create_schema(Base.metadata, self.engine)
             add_missing_columns(Base.metadata, self.engine)
             self.home_id = self._home_id()
         columns = {c["name"] for c in inspect(self.engine).get_columns("documents")}
+        if had_documents and new_fields and "added_gen" in columns:
+            from indexes.metadata import backfill_filter_rows
+
+            with FileLock(str(self.home / ".schema.lock")):
+                backfill_filter_rows(self.engine)  # a database made before filters had their table
         if "added_gen" not in columns:
             raise RagError(
                 f"the database at {self.engine.url.render_as_string(hide_password=True)} was made by an older "

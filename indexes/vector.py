@@ -112,15 +112,16 @@ class VectorIndex:
 
     # -- reading -----------------------------------------------------------------------------
     def search(
-        self, vectors: np.ndarray, k: int, params: SearchParams | None = None
+        self, vectors: np.ndarray, k: int, params: SearchParams | None = None, selector: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k inner products; missing slots have id -1. `params` set nprobe (IVF) or efSearch
-        (HNSW) for this call only; unset ones take size-based defaults."""
+        (HNSW) for this call only; unset ones take size-based defaults. `selector` (a FAISS
+        IDSelector over chunk ids) restricts the search to the ids it holds (filtered search)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
         k = max(1, min(k, max(self.count(), 1)))
-        faiss_params = self._faiss_params(params or SearchParams(), k)
+        faiss_params = self._faiss_params(params or SearchParams(), k, selector)
         if faiss_params is None:
             return self.index.search(vectors, k)
         return self.index.search(vectors, k, params=faiss_params)
@@ -135,14 +136,15 @@ class VectorIndex:
             return {"ef_search": int(params.ef_search or default_ef_search(self.count(), k))}
         return {}
 
-    def _faiss_params(self, params: SearchParams, k: int) -> object | None:
+    def _faiss_params(self, params: SearchParams, k: int, selector: Any = None) -> object | None:
         faiss = load_faiss()
         chosen = self.effective_params(params, k)
+        extra = {} if selector is None else {"sel": selector}
         if "nprobe" in chosen:
-            return faiss.SearchParametersIVF(nprobe=chosen["nprobe"])
+            return faiss.SearchParametersIVF(nprobe=chosen["nprobe"], **extra)
         if "ef_search" in chosen:
-            return faiss.SearchParametersHNSW(efSearch=max(chosen["ef_search"], k))
-        return None
+            return faiss.SearchParametersHNSW(efSearch=max(chosen["ef_search"], k), **extra)
+        return faiss.SearchParameters(**extra) if extra else None
 
     def count(self) -> int:
         return int(self.index.ntotal)

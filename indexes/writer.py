@@ -40,6 +40,7 @@ from indexes.failpoints import failpoint
 from indexes.handles import CollectionHandle
 from indexes.keyword import KeywordSpec
 from indexes.locking import WriterLock
+from indexes.metadata import write_filter_rows
 from indexes.ondisk import DATA_SUFFIX
 from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow
 from indexes.segments import Manifest, Segment, SegmentMissing, merge, ondisk_template, plan_merges, segment_files
@@ -296,6 +297,7 @@ class CollectionWriter:
                 if new
                 else []
             )
+            write_filter_rows(session, cid, doc_ids, [item.document.metadata for item in new])
             chunk_rows = [
                 {
                     "document_id": doc_id,

@@ -96,10 +96,45 @@ def _title_from_markdown(text: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+def front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """A Markdown file's YAML front matter (`---` lines around it) as typed metadata, and the text
+    after it. Dates become ISO strings (they compare as dates in filters), lists become lists of
+    strings (tags), other values strings; a block that is not a YAML mapping is left as text."""
+    match = re.match(r"---\n(.*?\n)---[ \t]*(\n|$)", text, flags=re.DOTALL)
+    if not match:
+        return {}, text
+    import datetime as dt
+
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return {}, text
+    if not isinstance(loaded, dict):
+        return {}, text
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()
+        if isinstance(value, list):
+            return [str(typed(v)) for v in value if v is not None]
+        return None if value is None else str(value)
+
+    metadata = {str(k): typed(v) for k, v in loaded.items() if typed(v) is not None}
+    return metadata, text[match.end() :]
+
+
 def load_text(data: bytes, name: str) -> Iterator[Document]:
     text = _clean(_decode(data, name))
-    title = _title_from_markdown(text) if suffix_of(name) in (".md", ".markdown") else ""
-    yield Document(source=name, text=text, title=title or Path(name).stem)
+    markdown = suffix_of(name) in (".md", ".markdown")
+    metadata, text = front_matter(text) if markdown else ({}, text)
+    title = _title_from_markdown(text) if markdown else ""
+    given = metadata.get("title")
+    title = given if isinstance(given, str) and given.strip() else title
+    yield Document(source=name, text=text, title=title or Path(name).stem, metadata=metadata)
 
 
 def load_html(data: bytes, name: str) -> Iterator[Document]:

@@ -9,6 +9,7 @@ wins and the source is reported under `duplicates`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import glob
 import hashlib
@@ -128,9 +129,12 @@ class FileScan:
         report.errors.extend(self.errors)
 
 
-def scan_file(path: Path, known: Mapping[str, tuple[int, str]], limits: InputLimits, label: str) -> FileScan:
+def scan_file(
+    path: Path, known: Mapping[str, tuple[int, str]], limits: InputLimits, label: str, metadata: Mapping[str, Any] | None = None
+) -> FileScan:
     """Read, hash and parse one file, keeping only documents whose hash differs from `known`;
-    `label` is the file's source label (`ingest.sources`).
+    `label` is the file's source label (`ingest.sources`); `metadata` (`rag ingest --metadata`) is
+    added to each of its documents' own and is part of their hash, so changing it re-ingests them.
 
     Pure (reads the file, writes nothing), so a distributed run calls it on any worker with the
     slice of `known` that belongs to the file."""
@@ -142,6 +146,8 @@ def scan_file(path: Path, known: Mapping[str, tuple[int, str]], limits: InputLim
         data = path.read_bytes()
         if single:
             digest = "file:" + hashlib.sha256(data).hexdigest()
+            if metadata:
+                digest += ":" + hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode()).hexdigest()[:16]
             scan.seen.append(source)
             if known.get(source, (0, ""))[1] == digest:
                 scan.unchanged = 1
@@ -149,6 +155,8 @@ def scan_file(path: Path, known: Mapping[str, tuple[int, str]], limits: InputLim
                 return scan
         parsed = parse(data, source, limits)
         docs = parsed.documents
+        if metadata:
+            docs = [dataclasses.replace(d, metadata={**d.metadata, **metadata}) for d in docs]
     except (OSError, RagError) as exc:  # LoadError is a RagError
         message = f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
         scan.errors.append({"source": source, "error": message})
@@ -197,6 +205,7 @@ class Ingestor:
         self.limits = limits
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
+        self.metadata: dict[str, Any] = {}  # added to every file's documents (`rag ingest --metadata`)
 
     # -- entry points ------------------------------------------------------------------------
     def ingest_paths(self, paths: Iterable[str], prune: bool = True) -> IngestReport:
@@ -297,7 +306,7 @@ class Ingestor:
         bar = progress_bar(total=len(files), unit="file", desc="files", enabled=self.show_progress)
         for path in files:
             bar.update(1)
-            scan = scan_file(path, known, self.limits, ingest_label(path, folders))
+            scan = scan_file(path, known, self.limits, ingest_label(path, folders), self.metadata)
             scan.tally(seen, report)
             yield from scan.changed
         bar.close()

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
+from indexes.metadata import LABEL_KEY
 from indexes.types import Document
 
-LABEL_KEY = "source_label"
+__all__ = ["LABEL_KEY", "ingest_label", "labelled", "public_source"]
 
 
 def ingest_label(path: Path, roots: Sequence[Path]) -> str:

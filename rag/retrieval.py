@@ -19,6 +19,7 @@ from indexes.config import SearchParams
 from indexes.encoder import Encoder
 from indexes.errors import InvalidInput
 from indexes.faisslib import load_faiss
+from indexes.filters import Where
 from indexes.store import Collection
 from indexes.types import Passage, Ranking
 from rag.fusion import Normalization, fuse
@@ -67,6 +68,18 @@ class Retriever(ABC):
 
     max_query_chars: int
     max_k: int
+    where: Where | None = None  # a filter pushed down into the indexes (indexes/filtered.py)
+
+    def with_where(self, where: Where | None) -> Retriever:
+        """This retriever searching only passages that match `where` (a shallow copy)."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.where = where if where else None
+        base = getattr(self, "base", None)
+        if isinstance(base, Retriever):
+            twin.base = base.with_where(where)  # type: ignore[attr-defined]
+        return twin
 
     def retrieve(self, query: str, k: int = 10) -> list[Passage]:
         return self.retrieve_many([query], k)[0]
@@ -102,6 +115,8 @@ class DenseRetriever(Retriever):
         cleaned = self._checked(queries, k)
         vectors = self.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
+            if self.where:
+                return self.collection.search(vectors, k, self.search_params, where=self.where)
             return self.collection.search(vectors, k, self.search_params)
 
 
@@ -115,6 +130,8 @@ class BM25Retriever(Retriever):
         self.max_k = max_k
 
     def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        if self.where:
+            return self.collection.keyword_search(self._checked(queries, k), k, where=self.where)
         return self.collection.keyword_search(self._checked(queries, k), k)
 
 
@@ -150,7 +167,12 @@ class HybridRetriever(Retriever):
         depth = max(self.depth, k)
         vectors = self.dense.encoder.encode(cleaned, kind="query")
         with _few_query_threads(len(cleaned)):
-            snapshot, dense, sparse = self.dense.collection.hybrid_candidates(vectors, cleaned, depth, self.dense.search_params)
+            if self.where:
+                snapshot, dense, sparse = self.dense.collection.hybrid_candidates(
+                    vectors, cleaned, depth, self.dense.search_params, where=self.where
+                )
+            else:
+                snapshot, dense, sparse = self.dense.collection.hybrid_candidates(vectors, cleaned, depth, self.dense.search_params)
         fused: list[Ranking] = [
             fuse(d, s, self.fusion, self.weight, self.normalization, self.rrf_k, depth) for d, s in zip(dense, sparse)
         ]

@@ -105,3 +105,25 @@ def test_upload_panel_indexes_a_file_with_a_write_key(web_server: Server, browse
     docs = web_server.state.runtime.store.collection("docs").documents(limit=1000)
     assert "upload/tides.md" in {d["source"] for d in docs}
 
+
+
+def test_the_filter_box_restricts_the_passages_and_reports_a_bad_filter(web_server: Server, browser: Any) -> None:
+    if web_server.state.models.get("reader") is not True:
+        pytest.skip("no extractive reader in this build")
+    page = _open(browser, web_server)
+    page.select_option("#collection", "docs")
+    page.select_option("#mode", "extractive")
+    page.fill("#where", '{"source": {"$prefix": "upload/marie"}}')
+    page.fill("#question", "Where was Gabriel Lippmann born?")
+    page.click("#ask")
+    page.wait_for_function("document.querySelectorAll('#passages li').length > 0", timeout=60_000)
+    sources = page.locator("#passages li .src").all_inner_texts()
+    assert sources and all("marie-curie" in s for s in sources), sources
+    page.fill("#where", '{"year": {"$gt": "soon"}}')
+    page.click("#ask")
+    page.wait_for_selector("#status.error", timeout=30_000)
+    assert "where.year.$gt" in page.inner_text("#status")
+    page.fill("#where", "{year: 2020")
+    page.click("#ask")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('not JSON')", timeout=10_000)
+    page.close()

@@ -44,14 +44,15 @@ _SSE_DOC = {
 }
 
 
-def _pipeline(state: ApiState, body: AskRequest, collection: str) -> AskPipeline:
-    """The shared pipeline, or for a filtered request one whose retriever applies the filters
-    (same reader and generator objects, so nothing loads twice)."""
+def _pipeline(state: ApiState, body: AskRequest, collection: str, principal: Principal | None = None) -> AskPipeline:
+    """The shared pipeline, or for a filtered request (or a key with a mandatory filter) one whose
+    retriever applies the filters (same reader and generator objects, so nothing loads twice)."""
     base = state.pipeline
     filters = body.filters
-    if filters is None or all(v is None for v in filters.model_dump().values()):
+    scope = principal.where_filter() if principal is not None else None
+    if scope is None and (filters is None or all(v is None for v in filters.model_dump().values())):
         return base
-    return base.with_retriever(lambda name, kind: FilteredRetriever(state, name or collection, kind, filters))
+    return base.with_retriever(lambda name, kind: FilteredRetriever(state, name or collection, kind, filters, scope))
 
 
 def _call_args(body: AskRequest, question: str, collection: str, k: int) -> dict[str, Any]:
@@ -94,7 +95,7 @@ async def ask(body: AskRequest, request: Request, principal: Principal = Depends
     question = validate_query(body.question, state.settings.max_query_chars)
     k = body.k or state.settings.answer_k
     await run_in_threadpool(state.runtime.collection, collection)  # 404 before anything starts
-    pipeline = _pipeline(state, body, collection)
+    pipeline = _pipeline(state, body, collection, principal)
     timeout = state.settings.generation_timeout_s
     if "text/event-stream" in request.headers.get("accept", ""):
         args = _call_args(body, question, collection, k)

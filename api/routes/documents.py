@@ -14,9 +14,10 @@ from api.auth import check_collection, require
 from api.errors import ApiError
 from api.jobs import api_document, writer_collection
 from api.keys import Principal
-from api.schemas import DeleteResponse, DocumentList, DocumentsIn, ErrorOut, JobOut
+from api.schemas import DeleteResponse, DocumentList, DocumentsIn, ErrorOut, JobOut, MetadataIn, MetadataOut
 from api.state import ApiState, api_state
 from indexes.errors import DocumentNotFound
+from indexes.filters import Where
 from indexes.store import Collection
 from ingest.loaders import document_problem, mib
 from ingest.sources import public_source
@@ -125,11 +126,17 @@ def list_documents(
     name: str = NamePath,
     offset: int = Query(0, ge=0, le=10_000_000),
     limit: int = Query(100, ge=1, le=1000),
+    where: str | None = Query(None, max_length=20_000, description='a filter as JSON, e.g. {"year": {"$gte": 2020}} (the language of /v1/search)'),
     principal: Principal = Depends(require("read")),
 ) -> dict[str, Any]:
+    from api.filtering import scoped
+    from indexes.filters import parse_where
+
     check_collection(principal, name)
     target = api_state(request).runtime.collection(name)
-    documents = [{**doc, "source": public_source(doc["source"], doc.get("metadata") or {})} for doc in target.documents(offset, limit)]
+    chosen = scoped(principal, parse_where(where) if where else None)
+    listed = target.documents(offset, limit, where=chosen)
+    documents = [{**doc, "source": public_source(doc["source"], doc.get("metadata") or {})} for doc in listed]
     return {"collection": name, "offset": offset, "limit": limit, "documents": documents}
 
 
@@ -150,18 +157,54 @@ async def delete_document(
     check_collection(principal, name)
     state = api_state(request)
     await run_in_threadpool(state.runtime.collection, name)  # 404 for an unknown collection, without creating it
-    found, result = await state.writes.run(_delete, state, name, doc_id)
+    from api.filtering import scoped
+
+    scope = scoped(principal, None)
+    found, result = await state.writes.run(_delete, state, name, doc_id, scope)
     state.metrics.documents.labels("deleted").inc(result["deleted"])
     return {"collection": name, "deleted": result["deleted"], "document_ids": found}
 
 
-def _delete(state: ApiState, name: str, doc_id: int) -> tuple[list[int], dict[str, Any]]:
+def _delete(state: ApiState, name: str, doc_id: int, scope: Where | None) -> tuple[list[int], dict[str, Any]]:
+    from indexes.filters import parse_where
+
     target: Collection = writer_collection(state.runtime, name)
     with target.writer():
         try:
             found = target.find_documents(doc_id, by="id")
         except DocumentNotFound:
             found = []
+        if found and scope and not target.documents(0, 1, where=scope.and_(parse_where({"doc_id": doc_id}))):
+            found = []  # another tenant's document: as absent as a missing one
         if not found:
             raise DocumentNotFound(f"no document {doc_id} in collection {name!r}")
         return found, target.delete(found)
+
+
+@router.patch(
+    "/{doc_id}",
+    response_model=MetadataOut,
+    summary="Change a document's metadata without re-embedding it; the next search's filters see it",
+    responses={404: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+)
+async def patch_document(
+    body: MetadataIn,
+    request: Request,
+    name: str = NamePath,
+    doc_id: int = Path(ge=1, le=2**62),
+    principal: Principal = Depends(require("write")),
+) -> dict[str, Any]:
+    """Waits for the writer lock in the bounded write queue, as a delete does."""
+    from api.filtering import scoped
+
+    check_collection(principal, name)
+    state = api_state(request)
+    await run_in_threadpool(state.runtime.collection, name)  # 404 for an unknown collection, without creating it
+    scope = scoped(principal, None)
+    metadata = await state.writes.run(_set_metadata, state, name, doc_id, body.metadata, body.merge, scope)
+    return {"collection": name, "document_id": doc_id, "metadata": metadata}
+
+
+def _set_metadata(state: ApiState, name: str, doc_id: int, metadata: dict[str, Any], merge: bool, scope: Where | None) -> dict[str, Any]:
+    target: Collection = writer_collection(state.runtime, name)
+    return target.set_metadata(doc_id, metadata, merge=merge, where=scope)

@@ -28,7 +28,7 @@ from api.auth import check_collection, require
 from api.errors import ApiError
 from api.keys import Principal
 from api.routes.search import get_retriever
-from api.schemas import ErrorOut
+from api.schemas import ErrorOut, Filters
 from api.state import ApiState, api_state
 from rag.answer import Answer
 from rag.chat import ChatQuestion, ContextRetriever, Turn, answer_text, chat_question, collection_of, pieces
@@ -65,6 +65,7 @@ class ChatRequest(BaseModel):
     mode: Literal["extractive", "generative"] | None = Field(None, description="rag extension; default RAG_ANSWER_MODE")
     k: int | None = Field(None, ge=1, le=50, description="rag extension: passages read (default RAG_ANSWER_K)")
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="rag extension")
+    filters: Filters | None = Field(None, description="rag extension: the filter of /v1/search (extra_body with the openai SDK)")
 
     _k_as_json_integer = field_validator("k", mode="before")(_whole)
 
@@ -86,11 +87,19 @@ def _collection(state: ApiState, principal: Principal, model: str) -> str:
     return name
 
 
-def _ask(state: ApiState, collection: str, asked: ChatQuestion, body: ChatRequest) -> Answer:
+def _ask(state: ApiState, collection: str, asked: ChatQuestion, body: ChatRequest, principal: Principal | None = None) -> Answer:
+    from api.filtering import request_where, scoped
+
     base = state.pipeline
-    pipeline = base.with_retriever(
-        lambda name, kind: ContextRetriever(get_retriever(state, name or collection, kind), asked.retrieval_query)
-    )
+    where = request_where(body.filters)
+    if principal is not None:
+        where = scoped(principal, where)
+
+    def retriever(name: str | None, kind: str | None) -> Any:
+        found = get_retriever(state, name or collection, kind)
+        return ContextRetriever(found.with_where(where) if where else found, asked.retrieval_query)
+
+    pipeline = base.with_retriever(retriever)
     return pipeline.ask(asked.question, collection, body.mode, body.k, body.retriever)
 
 
@@ -149,7 +158,7 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
     timeout = state.settings.generation_timeout_s
     try:
         with anyio.fail_after(timeout):
-            answer = await anyio.to_thread.run_sync(lambda: _ask(state, collection, asked, body), abandon_on_cancel=True)
+            answer = await anyio.to_thread.run_sync(lambda: _ask(state, collection, asked, body, principal), abandon_on_cancel=True)
     except TimeoutError:
         raise ApiError(504, "timeout", f"no answer within {timeout:g} s (RAG_GENERATION_TIMEOUT_S)") from None
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -14,6 +14,7 @@ from api.schemas import ErrorOut, Filters, SearchRequest, SearchResponse
 from api.state import ApiState, api_state
 from indexes.config import SearchParams
 from indexes.errors import InvalidInput
+from indexes.filters import Where
 from indexes.types import Passage
 from ingest.sources import public_source
 from rag.retrieval import Retriever, validate_query
@@ -66,13 +67,16 @@ def filtered_search(
     kind: str | None,
     filters: Filters | None,
     params: SearchParams | None = None,
+    scope: Where | None = None,
 ) -> list[Passage]:
-    """Top-k passages passing the filters: over-fetch, filter, renumber ranks."""
-    if filters is None:
+    """Top-k passages matching the request's filters and the key's `scope`, pushed down into the
+    indexes (api/filtering.py, indexes/filtered.py): k come back whenever k match."""
+    from api.filtering import request_where
+
+    where = scope.and_(request_where(filters)) if scope else request_where(filters)
+    if not where:
         return _retrieve(state, collection, query, k, kind, params)
-    fetch = min(state.settings.max_k, max(k * 10, 100))
-    kept = [p for p in _retrieve(state, collection, query, fetch, kind, params) if matches(p, filters)][:k]
-    return [_rerank(p, rank) for rank, p in enumerate(kept, start=1)]
+    return list(get_retriever(state, collection, kind, params).with_where(where).retrieve(query, k))
 
 
 def _retrieve(state: ApiState, collection: str, query: str, k: int, kind: str | None, params: SearchParams | None) -> list[Passage]:
@@ -83,13 +87,14 @@ def _retrieve(state: ApiState, collection: str, query: str, k: int, kind: str | 
 
 
 class FilteredRetriever(Retriever):
-    """A retriever whose results pass `filters`; lets the answer pipeline honour /v1/ask filters."""
+    """A retriever whose results pass `filters` and `scope`; lets the answer pipeline honour
+    /v1/ask filters and a key's mandatory filter."""
 
-    def __init__(self, state: ApiState, collection: str, kind: str | None, filters: Filters) -> None:
-        self.state, self.collection, self.kind, self.filters = state, collection, kind, filters
+    def __init__(self, state: ApiState, collection: str, kind: str | None, filters: Filters | None, scope: Where | None = None) -> None:
+        self.state, self.collection, self.kind, self.filters, self.scope = state, collection, kind, filters, scope
 
     def retrieve(self, query: str, k: int = 10) -> list[Passage]:
-        return filtered_search(self.state, self.collection, query, k, self.kind, self.filters)
+        return filtered_search(self.state, self.collection, query, k, self.kind, self.filters, scope=self.scope)
 
     def retrieve_many(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
         return [self.retrieve(query, k) for query in queries]
@@ -115,7 +120,7 @@ def search(body: SearchRequest, request: Request, principal: Principal = Depends
         raise InvalidInput(f"k must be between 1 and {state.settings.max_k}, not {body.k}")
     started = time.perf_counter()
     params = SearchParams(nprobe=body.nprobe, ef_search=body.ef_search)
-    passages = filtered_search(state, collection, query, body.k, body.retriever, body.filters, params)
+    passages = filtered_search(state, collection, query, body.k, body.retriever, body.filters, params, principal.where_filter())
     return {
         "collection": collection,
         "query": query,

@@ -1,0 +1,183 @@
+"""Filtered search pushed down into the indexes: SQL resolves a filter to the snapshot's matching
+chunk ids, and FAISS and BM25 search only those, so a filtered search returns min(k, matches)
+passages, all matching, never the survivors of a post-filter.
+
+The planner chooses per segment by the size of the matching set, as Qdrant's does: an exact
+segment (Flat) or a small matching set is searched by brute force over the matching vectors (read
+in place from FAISS's storage, or reconstructed), which is exact and, for a selective filter, the
+fastest query; a large set in an HNSW or IVF segment is searched by the index itself with an id
+selector (`SearchParameters(sel=IDSelectorBitmap)`), HNSW with its candidate list widened by the
+inverse selectivity. A query the index answers with fewer than min(k, matches) hits is redone exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexes.config import SearchParams
+from indexes.faisslib import load_faiss
+from indexes.filters import Where, to_sql
+from indexes.types import Ranking
+
+if TYPE_CHECKING:
+    from indexes.segments import Segment
+    from indexes.snapshot import Snapshot
+
+EXACT_LIMIT = 4096  # matching vectors in a segment at or below which it is searched exactly
+EXACT_FRACTION = 0.05  # ... or this share of the segment: a sparse selector starves HNSW and IVF
+MAX_EF_SEARCH = 1024
+
+
+def dialect_of(snap: Snapshot) -> str:
+    return str(snap.sessions.kw["bind"].dialect.name)
+
+
+CACHED_FILTERS = 64  # resolved filters kept per snapshot
+
+
+def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
+    """Sorted chunk ids of the snapshot's visible documents that match `where`.
+
+    Resolved by one SQL query, and kept on the snapshot (a repeated filter, such as a tenant's,
+    costs one primary-key lookup): a snapshot's documents and chunks never change, and their
+    metadata changes only through new `document_fields` rows (ids never reused: every change
+    inserts some, see `replace_filter_rows`), so the largest row id versions the metadata."""
+    import json
+
+    from sqlalchemy import func, select
+
+    from indexes.schema import DocumentFieldRow
+
+    key = json.dumps(where.to_dict(), sort_keys=True, default=str)
+    with snap.sessions() as session:
+        version = int(session.scalar(select(func.max(DocumentFieldRow.id))) or 0)
+    cached = snap.filter_cache.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    found = _resolve(snap, where)
+    if len(snap.filter_cache) >= CACHED_FILTERS:
+        snap.filter_cache.pop(next(iter(snap.filter_cache)), None)
+    snap.filter_cache[key] = (version, found)
+    return found
+
+
+def _resolve(snap: Snapshot, where: Where) -> np.ndarray:
+    from sqlalchemy import select
+
+    from indexes.schema import ChunkRow, DocumentRow, visible_at
+
+    statement = (
+        select(ChunkRow.id)
+        .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+        .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
+    )
+    condition = to_sql(where, dialect_of(snap))
+    if condition is not None:
+        statement = statement.where(condition)
+    with snap.sessions() as session:
+        found = np.asarray(session.execute(statement).scalars().all(), dtype=np.int64)
+    return np.unique(found)
+
+
+def _empty() -> Ranking:
+    return np.zeros(0, np.float32), np.zeros(0, np.int64)
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> Ranking:
+    """Best k by score, ties by chunk id (the unfiltered search's order)."""
+    if len(scores) > k:
+        keep = np.argpartition(-scores, k - 1)[:k]
+        scores, ids = scores[keep], ids[keep]
+    order = np.lexsort((ids, -scores))
+    return scores[order].astype(np.float32), ids[order]
+
+
+def _selector(allowed: np.ndarray) -> tuple[Any, Any]:
+    """A FAISS selector over `allowed` and the buffer it reads (which must outlive the search):
+    a bitmap over chunk ids while they are dense enough, else a hashed batch."""
+    faiss = load_faiss()
+    top = int(allowed[-1]) + 1
+    if top <= 64 * max(len(allowed), 1) * 8:
+        bits = np.zeros((top + 7) // 8, dtype=np.uint8)
+        np.bitwise_or.at(bits, allowed >> 3, (1 << (allowed & 7)).astype(np.uint8))
+        return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
+    return faiss.IDSelectorBatch(allowed), allowed
+
+
+def _exact(segment: Segment, positions: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> list[Ranking]:
+    stored = segment.flat_vectors
+    vectors = stored[positions] if stored is not None else segment.vectors_of(ids)
+    scores = queries @ vectors.T
+    return [_top(scores[q], ids, k) for q in range(len(queries))]
+
+
+def _is_exact_index(segment: Segment) -> bool:
+    factory = segment.vectors.factory.replace("IDMap2,", "").replace("IDMap,", "")
+    return factory == "Flat"
+
+
+def dense(
+    snap: Snapshot,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+    params: SearchParams | None = None,
+    exact_limit: int = EXACT_LIMIT,
+    exact_fraction: float = EXACT_FRACTION,
+) -> list[Ranking]:
+    """Top-k (scores, chunk ids) per query among `allowed` (sorted, visible chunk ids) only.
+    `exact_limit`/`exact_fraction` are the planner's thresholds (0: an ANN segment always uses its
+    index with the selector; tests and bench/filters.py set them)."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if not len(allowed):
+        return [_empty() for _ in range(len(queries))]
+    chosen = (params or SearchParams()).over(snap.config.search)
+    per_query: list[list[Ranking]] = [[] for _ in range(len(queries))]
+    selector: tuple[Any, Any] | None = None
+    for segment in snap.segments:
+        if not segment.vectors.count():
+            continue
+        positions, ids = segment.positions_of(allowed)
+        if not len(ids):
+            continue
+        want = min(k, len(ids))
+        if _is_exact_index(segment) or len(ids) <= exact_limit or len(ids) < exact_fraction * len(segment.ids):
+            found = _exact(segment, positions, ids, queries, want)
+        else:
+            if selector is None:
+                selector = _selector(allowed)
+            widened = chosen
+            if "HNSW" in segment.vectors.factory:
+                base = segment.vectors.effective_params(chosen, k).get("ef_search", 64)
+                widen = math.ceil(base * len(segment.ids) / len(ids))
+                # At least 10 k: the post-filter this replaces searched max(10 k, 100) deep.
+                widened = SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, widen, 10 * k)))
+            scores, labels = segment.vectors.search(queries, want, widened, selector=selector[0])
+            found = []
+            for q in range(len(queries)):
+                keep = labels[q] >= 0
+                if int(keep.sum()) < want:  # the index ran dry: this query, exactly
+                    found.append(_exact(segment, positions, ids, queries[q : q + 1], want)[0])
+                else:
+                    found.append((scores[q][keep], labels[q][keep]))
+        for q, ranking in enumerate(found):
+            per_query[q].append(ranking)
+    results: list[Ranking] = []
+    for parts in per_query:
+        if not parts:
+            results.append(_empty())
+            continue
+        results.append(_top(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), k))
+    return results
+
+
+def keyword(snap: Snapshot, queries: Sequence[str], k: int, allowed: np.ndarray) -> list[Ranking]:
+    """BM25 top-k per query scored over the matching chunks only (collection-wide idf, as a
+    Lucene filter leaves it)."""
+    if not len(allowed):
+        return [_empty() for _ in queries]
+    return snap.keyword_index.search(queries, k, allowed=allowed)

@@ -1,0 +1,308 @@
+"""Filtered retrieval: one checked filter language, pushed down into FAISS and BM25 through SQL,
+on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec
+from indexes.errors import DocumentNotFound, InvalidInput
+from indexes.filters import FilterError, parse_cli, parse_where
+from indexes.store import CollectionConfig, NewDocument, SearchParams, Store
+from indexes.types import Chunk, Document
+
+DIM = 32
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+def _meta(i: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "tenant": f"t{i % 5}",
+        "year": 2000 + i % 25,
+        "draft": i % 3 == 0,
+        "tags": [WORDS[i % 8], WORDS[(i * 3) % 8]],
+        "published": f"20{10 + i % 15}-0{1 + i % 9}-15",
+        "score": i / 10,
+    }
+    if i % 4 == 0:
+        meta["reviewer"] = "kim"
+    return meta
+
+
+def _docs(n: int, rng: np.random.Generator, start: int = 0) -> tuple[list[NewDocument], np.ndarray]:
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    docs = []
+    for j in range(n):
+        i = start + j
+        text = f"{WORDS[i % 8]} {WORDS[(i // 8) % 8]} document {i}"
+        doc = Document(f"src/{i // 100}/d{i}", text, title=f"d{i}", metadata=_meta(i), external_id=f"ext-{i}")
+        docs.append(NewDocument(doc, f"h{i}", [Chunk(text, 0, len(text), 0)], vectors[j : j + 1]))
+    return docs, vectors
+
+
+def _config(factory: str = "Flat") -> CollectionConfig:
+    spec = EncoderSpec.detect(DEFAULT_EMBEDDER)
+    return CollectionConfig(encoder=spec, dim=DIM, index_factory=factory, chunk_tokens=16, chunk_overlap=0)
+
+
+def _build(tmp_path: Path, url: str, n: int, factory: str = "Flat", batches: int = 3) -> tuple[Any, Any, np.ndarray]:
+    """A collection of n one-chunk documents in `batches` write batches (so several segments)."""
+    store = Store(tmp_path / "home", url)
+    collection = store.create_collection("filters", _config(factory))
+    rng = np.random.default_rng(7)
+    parts = []
+    size = -(-n // batches)
+    for start in range(0, n, size):
+        docs, vectors = _docs(min(size, n - start), rng, start)
+        parts.append(vectors)
+        with collection.writer():
+            collection.write(docs)
+    return store, collection, np.vstack(parts)
+
+
+def _matches(i: int, test: Any) -> bool:
+    return bool(test(i, _meta(i)))
+
+
+# -- the language ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("where", "path", "words"),
+    [
+        ({"year": {"$between": [1, 2]}}, "where.year.$between", "unknown operator"),
+        ({"tenant": {"$gt": "t3"}}, "where.tenant.$gt", "range on a string"),
+        ({"source": {"$gte": "a"}}, "where.source.$gte", "source is a string"),
+        ({"year": [2020, 2021]}, "where.year", "list where a single value belongs"),
+        ({"year": {"$eq": [2020]}}, "where.year.$eq", "list where a single value belongs"),
+        ({"year": {"$in": 2020}}, "where.year.$in", "takes a list"),
+        ({"reviewer": {"$exists": "yes"}}, "where.reviewer.$exists", "true or false"),
+        ({"$or": [{"year": 2020}, {"tenant": {"$lt": "x"}}]}, "where.$or[1].tenant.$lt", "range on a string"),
+        ({"$or": {"year": 2020}}, "where.$or", "non-empty list"),
+        ({"$nor": [{"year": 1}]}, "where.$nor", "unknown operator"),
+        ({"doc_id": "12"}, "where.doc_id", "integer"),
+        ({"ingested_at": {"$gte": "last week"}}, "where.ingested_at.$gte", "ISO date"),
+        ({"year": None}, "where.year", "null"),
+        ({"bad name!": 1}, "where.bad name!", "not usable"),
+        ({"draft": {"$gt": True}}, "where.draft.$gt", "boolean has none"),
+        ({"operator": "AND", "conditions": [{"field": "meta.year", "operator": "==", "value": 2020}]}, "where", "Haystack"),
+        ({"year": {"$gte": 2020, "$nope": 1}}, "where.year.$nope", "unknown operator"),
+    ],
+)
+def test_a_bad_filter_is_refused_naming_its_path(where: dict[str, Any], path: str, words: str) -> None:
+    with pytest.raises(FilterError) as caught:
+        parse_where(where)
+    assert caught.value.args[0].startswith(path + ":"), caught.value.args[0]
+    assert words in caught.value.args[0]
+    assert isinstance(caught.value, InvalidInput)  # -> 4xx in the API, exit 2 in the CLI
+
+
+def test_nesting_past_the_limit_is_refused() -> None:
+    where: dict[str, Any] = {"year": 2020}
+    for _ in range(8):
+        where = {"$not": where}
+    with pytest.raises(FilterError, match="nests deeper than 8"):
+        parse_where(where)
+    parse_where({"$not": {"$not": {"year": 2020}}})  # shallow nesting is fine
+
+
+def test_too_many_conditions_are_refused() -> None:
+    with pytest.raises(FilterError, match="more than 256 conditions"):
+        parse_where({"$or": [{"year": y} for y in range(300)]})
+
+
+def test_the_cli_short_form_types_its_values() -> None:
+    where = parse_cli(["year=2020", "tenant=acme", "draft=true"])
+    assert where is not None and where.to_dict() == {"year": 2020, "tenant": "acme", "draft": True}
+    assert parse_cli(['{"year": {"$gte": 2020}}']).to_dict() == {"year": {"$gte": 2020}}  # type: ignore[union-attr]
+    with pytest.raises(FilterError, match="not valid JSON"):
+        parse_cli(["{year: 2020}"])
+
+
+# -- every operator, through SQL, on both backends ------------------------------------------------
+N_OPS = 60
+OPERATOR_CASES: list[tuple[dict[str, Any], Any]] = [
+    ({"tenant": "t2"}, lambda i, m: m["tenant"] == "t2"),
+    ({"tenant": {"$eq": "t2"}}, lambda i, m: m["tenant"] == "t2"),
+    ({"tenant": {"$ne": "t2"}}, lambda i, m: m["tenant"] != "t2"),
+    ({"year": {"$gt": 2020}}, lambda i, m: m["year"] > 2020),
+    ({"year": {"$gte": 2020}}, lambda i, m: m["year"] >= 2020),
+    ({"year": {"$lt": 2003}}, lambda i, m: m["year"] < 2003),
+    ({"year": {"$lte": 2003}}, lambda i, m: m["year"] <= 2003),
+    ({"score": {"$gt": 2.5, "$lte": 4}}, lambda i, m: 2.5 < m["score"] <= 4),
+    ({"year": {"$in": [2001, 2010]}}, lambda i, m: m["year"] in (2001, 2010)),
+    ({"tenant": {"$nin": ["t0", "t1"]}}, lambda i, m: m["tenant"] not in ("t0", "t1")),
+    ({"reviewer": {"$exists": True}}, lambda i, m: "reviewer" in m),
+    ({"reviewer": {"$exists": False}}, lambda i, m: "reviewer" not in m),
+    ({"reviewer": {"$ne": "kim"}}, lambda i, m: m.get("reviewer") != "kim"),  # missing counts as not equal
+    ({"tags": {"$contains": "echo"}}, lambda i, m: "echo" in m["tags"]),
+    ({"tags": {"$in": ["echo", "golf"]}}, lambda i, m: bool({"echo", "golf"} & set(m["tags"]))),
+    ({"draft": True}, lambda i, m: m["draft"] is True),
+    ({"draft": False}, lambda i, m: m["draft"] is False),
+    ({"year": 1}, lambda i, m: False),  # a number never equals a boolean or a string
+    ({"published": {"$gte": "2020-01-01"}}, lambda i, m: m["published"] >= "2020-01-01"),
+    ({"published": {"$lt": "2012-06-01T00:00:00"}}, lambda i, m: m["published"] < "2012-06-01T00:00:00"),
+    ({"tenant": {"$prefix": "t1"}}, lambda i, m: m["tenant"].startswith("t1")),
+    ({"$or": [{"tenant": "t1"}, {"year": {"$gte": 2022}}]}, lambda i, m: m["tenant"] == "t1" or m["year"] >= 2022),
+    ({"$and": [{"tenant": "t1"}, {"draft": False}]}, lambda i, m: m["tenant"] == "t1" and not m["draft"]),
+    ({"$not": {"tenant": "t1"}}, lambda i, m: m["tenant"] != "t1"),
+    ({"year": {"$not": {"$gte": 2010}}}, lambda i, m: not m["year"] >= 2010),
+    ({"tenant": "t3", "year": {"$gte": 2010}}, lambda i, m: m["tenant"] == "t3" and m["year"] >= 2010),
+    ({"source": {"$prefix": "src/0/d1"}}, lambda i, m: f"src/0/d{i}".startswith("src/0/d1")),
+    ({"external_id": {"$in": ["ext-3", "ext-7"]}}, lambda i, m: i in (3, 7)),
+    ({"doc_id": {"$lte": 5}}, lambda i, m: i + 1 <= 5),  # ids are 1-based in insertion order here
+    ({"ingested_at": {"$gte": "2000-01-01"}}, lambda i, m: True),
+    ({"ingested_at": {"$lt": "2000-01-01"}}, lambda i, m: False),
+    ({"metadata.tenant": "t4"}, lambda i, m: m["tenant"] == "t4"),
+]
+
+
+@pytest.fixture()
+def small(tmp_path: Path, database_url: str) -> Any:
+    store, collection, vectors = _build(tmp_path, database_url, N_OPS, batches=2)
+    yield collection, vectors
+    store.close()
+
+
+def test_each_operator_selects_exactly_the_matching_documents(small: Any) -> None:
+    collection, vectors = small
+    query = vectors[:1]
+    for where, test in OPERATOR_CASES:
+        expected = {f"d{i}" for i in range(N_OPS) if _matches(i, test)}
+        parsed = parse_where(where)
+        listed = {d["title"] for d in collection.documents(limit=1000, where=parsed)}
+        assert listed == expected, where
+        found = collection.search(query, N_OPS, where=parsed)[0]
+        assert {p.title for p in found} == expected, where  # pushed down: every match, nothing else
+        assert len(collection.search(query, 3, where=parsed)[0]) == min(3, len(expected)), where
+
+
+def test_bm25_scores_only_matching_documents(small: Any) -> None:
+    collection, _ = small
+    where = parse_where({"tenant": "t1"})
+    hits = collection.keyword_search(["alpha bravo"], 5, where=where)[0]
+    assert len(hits) == 5 and all(p.metadata["tenant"] == "t1" for p in hits)
+    everyone = collection.keyword_search(["alpha bravo"], N_OPS)[0]
+    expected = [p.chunk_id for p in everyone if p.metadata["tenant"] == "t1"][:5]
+    assert [p.chunk_id for p in hits] == expected  # the unfiltered ranking restricted, same scores
+
+
+def test_a_metadata_update_is_seen_by_the_next_search(small: Any) -> None:
+    collection, vectors = small
+    where = parse_where({"tenant": "moved"})
+    assert collection.search(vectors[:1], 5, where=where)[0] == []
+    doc_id = collection.find_documents("ext-11", by="external_id")[0]
+    assert collection.set_metadata(doc_id, {"tenant": "moved", "year": None})["tenant"] == "moved"
+    hits = collection.search(vectors[:1], 5, where=where)[0]
+    assert [p.external_id for p in hits] == ["ext-11"]
+    assert "year" not in hits[0].metadata  # None removed the key
+    assert collection.check().consistent  # nothing re-embedded, nothing out of step
+    with pytest.raises(InvalidInput, match="metadata tags"):
+        collection.set_metadata(doc_id, {"tags": [1, 2]})
+    with pytest.raises(DocumentNotFound):
+        collection.set_metadata(10_000, {"tenant": "x"})
+
+
+def test_a_scoped_update_cannot_move_a_document_out_of_its_scope(small: Any) -> None:
+    collection, _ = small
+    doc_id = collection.find_documents("ext-1", by="external_id")[0]  # tenant t1
+    scope = parse_where({"tenant": "t1"})
+    with pytest.raises(InvalidInput, match="out of what your key may see"):
+        collection.set_metadata(doc_id, {"tenant": "t2"}, where=scope)
+    with pytest.raises(DocumentNotFound):
+        collection.set_metadata(collection.find_documents("ext-2", by="external_id")[0], {"x": 1}, where=scope)
+    assert collection.documents(limit=100, where=parse_where({"external_id": "ext-1"}))[0]["metadata"]["tenant"] == "t1"
+
+
+# -- exact top-k on real FAISS indexes -------------------------------------------------------------
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
+def test_selective_filters_return_exactly_the_exact_search_top_k(tmp_path: Path, database_url: str, factory: str) -> None:
+    from indexes import filtered
+
+    n = 900
+    store, collection, vectors = _build(tmp_path, database_url, n, factory, batches=2)
+    try:
+        assert any(factory.split(",")[0] in f for f in collection.stats()["segment_factories"]), collection.stats()
+        rng = np.random.default_rng(1)
+        queries = rng.normal(size=(12, DIM)).astype(np.float32)
+        cases = [
+            ({"tenant": "t3"}, lambda i, m: m["tenant"] == "t3"),  # 20%
+            ({"tenant": "t3", "year": 2003}, lambda i, m: m["tenant"] == "t3" and m["year"] == 2003),  # ~0.8%
+            ({"doc_id": {"$in": [5, 77, 400, 899]}}, lambda i, m: i + 1 in (5, 77, 400, 899)),
+            ({"$or": [{"tenant": "t1"}, {"tenant": "t2"}, {"draft": True}]}, lambda i, m: m["tenant"] in ("t1", "t2") or m["draft"]),
+        ]
+        for where, test in cases:
+            allowed = np.asarray([i for i in range(n) if _matches(i, test)])
+            scores = queries @ vectors[allowed].T
+            parsed = parse_where(where)
+            hits = collection.search(queries, 10, where=parsed)
+            snap = collection.snapshot()
+            # The index itself with the id selector (the planner's choice for large matching sets):
+            indexed = snap.passages(filtered.dense(snap, queries, 10, filtered.matching_chunk_ids(snap, parsed), exact_limit=0, exact_fraction=0), 10)
+            for q in range(len(queries)):
+                top = allowed[np.argsort(-scores[q], kind="stable")[:10]]
+                assert len(hits[q]) == min(10, len(allowed))
+                assert [int(p.title[1:]) for p in hits[q]] == list(top), (factory, where, q)
+                assert len(indexed[q]) == min(10, len(allowed))
+                assert all(_matches(int(p.title[1:]), test) for p in indexed[q])
+                if factory != "HNSW16":  # Flat exact; IVF8 at the default nprobe (8 of 8 lists) too
+                    assert [int(p.title[1:]) for p in indexed[q]] == list(top), (factory, where, q)
+    finally:
+        store.close()
+
+
+def test_hybrid_fuses_only_matching_candidates(tmp_path: Path) -> None:
+    from rag.fusion import convex_ranking
+
+    store, collection, vectors = _build(tmp_path, f"sqlite:///{tmp_path / 'h.db'}", 200)
+    try:
+        where = parse_where({"year": {"$gte": 2020}})
+        snap, dense, sparse = collection.hybrid_candidates(vectors[:2], ["alpha echo", "golf"], 20, SearchParams(), where=where)
+        for d, s in zip(dense, sparse):
+            fused = snap.passages([convex_ranking(d, s, 0.5, "zscore")], 10)[0]
+            assert len(fused) == 10 and all(p.metadata["year"] >= 2020 for p in fused)
+    finally:
+        store.close()
+
+
+def test_a_database_made_before_filters_is_backfilled_on_open(tmp_path: Path, database_url: str) -> None:
+    from sqlalchemy import func, select
+
+    from indexes.schema import DocumentFieldRow
+
+    store, collection, vectors = _build(tmp_path, database_url, 30, batches=1)
+    with store.engine.connect() as connection:
+        written = connection.scalar(select(func.count()).select_from(DocumentFieldRow))
+    assert written == sum(len(_meta(i)) + 1 for i in range(30))  # one row a value; tags hold two
+    DocumentFieldRow.__table__.drop(store.engine)  # as an older version left the database
+    store.close()
+    reopened = Store(tmp_path / "home", database_url)
+    try:
+        with reopened.engine.connect() as connection:
+            assert connection.scalar(select(func.count()).select_from(DocumentFieldRow)) == written
+        hits = reopened.collection("filters").search(vectors[:1], 30, where=parse_where({"tenant": "t1"}))[0]
+        assert {p.title for p in hits} == {f"d{i}" for i in range(30) if i % 5 == 1}
+    finally:
+        reopened.close()
+
+
+def test_a_deleted_document_no_longer_matches(small: Any) -> None:
+    collection, vectors = small
+    doomed = collection.find_documents("ext-1", by="external_id")
+    with collection.writer():
+        collection.delete(doomed)
+    assert len(collection.search(vectors[:1], 5, where=parse_where({"external_id": {"$in": ["ext-1", "ext-2"]}}))[0]) == 1
+
+
+def test_a_cached_filter_sees_a_document_emptied_of_metadata(small: Any) -> None:
+    collection, vectors = small
+    where = parse_where({"reviewer": {"$exists": True}})
+    before = {p.external_id for p in collection.search(vectors[:1], N_OPS, where=where)[0]}
+    assert "ext-4" in before
+    assert collection.search(vectors[:1], N_OPS, where=where)[0]  # resolved once, then kept on the snapshot
+    collection.set_metadata(collection.find_documents("ext-4", by="external_id")[0], {}, merge=False)
+    after = {p.external_id for p in collection.search(vectors[:1], N_OPS, where=where)[0]}
+    assert after == before - {"ext-4"}
