@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,15 +63,17 @@ def served(home: Path, **settings: Any) -> Iterator[Served]:
     key = KeyStore(Store(home, sql_url)).create("tests", "write")[0]
     port = _free_port()
     rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
-    process = subprocess.Popen(
-        [rag, "serve", "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    # stderr goes to a file, never a pipe nobody drains: a server logging more than a pipe holds
+    # (tracebacks of 500s under schemathesis) blocked in write() and stopped answering
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([rag, "serve", "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"rag serve exited: {process.stderr.read().decode() if process.stderr else ''}")
+                log.seek(0)
+                raise RuntimeError(f"rag serve exited: {log.read().decode(errors='replace')}")
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                     break
@@ -87,6 +90,7 @@ def served(home: Path, **settings: Any) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
 
 
 def wait_job(client: httpx.Client, job: dict[str, Any], timeout: float = 180) -> dict[str, Any]:
