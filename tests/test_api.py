@@ -469,17 +469,31 @@ def test_a_failed_job_that_created_its_collection_leaves_no_empty_collection(ser
     assert not (server.home / "collections" / "ghostjob").exists()
 
 
-def test_a_failed_job_does_not_drop_the_collection_a_concurrent_job_fills(server: Server) -> None:
-    """The failed job's clean-up must not race a second job on the same new collection."""
+def test_a_failed_job_does_not_drop_the_collection_a_concurrent_job_fills(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed job's clean-up must not race a second job on the same new collection: the failing
+    job is held inside its write (holding the writer lock) until the second job is submitted, so the
+    second one is queued or waiting for the lock when the first one ends. A clean-up that dropped the
+    collection anyway would delete what the second job writes, or make it fail on a dropped collection."""
+    from ingest.pipeline import Ingestor
+
+    second_submitted = threading.Event()
+    original = Ingestor.ingest_upload
+
+    def held_upload(self: Ingestor, name: str, data: bytes, source: str) -> Any:
+        if name == "held.exe":
+            assert second_submitted.wait(60)
+        return original(self, name, data, source)
+
+    monkeypatch.setattr(Ingestor, "ingest_upload", held_upload)
     with server.client() as client:
-        failing = upload(client, "sharedjob", [("bad.exe", b"MZ")])
+        failing = upload(client, "sharedjob", [("held.exe", b"MZ")])
         filling = upload(client, "sharedjob", _corpus_files("shared", 1, 5))
+        second_submitted.set()
         assert wait_job(client, failing)["status"] == "failed"
         assert wait_job(client, filling)["status"] == "succeeded"
         docs = client.get("/v1/collections/sharedjob/documents").json()["documents"]
     assert len(docs) == 5
     assert server.state.runtime.store.collection("sharedjob").check().consistent
-
 
 # -- concurrency -------------------------------------------------------------------------------
 
