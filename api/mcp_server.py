@@ -3,7 +3,8 @@
 Agents and IDE assistants start it as a subprocess and speak JSON-RPC over its stdin/stdout
 (`mcp` package, `MCPServer`). Tools take typed, bounded arguments (their JSON schemas come from the
 signatures) and return typed results; a library error becomes a tool error with the same one-line
-message the CLI prints. Models load on the first call that needs them, so the handshake is fast.
+message the CLI prints, and arguments that break the schema one line naming each bad field.
+Models load on the first call that needs them, so the handshake is fast.
 The process is local and trusted like the CLI: there are no keys, it sees every collection.
 """
 
@@ -14,8 +15,10 @@ from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.context import Context
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult
+from pydantic import BaseModel, Field, ValidationError
 
 from indexes.errors import RagError
 from indexes.filters import parse_where
@@ -102,11 +105,41 @@ WhereArg = Annotated[
 ]
 
 
+def _invalid_arguments(tool: str, error: ValidationError) -> str:
+    """`invalid arguments for search: k: Input should be ...; query: Field required`: one line, each
+    field with pydantic's message, without the rejected values or the documentation links."""
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in item["loc"]) or "arguments"
+        parts.append(f"{field}: {' '.join(str(item['msg']).split())}")
+    return f"invalid arguments for {tool}: " + "; ".join(parts)
+
+
+class _RagServer(MCPServer):
+    """`MCPServer` whose argument-validation failures read as one line.
+
+    The library validates a call's arguments before the tool function runs and reports a failure as
+    `ToolError("Error executing tool <name>: <pydantic's multi-line report>")` caused by the
+    `ValidationError`; `call_tool` is the public method every `tools/call` goes through, so the
+    message is rewritten here (the cause is kept: the library logs its field names)."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            raise ToolError(_invalid_arguments(name, cause)) from cause
+
+
 def build_server(runtime: Runtime) -> MCPServer:
     """An `MCPServer` whose tools answer from `runtime`'s store and models."""
     settings = runtime.settings
     pipeline = runtime.ask_pipeline()
-    server = MCPServer(
+    server = _RagServer(
         "rag",
         instructions=(
             "Search and question a local document collection. `ask` returns an answer whose [n] markers "

@@ -160,8 +160,11 @@ class Store:
         found.require_encoder(config.encoder)
         return found
 
-    def drop_collection(self, name: str, timeout: float = 600.0) -> None:
-        """Delete a collection whole: its rows, runs and index files (a broken one too)."""
+    def drop_collection(self, name: str, timeout: float = 600.0, *, only_if_empty: bool = False) -> bool:
+        """Delete a collection whole: its rows, runs and index files (a broken one too).
+
+        `only_if_empty` keeps it (and answers False) when it holds a document once its writer lock is
+        held, so a writer that filled it meanwhile loses nothing."""
         with self.sessions() as session:
             row = session.scalars(select(CollectionRow).where(CollectionRow.name == name)).first()
         if row is None:
@@ -171,6 +174,13 @@ class Store:
         lock = WriterLock(self.engine, row.id, name)
         lock.acquire(timeout)
         try:
+            if only_if_empty:
+                with self.sessions() as session:
+                    now = session.get(CollectionRow, row.id)
+                    if now is None or now.name != name:
+                        return False  # dropped (and perhaps re-created) meanwhile: not ours to remove
+                    if session.scalars(select(DocumentRow.id).where(DocumentRow.collection_id == row.id).limit(1)).first():
+                        return False
             with self.sessions.begin() as session:
                 doc_ids = select(DocumentRow.id).where(DocumentRow.collection_id == row.id)
                 session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(doc_ids)))
@@ -181,3 +191,4 @@ class Store:
         finally:
             lock.release()
         self._open.pop(name, None)
+        return True

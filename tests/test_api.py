@@ -451,6 +451,50 @@ def test_json_documents_are_ingested_listed_and_deleted_from_sql_and_faiss(serve
     assert report.consistent and report.sql_chunks == report.faiss_vectors == 1
 
 
+def test_a_failed_job_that_created_its_collection_leaves_no_empty_collection(server: Server) -> None:
+    """Issue 26 item 16: an upload of only unsupported files to a new collection failed and left the
+    collection behind, empty (listed, searchable, with a folder on disk)."""
+    with server.client() as client:
+        job = wait_job(client, upload(client, "ghostjob", [("tool.exe", b"MZ binary"), ("notes.xyz", b"??")]))
+        assert job["status"] == "failed" and len(job["errors"]) == 2
+        names = [c["collection"] for c in client.get("/v1/collections").json()["collections"]]
+        assert "ghostjob" not in names
+        assert_error(client.get("/v1/collections/ghostjob/documents"), 404)
+        # a failed job on a collection that already existed keeps it and its documents
+        before = client.get("/v1/collections/docs/documents").json()["documents"]
+        kept = wait_job(client, upload(client, "docs", [("again.exe", b"MZ")]))
+        assert kept["status"] == "failed" and before
+        assert client.get("/v1/collections/docs/documents").json()["documents"] == before
+    assert "ghostjob" not in server.state.runtime.store.collection_names()
+    assert not (server.home / "collections" / "ghostjob").exists()
+
+
+def test_a_failed_job_does_not_drop_the_collection_a_concurrent_job_fills(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed job's clean-up must not race a second job on the same new collection: the failing
+    job is held inside its write (holding the writer lock) until the second job is submitted, so the
+    second one is queued or waiting for the lock when the first one ends. A clean-up that dropped the
+    collection anyway would delete what the second job writes, or make it fail on a dropped collection."""
+    from ingest.pipeline import Ingestor
+
+    second_submitted = threading.Event()
+    original = Ingestor.ingest_upload
+
+    def held_upload(self: Ingestor, name: str, data: bytes, source: str) -> Any:
+        if name == "held.exe":
+            assert second_submitted.wait(60)
+        return original(self, name, data, source)
+
+    monkeypatch.setattr(Ingestor, "ingest_upload", held_upload)
+    with server.client() as client:
+        failing = upload(client, "sharedjob", [("held.exe", b"MZ")])
+        filling = upload(client, "sharedjob", _corpus_files("shared", 1, 5))
+        second_submitted.set()
+        assert wait_job(client, failing)["status"] == "failed"
+        assert wait_job(client, filling)["status"] == "succeeded"
+        docs = client.get("/v1/collections/sharedjob/documents").json()["documents"]
+    assert len(docs) == 5
+    assert server.state.runtime.store.collection("sharedjob").check().consistent
+
 # -- concurrency -------------------------------------------------------------------------------
 
 

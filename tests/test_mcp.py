@@ -44,6 +44,8 @@ async def _conversation(home: Path) -> dict[str, Any]:
         )
         out["missing"] = await client.call_tool("search", {"query": "anything", "collection": "nope"})
         out["bad_k"] = await client.call_tool("search", {"query": "anything", "k": 500})
+        out["bad_many"] = await client.call_tool("ask", {"question": "", "k": "many", "mode": "poetic"})
+        out["no_query"] = await client.call_tool("search", {"k": 3})
     return out
 
 
@@ -106,6 +108,20 @@ def test_errors_are_tool_errors_with_a_clear_message(talk: dict[str, Any]) -> No
     assert "nope" in talk["missing"].content[0].text
     assert talk["bad_k"].is_error
     assert "less than or equal to 50" in talk["bad_k"].content[0].text
+
+
+def test_invalid_arguments_come_back_as_one_line_naming_each_field(talk: dict[str, Any]) -> None:
+    """Issue 26 item 16: the library's argument check answered pydantic's multi-line report
+    (error count, input_value=..., a pydantic.dev URL per field)."""
+    bad_k = talk["bad_k"]
+    assert bad_k.is_error and len(bad_k.content) == 1
+    assert bad_k.content[0].text == "invalid arguments for search: k: Input should be less than or equal to 50"
+    many = talk["bad_many"].content[0].text
+    assert talk["bad_many"].is_error and "\n" not in many and many.startswith("invalid arguments for ask: ")
+    assert "question: String should have at least 1 character" in many
+    assert "k: Input should be a valid integer" in many and "mode: Input should be 'extractive' or 'generative'" in many
+    assert "pydantic" not in many and "input_value" not in many
+    assert talk["no_query"].content[0].text == "invalid arguments for search: query: Field required"
 
 
 def test_a_malformed_line_gets_a_parse_error_reply_and_the_server_keeps_serving(tmp_path: Path) -> None:

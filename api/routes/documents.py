@@ -89,8 +89,8 @@ async def add_documents(
             files = [(u.filename or "upload", await _read_upload(state, u)) for u in uploads]
         finally:
             await form.close()
-        await run_in_threadpool(state.runtime.writable_collection, name)
-        job = state.jobs.submit_files(name, files, principal)
+        created = await run_in_threadpool(state.jobs.open_collection, name)
+        job = state.jobs.submit_files(name, files, principal, created)
     elif content_type == "application/json":
         try:
             payload = DocumentsIn.model_validate_json(await request.body())
@@ -108,8 +108,8 @@ async def add_documents(
             problem = document_problem(document, limits)
             if problem:
                 raise ApiError(413, "payload_too_large", f"documents[{number}]: {problem}")
-        await run_in_threadpool(state.runtime.writable_collection, name)
-        job = state.jobs.submit_documents(name, documents, principal)
+        created = await run_in_threadpool(state.jobs.open_collection, name)
+        job = state.jobs.submit_documents(name, documents, principal, created)
     else:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data (field 'files') or application/json ({'documents': [...]})")
     return JSONResponse(job, status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
