@@ -81,6 +81,9 @@ def _reading_runtime() -> Runtime:
     never created by a command that only looks."""
     rt = _runtime()
     home = rt.settings.home.expanduser()
+    if home.exists() and not home.is_dir():
+        typer.echo(f"error: data home {home} cannot be used: it is a file, not a folder; set RAG_HOME to a writable folder", err=True)
+        raise typer.Exit(EXIT_USAGE)
     if not home.is_dir():
         typer.echo(f"error: the data home {home} does not exist (set RAG_HOME or --home; `rag ingest PATH` creates one)", err=True)
         raise typer.Exit(EXIT_USAGE)

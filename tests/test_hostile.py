@@ -617,4 +617,8 @@ def test_configuration_errors_are_one_line_and_exit_2(tmp_path: Path, setting: s
         env = {"RAG_DATABASE_URL": "bogus://x"}
     else:
         env = {"RAG_CONFIG": str(tmp_path / "bad.toml")}
-    assert message in one_line_error(run_cli("collections", home=home, env=env), 2)
+    (tmp_path / "one.txt").write_text("One sentence to ingest.")
+    # a command that makes its data home (a read-only one says a missing home is missing, first)
+    assert message in one_line_error(run_cli("ingest", str(tmp_path / "one.txt"), home=home, env=env), 2)
+    if setting == "home-is-a-file":  # and a read-only command says the same of a file
+        assert message in one_line_error(run_cli("collections", home=home, env=env), 2)
