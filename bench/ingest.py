@@ -248,11 +248,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from indexes.encoder import cpu_flags, explain_runtime
+    from indexes.encoder import cpu_summary
 
-    choice = explain_runtime("auto", "cpu", None)
-    print("cpu flags: " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_flags().items())
-          + f"; {os.cpu_count()} cores; variant auto is {choice.runtime}{' int8' if choice.quantize else ''} here ({choice.reason})", flush=True)
+    print(cpu_summary(), flush=True)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v != "baseline" and v not in RUNTIMES]
     if unknown:

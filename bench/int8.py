@@ -26,14 +26,13 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     import numpy as np
 
-    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec, cpu_flags, explain_runtime, load_encoder
+    from indexes.encoder import DEFAULT_EMBEDDER, EncoderSpec, cpu_summary, load_encoder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    choice = explain_runtime("auto", "cpu", None)
-    print("cpu flags: " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_flags().items()) + f"; auto here: {choice.runtime} ({choice.reason})")
+    print(cpu_summary())
     cache = Path(tempfile.mkdtemp(prefix="rag-int8-"))
     try:
         spec = EncoderSpec.detect(DEFAULT_EMBEDDER)

@@ -304,12 +304,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from indexes.encoder import cpu_flags, explain_runtime
+    from indexes.encoder import cpu_summary
 
-    choice = explain_runtime("auto", "cpu", None)
-    print("cpu flags: " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_flags().items())
-          + f"; {os.cpu_count()} cores; RAG_ENCODER_RUNTIME=auto here is {choice.runtime}{' int8' if choice.quantize else ''} ({choice.reason});"
-          + f" these servers run RAG_ENCODER_RUNTIME={args.encoder_runtime}", flush=True)
+    print(cpu_summary() + f"; these servers run RAG_ENCODER_RUNTIME={args.encoder_runtime}", flush=True)
     corpus = args.corpus or (SCIFACT / "corpus.jsonl" if (SCIFACT / "corpus.jsonl").exists() else SQUAD_DEV)
     collection = args.collection or ("scifact" if corpus.parent == SCIFACT else "squad-dev")
     if args.url is None:

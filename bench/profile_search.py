@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
-    from indexes.encoder import cpu_flags, explain_runtime
+    from indexes.encoder import cpu_summary
     from rag.runtime import Runtime
     from rag.settings import Settings
 
@@ -32,8 +32,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=250)
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    choice = explain_runtime("auto", "cpu", None)
-    print("cpu flags: " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_flags().items()) + f"; auto here: {choice.runtime}")
+    print(cpu_summary())
     home = Path(tempfile.mkdtemp(prefix="rag-profile-"))
     try:
         corpus = home / "corpus.jsonl"

@@ -95,6 +95,16 @@ def cpu_flags() -> dict[str, bool]:
     return {flag: flag in found for flag in CPU_FLAGS}
 
 
+def cpu_summary() -> str:
+    """One line for a benchmark's log: the CPU flags, the cores, and what `auto` runs here and why."""
+    import os
+
+    choice = explain_runtime("auto", "cpu", None)
+    flags = " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_flags().items())
+    runtime = f"{choice.runtime}{' int8' if choice.quantize else ''}"
+    return f"cpu flags: {flags}; {os.cpu_count()} cores; RAG_ENCODER_RUNTIME=auto here is {runtime} ({choice.reason})"
+
+
 @dataclass(frozen=True)
 class RuntimeChoice:
     """What `auto` (or an explicit request) resolves to, and why."""
