@@ -118,18 +118,14 @@ def parse_where(data: Any, path: str = "where") -> Where:
 def parse_short(items: list[str]) -> Where:
     """`key=value` pairs (the CLI's short form): equality, values typed as JSON where they parse
     (`year=2020` is a number, `draft=true` a boolean), else strings (`tenant=acme`)."""
+    from indexes.metadata import typed_pair
+
     where: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        pair = typed_pair(item, lists=False)
+        if pair is None:
             raise FilterError(f"--where {item!r}: use key=value or a JSON object")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if isinstance(value, (dict, list)) or value is None:
-            value = raw
-        where[key.strip()] = value
+        where[pair[0]] = pair[1]
     return parse_where(where)
 
 

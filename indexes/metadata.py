@@ -59,23 +59,32 @@ def check_value(key: str, value: Any, allow_none: bool = False) -> Any:
     )
 
 
+def typed_pair(item: str, *, lists: bool) -> tuple[str, Any] | None:
+    """`key=value` as the CLI types it: JSON numbers and booleans (and lists of strings, where
+    `lists`) are typed, everything else stays the string typed; None when it is not key=value."""
+    import json
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        return None
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if value is None or isinstance(value, dict) or (isinstance(value, list) and not lists):
+        value = raw
+    return key.strip(), value
+
+
 def parse_pairs(items: list[str]) -> dict[str, Any]:
     """`key=value` pairs (CLI): numbers, booleans and JSON lists of strings are typed, the rest
     are strings (an ISO date stays a string and compares as a date)."""
-    import json
-
     found: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        pair = typed_pair(item, lists=True)
+        if pair is None:
             raise InvalidInput(f"metadata {item!r}: use key=value")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if value is None or isinstance(value, dict):
-            value = raw
-        found[key.strip()] = check_value(key.strip(), value)
+        found[pair[0]] = check_value(*pair)
     return found
 
 
