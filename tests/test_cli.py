@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -300,23 +302,29 @@ def test_a_bad_index_or_chunking_is_refused_before_the_collection_exists(tmp_pat
     assert not (home / "collections" / "x").exists()
 
 
-def test_ctrl_c_during_an_ingest_says_so_exits_130_and_records_the_run_interrupted(tmp_path: Path) -> None:
-    """Issue 26 item 16: SIGINT exited 130 silently and recorded the run `failed`."""
+def _long_ingest(tmp_path: Path, documents: int, **popen: Any) -> tuple[subprocess.Popen[str], Path]:
+    """`rag ingest` of many small files in batches of 16 chunks, running in its own process, and the
+    data home it writes: for tests that interrupt or kill an ingest half-way."""
     import shutil
-    import signal
-    import sqlite3
-    import subprocess
     import sys
-    import time
 
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(400):
+    for i in range(documents):
         (folder / f"doc{i:03d}.txt").write_text(f"Document {i} talks about topic {i % 13}. " * 40, encoding="utf-8")
     home = tmp_path / "home"
     rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
     env = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", "RAG_BATCH_CHUNKS": "16"}
-    process = subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, text=True, **popen), home
+
+
+def test_ctrl_c_during_an_ingest_says_so_exits_130_and_records_the_run_interrupted(tmp_path: Path) -> None:
+    """Issue 26 item 16: SIGINT exited 130 silently and recorded the run `failed`."""
+    import signal
+    import sqlite3
+    import time
+
+    process, home = _long_ingest(tmp_path, 400, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     try:
         while True:  # wait until the run is recorded and a first batch is published
@@ -374,21 +382,11 @@ def test_file_names_with_newlines_are_printed_escaped(tmp_path: Path) -> None:
 
 def test_doctor_reports_runs_left_running_by_a_process_that_died(tmp_path: Path) -> None:
     """Issue 26 item 16: a run whose process was killed stayed `running` and doctor said nothing."""
-    import shutil
     import signal
     import sqlite3
-    import subprocess
-    import sys
     import time
 
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(300):
-        (folder / f"doc{i:03d}.txt").write_text(f"Document {i} talks about topic {i % 13}. " * 40, encoding="utf-8")
-    home = tmp_path / "home"
-    rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
-    env = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", "RAG_BATCH_CHUNKS": "16"}
-    process = subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process, home = _long_ingest(tmp_path, 300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     try:
         while True:
