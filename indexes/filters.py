@@ -396,7 +396,8 @@ class _Compiler:
         if c.op == "$eq":
             found = column == value
         elif c.op == "$in":
-            found = or_(*[column == v for v in c.value]) if c.value else column.in_([])
+            # one IN, not an OR per value: SQLite refuses an expression tree deeper than 1000
+            found = column.in_(list(dict.fromkeys(c.value)))
         elif c.op == "$exists":
             return column.isnot(None) if c.value else column.is_(None)
         elif c.op == "$prefix":
@@ -416,7 +417,7 @@ class _Compiler:
         """A metadata condition: the documents with a matching row in the key/value table (an
         index range scan on (key, number) or (key, string)); a list field matches when any of
         its elements does, as in Mongo."""
-        from sqlalchemy import false, or_, select
+        from sqlalchemy import select
 
         from indexes.schema import DocumentFieldRow as F
         from indexes.schema import DocumentRow
@@ -434,7 +435,7 @@ class _Compiler:
         elif c.op in ("$eq", "$contains"):
             found = value_is(c.value)
         elif c.op == "$in":
-            found = or_(*[value_is(v) for v in c.value]) if c.value else false()
+            found = self.any_of(c.value)
         elif c.op == "$prefix":
             found = (F.kind == "s") & string.startswith(c.value, autoescape=True)
         elif isinstance(c.value, str):  # an ISO date: ISO strings sort as the dates they name
@@ -448,6 +449,26 @@ class _Compiler:
         if c.op == "$exists" and not c.value:
             return ~matched
         return matched
+
+    @staticmethod
+    def any_of(values: tuple[Any, ...]) -> Any:
+        """A row equal to any of `values`: one IN per value type (at most three terms), not an OR
+        per value, which SQLite refuses past 1000 values ("Expression tree is too large")."""
+        from sqlalchemy import false, or_
+
+        from indexes.schema import DocumentFieldRow as F
+
+        booleans = sorted({float(v) for v in values if isinstance(v, bool)})
+        numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        strings = sorted({v for v in values if isinstance(v, str)})
+        terms = []
+        if booleans:
+            terms.append((F.kind == "b") & F.number.in_(booleans))
+        if numbers:
+            terms.append((F.kind == "n") & F.number.in_(numbers))
+        if strings:
+            terms.append((F.kind == "s") & F.string.in_(strings))
+        return or_(*terms) if terms else false()
 
 
 def _compare(column: Any, op: str, value: Any) -> Any:
