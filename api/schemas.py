@@ -67,7 +67,7 @@ class Filters(BaseModel):
         examples=[{"year": {"$gte": 2020}, "tenant": "acme"}],
     )
     source_prefix: str | None = Field(None, max_length=1000, examples=["upload/"])
-    doc_ids: list[JsonInt] | None = Field(None, max_length=1000)
+    doc_ids: list[Annotated[JsonInt, Field(ge=-(2**63), le=2**63 - 1)]] | None = Field(None, max_length=1000)
     metadata: dict[str, str | int | float | bool] | None = Field(None, description="exact matches on document metadata")
 
 

@@ -264,6 +264,8 @@ def _scalar(value: Any, path: str) -> Scalar:
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise FilterError(f"{path}: {value} is not a finite number")
+        if isinstance(value, int) and abs(value) > 2**1000:
+            raise FilterError(f"{path}: the number is too large to compare")
         return value
     if isinstance(value, list):
         raise FilterError(f"{path}: a list where a single value belongs")
@@ -280,7 +282,12 @@ def parse_datetime(value: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first datetime in UTC
+        return (datetime.min if parsed.year == 1 else datetime.max).replace(tzinfo=timezone.utc)
 
 
 def _operand(field: str, builtin: bool, op: str, value: Any, path: str) -> Any:
@@ -316,6 +323,8 @@ def _typed(field: str, kind: str, op: str, value: Scalar, path: str) -> Any:
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             raise FilterError(f"{path}: {field} is an integer, not {_kind(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise FilterError(f"{path}: {field} is a 64-bit integer; {value} is out of range")
         return value
     if kind == "string":
         if op in COMPARE:
