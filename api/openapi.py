@@ -130,7 +130,37 @@ def _describe_filters(document: dict[str, Any]) -> None:
     props = schemas["Filters"]["properties"]
     props["where"] = {"anyOf": [_ref("Where"), {"type": "null"}], "description": props["where"].get("description", "")}
     props["metadata"] = {"anyOf": [_ref("MetadataEquals"), {"type": "null"}], "description": "exact matches on document metadata"}
-    for param in document["paths"]["/v1/collections/{name}/documents"]["get"].get("parameters", []):
+    # A JSON document's strings cannot hold NUL (PostgreSQL text cannot store it; refused with 413
+    # before anything is stored), metadata included at any depth.
+    no_nul = r"^[^\x00]*$"
+    schemas["JsonValue"] = {
+        "anyOf": [
+            {"type": "string", "pattern": no_nul},
+            {"type": ["number", "boolean", "null"]},
+            {"type": "array", "items": _ref("JsonValue")},
+            {"type": "object", "propertyNames": {"pattern": no_nul}, "additionalProperties": _ref("JsonValue")},
+        ]
+    }
+    document_in = schemas["DocumentIn"]["properties"]
+    document_in["metadata"] = {
+        "type": "object",
+        "propertyNames": {"pattern": no_nul},
+        "additionalProperties": _ref("JsonValue"),
+        "description": "string, number, boolean, ISO date string or list of strings per key (checked when the job runs)",
+    }
+    for field in ("text", "title"):
+        document_in[field]["pattern"] = no_nul
+    for branch in document_in["id"].get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["pattern"] = no_nul
+    listing = document["paths"]["/v1/collections/{name}/documents"]["get"]
+    # uvicorn answers 400, in plain text, to a request line it cannot parse (a query string with
+    # raw control characters), before the application sees it
+    listing["responses"]["400"] = {
+        "description": "the request line could not be parsed",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    for param in listing.get("parameters", []):
         if param["name"] == "where":
             param.pop("schema", None)
             param["content"] = {"application/json": {"schema": {"anyOf": [_ref("Where"), {"type": "null"}]}}}
