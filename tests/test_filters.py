@@ -324,3 +324,14 @@ def test_in_lists_of_the_largest_allowed_size_run(small: Any) -> None:
         parsed = parse_where(where)
         assert {d["title"] for d in collection.documents(limit=1000, where=parsed)} == expected, where
         assert {p.title for p in collection.search(vectors[:1], N_OPS, where=parsed)[0]} == expected, where
+
+
+def test_numbers_and_dates_out_of_range_are_refused_or_clamped_not_crashed() -> None:
+    """A doc_id past 64 bits cannot be bound (SQLite raised OverflowError: a 500); an aware
+    date-time in year 1 before UTC overflowed datetime."""
+    with pytest.raises(FilterError, match="64-bit integer"):
+        parse_where({"doc_id": {"$in": [2**64]}})
+    with pytest.raises(FilterError, match="too large"):
+        parse_where({"year": 10**400})
+    assert parse_where({"ingested_at": {"$gte": "0001-01-01T00:00:00+05:00"}})
+    assert parse_where({"published": {"$lt": "0001-01-01T00:00:00+05:00"}})
