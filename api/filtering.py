@@ -27,7 +27,8 @@ def request_where(filters: Filters | None) -> Where | None:
     if filters.doc_ids is not None:
         parts.append({"doc_id": {"$in": list(filters.doc_ids)}})
     if filters.metadata:
-        parts.append(dict(filters.metadata))
+        # metadata keys, even one named like a built-in field (`source`, `doc_id`)
+        parts.append({f"metadata.{key}": value for key, value in filters.metadata.items()})
     if not parts:
         return None
     where = parse_where(parts[0], "filters.where" if filters.where else "filters")

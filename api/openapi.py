@@ -50,6 +50,122 @@ _SSE_EVENT = {
 }
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _filter_schemas() -> dict[str, dict[str, Any]]:
+    """The filter language (indexes/filters.py) as JSON Schema, so that a filter the document
+    allows is one the server takes: field names, operators, value types, list sizes, built-in
+    fields' types. What JSON Schema cannot say (nesting deeper than MAX_DEPTH, more than
+    MAX_CONDITIONS conditions) is in the descriptions."""
+    from indexes.filters import _FIELD, MAX_CONDITIONS, MAX_DEPTH, MAX_LIST, MAX_STRING
+
+    bare = _FIELD.pattern
+    string = {"type": "string", "maxLength": MAX_STRING}
+    number = {"type": "number"}
+    # Ranges on a string compare ISO dates; the server parses them with datetime.fromisoformat.
+    date = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
+    doc_id = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+    scalar = {"anyOf": [string, number, {"type": "boolean"}]}
+
+    def operators(name: str, value: dict[str, Any], ranges: dict[str, Any] | None, *, exists: bool, prefix: bool, contains: bool) -> dict[str, Any]:
+        props: dict[str, Any] = {"$eq": value, "$ne": value}
+        props["$in"] = props["$nin"] = {"type": "array", "maxItems": MAX_LIST, "items": value}
+        if ranges is not None:
+            props.update({op: ranges for op in ("$gt", "$gte", "$lt", "$lte")})
+        if exists:
+            props["$exists"] = {"type": "boolean"}
+        if prefix:
+            props["$prefix"] = string
+        if contains:
+            props["$contains"] = value
+        props["$not"] = _ref(name)
+        return {"type": "object", "properties": props, "additionalProperties": False, "minProperties": 1}
+
+    def condition(ops: str, value: dict[str, Any]) -> dict[str, Any]:
+        return {"anyOf": [value, _ref(ops)]}
+
+    return {
+        "WhereValue": scalar,
+        "WhereOperators": operators("WhereOperators", scalar, {"anyOf": [number, date]}, exists=True, prefix=True, contains=True),
+        "WhereDocIdOperators": operators("WhereDocIdOperators", doc_id, doc_id, exists=False, prefix=False, contains=False),
+        "WhereSourceOperators": operators("WhereSourceOperators", string, None, exists=False, prefix=True, contains=False),
+        "WhereExternalIdOperators": operators("WhereExternalIdOperators", string, None, exists=True, prefix=True, contains=False),
+        "WhereDateOperators": operators("WhereDateOperators", date, date, exists=False, prefix=False, contains=False),
+        "Where": {
+            "type": "object",
+            "description": "{field: value} or {field: {operator: value}}, combined with $and, $or, $not; a field is a "
+            "metadata key (or metadata.KEY for one named like a built-in) or a built-in: source, doc_id, external_id, "
+            f"ingested_at. At most {MAX_DEPTH} levels deep and {MAX_CONDITIONS} conditions (422 beyond).",
+            "properties": {
+                "doc_id": condition("WhereDocIdOperators", doc_id),
+                "source": condition("WhereSourceOperators", string),
+                "external_id": condition("WhereExternalIdOperators", string),
+                "ingested_at": condition("WhereDateOperators", date),
+            },
+            "patternProperties": {
+                r"^\$(and|or)$": {"type": "array", "minItems": 1, "items": {"allOf": [_ref("Where")], "minProperties": 1}},
+                r"^\$not$": {"allOf": [_ref("Where")], "minProperties": 1},
+                "^(metadata\\.)?" + bare[1:]: condition("WhereOperators", scalar),
+            },
+            "additionalProperties": False,
+            # a Haystack-style filter is refused with a message saying which shape we take
+            "not": {"anyOf": [{"required": ["operator", "conditions"]}, {"required": ["operator", "field"]}]},
+            "examples": [{"year": {"$gte": 2020}, "tenant": "acme"}],
+        },
+        "MetadataEquals": {
+            "type": "object",
+            "description": "exact matches on document metadata keys",
+            "propertyNames": {"pattern": bare},
+            "additionalProperties": scalar,
+        },
+    }
+
+
+def _describe_filters(document: dict[str, Any]) -> None:
+    """Filters in bodies and the `where` query parameter (JSON in a query string) as the language."""
+    schemas = document["components"]["schemas"]
+    schemas.update(_filter_schemas())
+    props = schemas["Filters"]["properties"]
+    props["where"] = {"anyOf": [_ref("Where"), {"type": "null"}], "description": props["where"].get("description", "")}
+    props["metadata"] = {"anyOf": [_ref("MetadataEquals"), {"type": "null"}], "description": "exact matches on document metadata"}
+    # A JSON document's strings cannot hold NUL (PostgreSQL text cannot store it; refused with 413
+    # before anything is stored), metadata included at any depth.
+    no_nul = r"^[^\x00]*$"
+    schemas["JsonValue"] = {
+        "anyOf": [
+            {"type": "string", "pattern": no_nul},
+            {"type": ["number", "boolean", "null"]},
+            {"type": "array", "items": _ref("JsonValue")},
+            {"type": "object", "propertyNames": {"pattern": no_nul}, "additionalProperties": _ref("JsonValue")},
+        ]
+    }
+    document_in = schemas["DocumentIn"]["properties"]
+    document_in["metadata"] = {
+        "type": "object",
+        "propertyNames": {"pattern": no_nul},
+        "additionalProperties": _ref("JsonValue"),
+        "description": "string, number, boolean, ISO date string or list of strings per key (checked when the job runs)",
+    }
+    for field in ("text", "title"):
+        document_in[field]["pattern"] = no_nul
+    for branch in document_in["id"].get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["pattern"] = no_nul
+    listing = document["paths"]["/v1/collections/{name}/documents"]["get"]
+    # uvicorn answers 400, in plain text, to a request line it cannot parse (a query string with
+    # raw control characters), before the application sees it
+    listing["responses"]["400"] = {
+        "description": "the request line could not be parsed",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    for param in listing.get("parameters", []):
+        if param["name"] == "where":
+            param.pop("schema", None)
+            param["content"] = {"application/json": {"schema": {"anyOf": [_ref("Where"), {"type": "null"}]}}}
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
 
@@ -132,6 +248,7 @@ def install(app: FastAPI, settings: Settings) -> None:
             )
             _add_components(document)
             _apply_limits(document, settings)
+            _describe_filters(document)
             _complete_responses(document)
             _add_links(document)
             app.openapi_schema = document

@@ -66,8 +66,8 @@ class Filters(BaseModel):
         "combined with $and, $or, $not. Pushed down into the indexes: k matching passages come back when k exist.",
         examples=[{"year": {"$gte": 2020}, "tenant": "acme"}],
     )
-    source_prefix: str | None = Field(None, max_length=1000, examples=["upload/"])
-    doc_ids: list[JsonInt] | None = Field(None, max_length=1000)
+    source_prefix: str | None = Field(None, max_length=500, examples=["upload/"])  # indexes.filters.MAX_STRING
+    doc_ids: list[Annotated[JsonInt, Field(ge=-(2**63), le=2**63 - 1)]] | None = Field(None, max_length=1000)
     metadata: dict[str, str | int | float | bool] | None = Field(None, description="exact matches on document metadata")
 
 

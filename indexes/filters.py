@@ -260,6 +260,8 @@ def _scalar(value: Any, path: str) -> Scalar:
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise FilterError(f"{path}: {value} is not a finite number")
+        if isinstance(value, int) and abs(value) > 2**1000:
+            raise FilterError(f"{path}: the number is too large to compare")
         return value
     if isinstance(value, list):
         raise FilterError(f"{path}: a list where a single value belongs")
@@ -276,7 +278,12 @@ def parse_datetime(value: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first datetime in UTC
+        return (datetime.min if parsed.year == 1 else datetime.max).replace(tzinfo=timezone.utc)
 
 
 def _operand(field: str, builtin: bool, op: str, value: Any, path: str) -> Any:
@@ -312,6 +319,8 @@ def _typed(field: str, kind: str, op: str, value: Scalar, path: str) -> Any:
     if kind == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
             raise FilterError(f"{path}: {field} is an integer, not {_kind(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise FilterError(f"{path}: {field} is a 64-bit integer; {value} is out of range")
         return value
     if kind == "string":
         if op in COMPARE:
@@ -392,7 +401,8 @@ class _Compiler:
         if c.op == "$eq":
             found = column == value
         elif c.op == "$in":
-            found = or_(*[column == v for v in c.value]) if c.value else column.in_([])
+            # one IN, not an OR per value: SQLite refuses an expression tree deeper than 1000
+            found = column.in_(list(dict.fromkeys(c.value)))
         elif c.op == "$exists":
             return column.isnot(None) if c.value else column.is_(None)
         elif c.op == "$prefix":
@@ -412,7 +422,7 @@ class _Compiler:
         """A metadata condition: the documents with a matching row in the key/value table (an
         index range scan on (key, number) or (key, string)); a list field matches when any of
         its elements does, as in Mongo."""
-        from sqlalchemy import false, or_, select
+        from sqlalchemy import select
 
         from indexes.schema import DocumentFieldRow as F
         from indexes.schema import DocumentRow
@@ -430,7 +440,7 @@ class _Compiler:
         elif c.op in ("$eq", "$contains"):
             found = value_is(c.value)
         elif c.op == "$in":
-            found = or_(*[value_is(v) for v in c.value]) if c.value else false()
+            found = self.any_of(c.value)
         elif c.op == "$prefix":
             found = (F.kind == "s") & string.startswith(c.value, autoescape=True)
         elif isinstance(c.value, str):  # an ISO date: ISO strings sort as the dates they name
@@ -444,6 +454,26 @@ class _Compiler:
         if c.op == "$exists" and not c.value:
             return ~matched
         return matched
+
+    @staticmethod
+    def any_of(values: tuple[Any, ...]) -> Any:
+        """A row equal to any of `values`: one IN per value type (at most three terms), not an OR
+        per value, which SQLite refuses past 1000 values ("Expression tree is too large")."""
+        from sqlalchemy import false, or_
+
+        from indexes.schema import DocumentFieldRow as F
+
+        booleans = sorted({float(v) for v in values if isinstance(v, bool)})
+        numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        strings = sorted({v for v in values if isinstance(v, str)})
+        terms = []
+        if booleans:
+            terms.append((F.kind == "b") & F.number.in_(booleans))
+        if numbers:
+            terms.append((F.kind == "n") & F.number.in_(numbers))
+        if strings:
+            terms.append((F.kind == "s") & F.string.in_(strings))
+        return or_(*terms) if terms else false()
 
 
 def _compare(column: Any, op: str, value: Any) -> Any:

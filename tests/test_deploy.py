@@ -21,7 +21,6 @@ import httpx
 import yaml  # the dev extra: missing, the suite fails
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO.parent / "shared" / "models"
 
 
 def compose() -> dict[str, Any]:
@@ -130,11 +129,14 @@ def test_the_containers_command_starts_and_both_health_checks_pass(tmp_path: Pat
     for name, value in compose()["services"]["api"]["environment"].items():
         env[name] = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))  # compose's defaults
     assert env["RAG_DATABASE_URL"].startswith("postgresql+psycopg://") and env["RAG_HOME"] == "/data"
+    # The reader ships inside the package (rag/shipped_models/, copied with `COPY rag`): neither the
+    # image nor compose names one, so the command below loads the shipped reader.
+    assert "RAG_READER_MODEL" not in image_env() and "RAG_READER_MODEL" not in compose()["services"]["api"]["environment"]
+    env.pop("RAG_READER_MODEL", None)  # nothing from this shell either
     port = _free_port()
     env.update(
         RAG_DATABASE_URL=postgres_url,  # the `db` service
         RAG_HOME=str(tmp_path / "data"),  # the rag-data volume
-        RAG_READER_MODEL=env["RAG_READER_MODEL"].replace("/models", str(MODELS)),  # the models mount
         RAG_API_HOST="127.0.0.1",  # the container's 0.0.0.0, kept on loopback here
         RAG_API_PORT=str(port),
     )

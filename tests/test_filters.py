@@ -306,3 +306,32 @@ def test_a_cached_filter_sees_a_document_emptied_of_metadata(small: Any) -> None
     collection.set_metadata(collection.find_documents("ext-4", by="external_id")[0], {}, merge=False)
     after = {p.external_id for p in collection.search(vectors[:1], N_OPS, where=where)[0]}
     assert after == before - {"ext-4"}
+
+
+def test_in_lists_of_the_largest_allowed_size_run(small: Any) -> None:
+    """`$in`/`$nin` with MAX_LIST values (the API's `doc_ids` is such a list): one IN per type, not
+    an OR chain per value, which SQLite refused past 1000 terms ("Expression tree is too large")."""
+    collection, vectors = small
+    cases: list[tuple[dict[str, Any], set[str]]] = [
+        ({"doc_id": {"$in": [0] * 999 + [3]}}, {"d2"}),
+        ({"doc_id": {"$nin": list(range(1, 1001))}}, set()),
+        ({"year": {"$in": [1.5] * 998 + [2001, "x"]}}, {f"d{i}" for i in range(N_OPS) if _meta(i)["year"] == 2001}),
+        ({"tenant": {"$in": [f"u{i}" for i in range(999)] + ["t1"]}}, {f"d{i}" for i in range(N_OPS) if i % 5 == 1}),
+        ({"draft": {"$in": [True] * 1000}}, {f"d{i}" for i in range(N_OPS) if i % 3 == 0}),
+        ({"external_id": {"$in": ["ext-4"] * 1000}}, {"d4"}),
+    ]
+    for where, expected in cases:
+        parsed = parse_where(where)
+        assert {d["title"] for d in collection.documents(limit=1000, where=parsed)} == expected, where
+        assert {p.title for p in collection.search(vectors[:1], N_OPS, where=parsed)[0]} == expected, where
+
+
+def test_numbers_and_dates_out_of_range_are_refused_or_clamped_not_crashed() -> None:
+    """A doc_id past 64 bits cannot be bound (SQLite raised OverflowError: a 500); an aware
+    date-time in year 1 before UTC overflowed datetime."""
+    with pytest.raises(FilterError, match="64-bit integer"):
+        parse_where({"doc_id": {"$in": [2**64]}})
+    with pytest.raises(FilterError, match="too large"):
+        parse_where({"year": 10**400})
+    assert parse_where({"ingested_at": {"$gte": "0001-01-01T00:00:00+05:00"}})
+    assert parse_where({"published": {"$lt": "0001-01-01T00:00:00+05:00"}})

@@ -86,6 +86,25 @@ def test_the_old_metadata_shorthand_is_pushed_down_too(server: Server) -> None:
     assert len(passages) == 15 and {p["metadata"]["tenant"] for p in passages} == {"t2"}  # 20 documents match
 
 
+def test_a_full_doc_ids_list_and_odd_metadata_keys_are_answered(server: Server) -> None:
+    """1000 doc_ids (the documented maximum) once made SQLite refuse the query (a 500); a
+    shorthand `metadata` key named like a built-in field is a metadata key, not that field."""
+    some = _search(server, "write", None, 3).json()["passages"]
+    wanted = some[0]["doc_id"]
+    reply = _search(server, "write", {"doc_ids": [0] * 999 + [wanted]}, 5)
+    assert reply.status_code == 200, reply.text
+    assert {p["doc_id"] for p in reply.json()["passages"]} == {wanted}
+    with server.client("write") as client:
+        chat = client.post(
+            "/v1/chat/completions",
+            json={"model": "default", "messages": [{"role": "user", "content": "What do cancer cells express?"}], "filters": {"doc_ids": [0] * 1000}},
+        )
+    assert chat.status_code == 200, chat.text
+    shorthand = _search(server, "write", {"metadata": {"source": "x", "doc_id": True}})
+    assert shorthand.status_code == 200 and shorthand.json()["passages"] == [], shorthand.text
+    assert _search(server, "write", {"metadata": {"": 1}}).status_code == 422
+
+
 @pytest.mark.parametrize(
     ("filters", "words"),
     [
