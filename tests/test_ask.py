@@ -1,6 +1,7 @@
 """`AskPipeline` and `rag ask` on the sample corpus with real models: the encoder, SmolLM2 through
 llama.cpp (greedy, so its answers are fixed), and the abstaining reader from shared/.
-Generation is kept to 48 tokens and unguided (RAG_READER_GUIDED=false): these tests pin SmolLM2's
+Generation is kept to 48 tokens, unguided (RAG_READER_GUIDED=false) and checked by the reader
+(RAG_VERIFIER=reader, not the default judge): these tests pin SmolLM2's
 answers to the plain prompt, to test the check, attribution and retraction; reader-guided generation
 is tested in tests/test_guided.py."""
 
@@ -35,7 +36,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runtime(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     import xllamacpp  # noqa: F401  (the llm extra, in dev: missing, these tests fail)
     rt = Runtime(
-        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL), reader_guided=False)
+        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL), reader_guided=False,
+                      verifier="reader")
     )
     rt.ingestor(rt.writable_collection("demo")).ingest_paths([str(REPO / "examples" / "corpus")])
     hostile = tmp_path_factory.mktemp("hostile") / "hostile.jsonl"
@@ -68,7 +70,9 @@ def test_loading_the_models_is_timed_as_load_not_as_the_stage_that_first_needs_t
         assert done.returncode == 0, done.stderr[-2000:]
         timings = json.loads(done.stdout)["timings"]
         assert list(timings)[:2] == ["load_ms", "retrieve_ms"] and list(timings)[-1] == "total_ms"
-        assert timings["load_ms"] > 5 * timings[stage], timings  # measured: 7.4 s against 0.19 s, 5.4 s against 0.29 s
+        # measured with torch: 7.4 s against 0.19 s; with the ONNX reader loading is cheaper (4.4 s
+        # against 1.0 s read on a busy machine), still far more than the stage it would be blamed on
+        assert timings["load_ms"] > 2 * timings[stage], timings
 
 
 def test_extractive_mode_says_not_in_the_sources_when_the_corpus_cannot_answer(runtime: Runtime) -> None:
@@ -96,7 +100,7 @@ def test_a_generative_answer_is_its_verified_sentences_with_citations_and_stage_
     assert answer.mode == "generative" and answer.found
     assert set(answer.timings) == {"load_ms", "retrieve_ms", "generate_ms", "check_ms", "total_ms"}
     assert answer.details["generator"].startswith("llamacpp:")
-    assert answer.details["verifier"] == "reader"  # auto, with a reader configured
+    assert answer.details["verifier"] == "reader"  # set: these tests pin the reader check's verdicts
     assert answer.answer == PIERRE_RIGHT  # the draft's other sentences are not the answer ...
     assert PIERRE_WRONG in answer.details["generated"] and PIERRE_WRONG in answer.details["unsupported_sentences"]
     [citation] = answer.citations  # ... nor are their citations
@@ -189,7 +193,8 @@ def test_rag_ask_text_withdraws_an_unsupported_draft_and_shows_the_best_passages
 def test_rag_ask_text_shows_the_verified_sentences_as_the_answer_and_the_dropped_ones_labelled(runtime: Runtime, home: Path) -> None:
     result = run_cli(
         "ask", PIERRE, "--collection", "demo", "--mode", "generative",
-        home=home, env={"RAG_GENERATOR_MAX_TOKENS": "48", "RAG_READER_MODEL": str(NA_READER_MODEL), "RAG_READER_GUIDED": "false"},
+        home=home, env={"RAG_GENERATOR_MAX_TOKENS": "48", "RAG_READER_MODEL": str(NA_READER_MODEL), "RAG_READER_GUIDED": "false",
+             "RAG_VERIFIER": "reader"},
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -252,7 +257,7 @@ def test_sse_retracts_a_draft_the_check_rejects_or_cuts_before_the_final_answer(
 
     settings = load_settings(
         home=home, auth=False, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL),
-        reader_guided=False, generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
+        reader_guided=False, verifier="reader", generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
     )
     _, server, thread, url = start_server(settings)
     try:
