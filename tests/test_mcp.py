@@ -95,10 +95,10 @@ def test_ask_returns_the_checked_answer_with_its_citation(talk: dict[str, Any]) 
 
 def test_a_generative_ask_returns_only_the_verified_sentences_and_names_the_dropped_ones(talk: dict[str, Any]) -> None:
     """The defaults: the reader guides SmolLM2, the shipped judge checks; the draft's sentence that
-    no source supports (France) is dropped and the reader's span sentence stands in (the MCP result does not carry the fallback marker)."""
+    no source supports (France) is dropped and the reader's span sentence stands in, marked."""
     result = talk["generative"].structured_content
     assert result["found"] is True and result["mode"] == "generative" and result["verifier"] == "nli"
-    assert result["answer"] == "Pierre Curie was born in Paris on 15 May 1859 [1]."
+    assert result["answer"] == "Pierre Curie was born in Paris on 15 May 1859 [1]." and result["fallback"] == "reader_span"
     assert result["dropped"] == ["Pierre Curie was born in Paris, France."]
 
 
