@@ -70,6 +70,9 @@ class AskResult(BaseModel):
         description="generative: sentences the model wrote that no source supports; not part of the answer",
     )
     verifier: str | None = Field(None, description="generative: the support check that judged the sentences")
+    fallback: str | None = Field(
+        None, description="generative: 'reader_span' when the answer is the reader's span in its passage sentence, not the model's"
+    )
 
 
 class CollectionInfo(BaseModel):
@@ -212,6 +215,7 @@ def build_server(runtime: Runtime) -> MCPServer:
             passages=_hits(answer.passages),
             dropped=answer.details.get("unsupported_sentences", []),
             verifier=answer.details.get("verifier"),
+            fallback=answer.fallback,
         )
 
     return server

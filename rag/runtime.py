@@ -292,6 +292,7 @@ class Runtime:
             verifier=lambda: build_verifier(s, self.reader, self.device),
             # extractive by default only: a mode the user chose is never swapped for another
             fallback_to_generative="answer_mode" not in s.model_fields_set,
-            # guided only by a reader the user configured (the default id cannot be downloaded offline)
-            reader_guided=s.reader_guided and "reader_model" in s.model_fields_set,
+            # guided by default: the default reader is the shipped one (no download); a reader that
+            # cannot load leaves generation unguided, with a note (AskPipeline._guide)
+            reader_guided=s.reader_guided,
         )

@@ -1,6 +1,7 @@
 """`AskPipeline` and `rag ask` on the sample corpus with real models: the encoder, SmolLM2 through
 llama.cpp (greedy, so its answers are fixed), and the abstaining reader from shared/.
-Generation is kept to 48 tokens and unguided (RAG_READER_GUIDED=false): these tests pin SmolLM2's
+Generation is kept to 48 tokens, unguided (RAG_READER_GUIDED=false) and checked by the reader
+(RAG_VERIFIER=reader, not the default judge): these tests pin SmolLM2's
 answers to the plain prompt, to test the check, attribution and retraction; reader-guided generation
 is tested in tests/test_guided.py."""
 
@@ -35,7 +36,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runtime(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     import xllamacpp  # noqa: F401  (the llm extra, in dev: missing, these tests fail)
     rt = Runtime(
-        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL), reader_guided=False)
+        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL), reader_guided=False,
+                      verifier="reader")
     )
     rt.ingestor(rt.writable_collection("demo")).ingest_paths([str(REPO / "examples" / "corpus")])
     hostile = tmp_path_factory.mktemp("hostile") / "hostile.jsonl"
@@ -46,6 +48,13 @@ def runtime(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     hostile.write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
     rt.ingestor(rt.writable_collection("hostile")).ingest_paths([str(REPO / "examples" / "corpus"), str(hostile)])
     yield rt
+
+
+@pytest.fixture(scope="module")
+def default_runtime(runtime: Runtime, home: Path) -> Runtime:
+    """What a user gets (and the demo runs): the shipped reader guides generation, the shipped
+    support judge checks it (the `runtime` fixture ingested the collections)."""
+    return Runtime(load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048))
 
 
 def test_an_extractive_answer_cites_the_span_in_its_passage(runtime: Runtime) -> None:
@@ -68,7 +77,9 @@ def test_loading_the_models_is_timed_as_load_not_as_the_stage_that_first_needs_t
         assert done.returncode == 0, done.stderr[-2000:]
         timings = json.loads(done.stdout)["timings"]
         assert list(timings)[:2] == ["load_ms", "retrieve_ms"] and list(timings)[-1] == "total_ms"
-        assert timings["load_ms"] > 5 * timings[stage], timings  # measured: 7.4 s against 0.19 s, 5.4 s against 0.29 s
+        # measured with torch: 7.4 s against 0.19 s; with the ONNX reader loading is cheaper (4.4 s
+        # against 1.0 s read on a busy machine), still far more than the stage it would be blamed on
+        assert timings["load_ms"] > 2 * timings[stage], timings
 
 
 def test_extractive_mode_says_not_in_the_sources_when_the_corpus_cannot_answer(runtime: Runtime) -> None:
@@ -88,31 +99,37 @@ def test_generative_mode_says_not_in_the_sources_when_the_corpus_cannot_answer(r
 
 PIERRE = "Where was Pierre Curie born?"  # the demo's generative question
 PIERRE_RIGHT = "Pierre Curie was born in Paris on 15 May 1859."
-PIERRE_WRONG = "His father Eugène Curie, a doctor, was born in Warsaw."  # SmolLM2 adds it; no source says so
+# SmolLM2's draft on the default (reader-guided) prompt; no source says France
+PIERRE_WRONG = "Pierre Curie was born in Paris, France."
+PIERRE_ANSWER = f"{PIERRE_RIGHT[:-1]} [1]."  # the reader's span in its passage sentence, cited
 
 
-def test_a_generative_answer_is_its_verified_sentences_with_citations_and_stage_timings(runtime: Runtime) -> None:
-    answer = runtime.ask_pipeline().ask(PIERRE, "demo", "generative")
+def test_a_generative_answer_is_its_verified_sentences_or_the_readers_span_with_citations_and_stage_timings(
+    default_runtime: Runtime,
+) -> None:
+    """The default path: the draft's sentence the judge does not verify is not the answer; the
+    reader's span (Paris), verified in its passage, stands in with that sentence, cited and marked."""
+    answer = default_runtime.ask_pipeline().ask(PIERRE, "demo", "generative")
     assert answer.mode == "generative" and answer.found
-    assert set(answer.timings) == {"load_ms", "retrieve_ms", "generate_ms", "check_ms", "total_ms"}
+    assert set(answer.timings) == {"load_ms", "retrieve_ms", "guide_ms", "generate_ms", "check_ms", "total_ms"}
     assert answer.details["generator"].startswith("llamacpp:")
-    assert answer.details["verifier"] == "reader"  # auto, with a reader configured
-    assert answer.answer == PIERRE_RIGHT  # the draft's other sentences are not the answer ...
-    assert PIERRE_WRONG in answer.details["generated"] and PIERRE_WRONG in answer.details["unsupported_sentences"]
-    [citation] = answer.citations  # ... nor are their citations
-    assert citation.verified and citation.text == "Pierre Curie was born in Paris on 15 May 1859."
+    assert answer.details["verifier"] == "nli" and answer.details["reader_guided"] is True  # the defaults
+    assert answer.answer == PIERRE_ANSWER and answer.fallback == "reader_span" and answer.details["reader_span"] == "Paris"
+    assert answer.details["generated"] == PIERRE_WRONG and answer.details["unsupported_sentences"] == [PIERRE_WRONG]
+    [citation] = answer.citations  # the draft's sentence has no citation
+    assert citation.verified and citation.text == PIERRE_RIGHT
 
 
-def test_the_demos_draft_ends_after_its_first_paragraph_not_at_the_token_limit(runtime: Runtime) -> None:
+def test_the_demos_draft_ends_after_its_first_paragraph_not_at_the_token_limit(default_runtime: Runtime) -> None:
     """SmolLM2 repeated the demo's answer paragraph until the token limit cut it mid-word ("... born
     in Warsaw.\n\nPierre Curie was born in Paris on"); the blank-line stop ends the draft after one
     paragraph, each sentence once, and the first token's time is reported."""
-    *pieces, final = list(runtime.ask_pipeline().stream(PIERRE, "demo", "generative"))
+    *pieces, final = list(default_runtime.ask_pipeline().stream(PIERRE, "demo", "generative"))
     draft = "".join(pieces)  # type: ignore[arg-type]
     sentences = [s.strip() for s in draft.replace("\n", " ").split(". ") if s.strip()]
     assert "\n\n" not in draft and len(sentences) == len(set(sentences)), draft
     assert draft.rstrip().endswith((".", "]")), draft
-    assert isinstance(final, Answer) and final.answer == PIERRE_RIGHT
+    assert isinstance(final, Answer) and final.answer == PIERRE_ANSWER
     assert 0 < final.timings["first_token_ms"] <= final.timings["generate_ms"]
 
 
@@ -154,7 +171,9 @@ def test_rag_ask_without_a_reader_falls_back_and_an_explicit_extractive_mode_fai
     assert fallback.stdout.startswith("draft (not yet checked): ")
     assert "note: no extractive reader could be loaded, so this answer is generative" in fallback.stdout
     verifier = [line for line in fallback.stdout.splitlines() if line.startswith("verifier: ")]
-    assert verifier == [f"verifier: lexical (auto: the reader could not be loaded (cannot load reader model '{tmp_path / 'none'}'))"]
+    # auto checks with the shipped judge, which needs no reader (docs/judge.md)
+    assert verifier == ["verifier: nli (auto: the configured support judge)"]
+    assert "answer: Not in the sources." in fallback.stdout
     explicit = run_cli("ask", UNANSWERABLE, "--collection", "demo", "--mode", "extractive", home=home, env=env)
     assert explicit.returncode == 1 and explicit.stderr.startswith("error: cannot load reader model")
     assert explicit.stdout == ""
@@ -187,17 +206,15 @@ def test_rag_ask_text_withdraws_an_unsupported_draft_and_shows_the_best_passages
 
 
 def test_rag_ask_text_shows_the_verified_sentences_as_the_answer_and_the_dropped_ones_labelled(runtime: Runtime, home: Path) -> None:
-    result = run_cli(
-        "ask", PIERRE, "--collection", "demo", "--mode", "generative",
-        home=home, env={"RAG_GENERATOR_MAX_TOKENS": "48", "RAG_READER_MODEL": str(NA_READER_MODEL), "RAG_READER_GUIDED": "false"},
-    )
+    """The demo's question on the defaults (shipped reader guiding, shipped judge checking)."""
+    result = run_cli("ask", PIERRE, "--collection", "demo", "--mode", "generative", home=home, env={"RAG_GENERATOR_MAX_TOKENS": "48"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("draft (not yet checked): ")
+    assert lines[0] == f"draft (not yet checked): {PIERRE_WRONG}"
     cut = next(i for i, line in enumerate(lines) if line.startswith("✗ draft cut: "))
-    assert lines[cut + 1] == f"answer: {PIERRE_RIGHT[:-1]} [1*]."
+    assert lines[cut + 1] == f"answer: {PIERRE_ANSWER}"
     assert f"dropped, not supported by the sources: {PIERRE_WRONG}" in lines
-    assert "verifier: reader (auto: the configured reader)" in lines
+    assert "verifier: nli (auto: the configured support judge)" in lines
 
 
 # -- prompt injection, with the real generator -----------------------------------------------------
@@ -251,8 +268,8 @@ def test_sse_retracts_a_draft_the_check_rejects_or_cuts_before_the_final_answer(
     from tests.test_api import start_server
 
     settings = load_settings(
-        home=home, auth=False, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL),
-        reader_guided=False, generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
+        home=home, auth=False, generator_max_tokens=48, generator_context_tokens=2048,  # the defaults: guided, the judge
+        generation_timeout_s=600,  # a busy 2-core machine loads and runs SmolLM2 slowly
     )
     _, server, thread, url = start_server(settings)
     try:
@@ -269,7 +286,7 @@ def test_sse_retracts_a_draft_the_check_rejects_or_cuts_before_the_final_answer(
     final = rejected[-1][1]
     assert final["found"] is False and final["answer"] == NOT_IN_SOURCES and final["citations"] == []
     retract, final = cut[-2][1], cut[-1][1]
-    assert final["found"] is True and final["answer"] == PIERRE_RIGHT
+    assert final["found"] is True and final["answer"] == PIERRE_ANSWER and final["fallback"] == "reader_span"
     assert PIERRE_WRONG in retract["dropped"] and PIERRE_WRONG in retract["draft"]
 
 

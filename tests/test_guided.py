@@ -89,3 +89,26 @@ def test_an_unanswerable_question_is_still_refused_with_no_fallback(pipeline: As
         answer = _sibling(pipeline, tokens).ask(UNANSWERABLE, "demo", "generative", k=3)
         assert not answer.found and answer.answer == NOT_IN_SOURCES and answer.fallback is None, tokens
         assert answer.details["reader_hints"] == []  # the reader abstained: no candidate was offered
+
+
+def test_a_true_but_irrelevant_verified_sentence_is_not_the_guided_answer_the_readers_span_is(pipeline: AskPipeline) -> None:
+    """The demo's question: the judge verifies "His father Eugène Curie was a doctor" (true, in the
+    passage) but it does not say where Pierre Curie was born; the reader's span (Paris) does. The
+    judge scores the span claim "Where was Pierre Curie born? Paris." 0.966 (< 0.98) and refused it;
+    the lexical check verifies it in its own sentence, so the span sentence is the answer (failed
+    before: "Not in the sources." from the CLI, and the irrelevant sentence unguided)."""
+    from rag.citations import check_answer
+    from rag.guided import guided_answer
+    from rag.qa import suspicious_passages
+
+    question = "Where was Pierre Curie born?"
+    passages = pipeline._retriever("demo", None).retrieve(question, 3)
+    checked = check_answer(question, "His father Eugène Curie was a doctor.", passages, verifier=pipeline.verifier)
+    assert checked.found and pipeline.verifier.name == "nli"  # the judge verifies the irrelevant sentence ...
+    guide = pipeline.reader.answer(question, passages, suspicious_passages(passages))
+    assert guide.answer == "Paris"
+    answer = guided_answer(question, guide, passages, pipeline.verifier, checked)
+    assert answer.found and answer.fallback == READER_SPAN  # ... but it is not the answer
+    n = guide.citations[0].n
+    assert answer.answer == f"Pierre Curie was born in Paris on 15 May 1859 [{n}]."
+    assert [(c.n, c.verified) for c in answer.citations] == [(n, True)]

@@ -27,7 +27,6 @@ async def _conversation(home: Path) -> dict[str, Any]:
         "RAG_READER_MODEL": str(READER_NA),
         "RAG_ANSWER_MODE": "extractive",
         "RAG_GENERATOR_MAX_TOKENS": "48",
-        "RAG_READER_GUIDED": "false",  # the generative test pins SmolLM2's answer to the plain prompt
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
@@ -97,10 +96,12 @@ def test_ask_returns_the_checked_answer_with_its_citation(talk: dict[str, Any]) 
 
 
 def test_a_generative_ask_returns_only_the_verified_sentences_and_names_the_dropped_ones(talk: dict[str, Any]) -> None:
+    """The defaults: the reader guides SmolLM2, the shipped judge checks; the draft's sentence that
+    no source supports (France) is dropped and the reader's span sentence stands in, marked."""
     result = talk["generative"].structured_content
-    assert result["found"] is True and result["mode"] == "generative" and result["verifier"] == "reader"
-    assert result["answer"] == "Pierre Curie was born in Paris on 15 May 1859."
-    assert "His father Eugène Curie, a doctor, was born in Warsaw." in result["dropped"]
+    assert result["found"] is True and result["mode"] == "generative" and result["verifier"] == "nli"
+    assert result["answer"] == "Pierre Curie was born in Paris on 15 May 1859 [1]." and result["fallback"] == "reader_span"
+    assert result["dropped"] == ["Pierre Curie was born in Paris, France."]
 
 
 def test_errors_are_tool_errors_with_a_clear_message(talk: dict[str, Any]) -> None:

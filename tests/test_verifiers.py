@@ -118,22 +118,26 @@ def no_env_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_auto_the_default_checks_with_the_configured_reader(tmp_path: Path, no_env_choice: None) -> None:
+def test_auto_the_default_checks_with_the_shipped_support_judge(tmp_path: Path, no_env_choice: None) -> None:
+    """The judge ships with the package (rag/shipped_models), so `auto` needs no setting for it."""
+    from rag.verifiers.nli import NLIVerifier
+
     settings = Settings(home=tmp_path, reader_model=str(NA_READER))
     assert settings.verifier == "auto"
     chosen = build_verifier(settings, lambda: ExtractiveReader(settings.reader_model))
-    assert isinstance(chosen, ReaderVerifier) and chosen.note == "auto: the configured reader"
+    assert isinstance(chosen, NLIVerifier) and chosen.note == "auto: the configured support judge"
 
 
-def test_auto_with_nothing_configured_checks_with_the_shipped_reader(tmp_path: Path, no_env_choice: None) -> None:
-    """The reader ships with the package, so no setting is needed for the reader check."""
-    settings = Settings(home=tmp_path)
+def test_auto_without_a_loadable_judge_checks_with_the_shipped_reader(tmp_path: Path, no_env_choice: None) -> None:
+    """The reader ships with the package too, so with no judge no setting is needed for the reader check."""
+    settings = Settings(home=tmp_path, verifier_model=str(tmp_path / "no-judge"))
     chosen = build_verifier(settings, lambda: ExtractiveReader(settings.reader_model))
     assert isinstance(chosen, ReaderVerifier) and chosen.reader.runtime == "onnx"  # type: ignore[attr-defined]
+    assert chosen.note.startswith("auto: the support judge could not be loaded")
 
 
-def test_auto_falls_back_to_the_lexical_check_when_no_reader_is_configured_or_loads(tmp_path: Path, no_env_choice: None) -> None:
-    missing = Settings(home=tmp_path, reader_model=str(tmp_path / "none"))
+def test_auto_falls_back_to_the_lexical_check_when_neither_the_judge_nor_the_reader_loads(tmp_path: Path, no_env_choice: None) -> None:
+    missing = Settings(home=tmp_path, reader_model=str(tmp_path / "none"), verifier_model=str(tmp_path / "no-judge"))
     fallback = build_verifier(missing, lambda: ExtractiveReader(missing.reader_model))
     assert isinstance(fallback, LexicalVerifier)
     assert fallback.note.startswith("auto: the reader could not be loaded (cannot load reader model")

@@ -54,6 +54,12 @@ class LexicalVerifier:
             return 0.0
         if answers_elsewhere(claim, source, window):
             return 0.0  # costs "grew" for "grow" (w-short-right-2): irregular verbs do not stem alike
+        # the same for a full sentence that repeats what the question asks ("Marie Curie was born in
+        # Paris" against "She moved to Paris in 1891"): the words it repeats must be in the evidence,
+        # or the question's names (read anywhere in the passage) and the answer make up the recall
+        repeated = (question - name_words(claim.question)) & sentence
+        if repeated and not repeated & source.words[window]:
+            return 0.0
         # names the question gives, found elsewhere in the passage, count as read here
         evidence = source.words[window] | (name_words(claim.question) & source.all_words)
         asked = question - sentence if claim.short else set()
