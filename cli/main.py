@@ -8,7 +8,6 @@ as failed; 130 interrupted. Imports of torch, transformers and FAISS happen insi
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import textwrap
@@ -17,6 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from cli.options import (  # noqa: F401 - re-exported: command modules import them from here too
+    CollectionOpt,
+    FusionOpt,
+    JsonOpt,
+    ReportOpt,
+    RetrieverOpt,
+    WhereOpt,
+    _one_of,
+    _print_json,
+    k_between,
+    text_argument,
+    where_option,
+)
 from indexes.errors import InvalidConfig, RagError
 
 if TYPE_CHECKING:
@@ -31,26 +43,6 @@ app = typer.Typer(
 eval_app = typer.Typer(help="Evaluate against labelled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
-CollectionOpt = typer.Option(None, "--collection", "-c", help="collection name [default: RAG_COLLECTION or 'default']")
-JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
-ReportOpt = typer.Option(
-    None, "--report", help="also write a self-contained HTML report (plots, per-question table); a copy goes to RAG_HOME/reports"
-)
-def _one_of(*choices: str) -> Any:
-    def check(value: str | None) -> str | None:
-        if value is not None and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return check
-
-
-RetrieverOpt = typer.Option(
-    None, "--retriever", callback=_one_of("dense", "bm25", "hybrid"), help="dense, bm25 or hybrid [env RAG_RETRIEVER; default hybrid]"
-)
-FusionOpt = typer.Option(
-    None, "--fusion", callback=_one_of("rrf", "convex"), help="hybrid fusion: rrf or convex [env RAG_FUSION; default convex]"
-)
 
 
 class _State:
@@ -95,45 +87,6 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 
 
-def text_argument(value: str) -> str:
-    """A query as typed: bytes that are not UTF-8 (Python keeps them as lone surrogates) are a
-    usage error here, not a traceback deep in the tokenizer."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise typer.BadParameter("not valid UTF-8 text; check the terminal's encoding (LANG, LC_ALL)") from None
-    return value
-
-
-def k_between(low: int, high: int) -> Any:
-    """An option callback refusing a passage count outside [low, high] as a usage error (exit 2)."""
-
-    def check(value: int | None) -> int | None:
-        if value is not None and not low <= value <= high:
-            raise typer.BadParameter(f"k must be between {low} and {high}, not {value}")
-        return value
-
-    return check
-
-
-WhereOpt = typer.Option(
-    None,
-    "--where",
-    "-w",
-    help='only documents matching a filter: JSON such as \'{"year": {"$gte": 2020}}\', or key=value (repeatable; all must hold)',
-)
-
-
-def where_option(values: list[str] | None) -> Any:
-    """`--where` parsed (indexes/filters.py), or None; a bad filter is a usage error (exit 2)."""
-    from indexes.filters import FilterError, parse_cli
-
-    try:
-        return parse_cli(values)
-    except FilterError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--where") from None
-
-
 def _metadata_option(values: list[str] | None) -> dict[str, Any]:
     from indexes.errors import InvalidInput
     from indexes.metadata import parse_pairs
@@ -144,8 +97,7 @@ def _metadata_option(values: list[str] | None) -> dict[str, Any]:
         raise typer.BadParameter(str(exc), param_hint="--metadata") from None
 
 
-def _print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+
 
 
 @app.command()
