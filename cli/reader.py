@@ -1,4 +1,4 @@
-"""`rag eval reader` and `rag train-reader`: the extractive reader's commands.
+"""`rag eval reader`, `rag train-reader` and `rag train-verifier`: the commands of the two models we train.
 
 Torch and transformers are imported inside the commands, so `rag --help` stays instant.
 """
@@ -94,3 +94,41 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         )
         if result.eval:
             typer.echo(f"eval ({result.eval['questions']} questions): EM {result.eval['exact_match']:.1f}  F1 {result.eval['f1']:.1f}")
+
+    @app.command("train-verifier")
+    def train_verifier_command(
+        train: Path = typer.Option(..., "--train", help="SQuAD-format JSON to build pairs from (.json/.json.gz); not the articles the judge is tested on"),
+        base: str = typer.Option(..., "--base", help="model to fine-tune: a (claim, passage) classifier or an encoder, HF id or folder"),
+        out: Path = typer.Option(..., "--out", help="output folder; a checkpoint there is resumed"),
+        max_minutes: float | None = typer.Option(None, "--max-minutes", min=0, help="stop (and checkpoint) after this long"),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="build pairs from the first N questions only"),
+        per_kind: int | None = typer.Option(2000, "--per-kind", min=1, help="pairs of each kind at most (name swap, number, answer with question, ...)"),
+        epochs: int = typer.Option(1, "--epochs", min=1),
+        max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="optimizer steps [default: epochs over the data]"),
+        batch_size: int = typer.Option(32, "--batch-size", min=1),
+        lr: float = typer.Option(2e-5, "--lr", min=0),
+        warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", min=0, max=1),
+        max_len: int = typer.Option(256, "--max-len", min=32, help="tokens per (claim, passage) pair"),
+        checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="steps between checkpoints"),
+        bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast (fast on CPUs with AMX, and on GPUs)"),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Fine-tune the support judge on labelled pairs built from SQuAD-format data (resumable);
+        export it with scripts/export_models.py and calibrate it with `rag eval verifiers --part design`."""
+        from rag.training import TrainConfig, train_verifier
+
+        config = TrainConfig(
+            train=str(train), base=base, out=str(out), limit=limit, max_minutes=max_minutes, epochs=epochs, max_steps=max_steps,
+            batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, max_len=max_len, stride=0, checkpoint_every=checkpoint_every,
+            seed=seed, threads=_runtime().settings.threads, bf16=bf16,
+        )
+        result = train_verifier(config, per_kind=per_kind, show_progress=not as_json)
+        if as_json:
+            _print_json(result.to_dict())
+            return
+        state = "done" if result.completed else "stopped (run again to resume)"
+        typer.echo(
+            f"{result.out}: step {result.step}/{result.total_steps} {state}, resumed from {result.resumed_from}, "
+            f"{result.pairs} pairs ({result.supported} supported), loss {result.loss}, {result.seconds:.0f}s"
+        )

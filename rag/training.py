@@ -46,6 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     threads: int | None = None
+    bf16: bool = False  # autocast matmuls to bfloat16: several times faster on CPUs with AMX
 
     def schedule_key(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run that wrote the checkpoint."""
@@ -127,11 +128,14 @@ def build_features(
     return features, skipped
 
 
+LABELS = ("start_positions", "end_positions", "labels")  # per-example targets: never padded
+
+
 def _collate(torch: Any, features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     width = max(len(f["input_ids"]) for f in features)
     batch: dict[str, Any] = {}
     for name in features[0]:
-        if name in ("start_positions", "end_positions"):
+        if name in LABELS:
             batch[name] = torch.tensor([f[name] for f in features], dtype=torch.long)
         else:
             pad = pad_id if name == "input_ids" else 0
@@ -139,44 +143,52 @@ def _collate(torch: Any, features: list[dict[str, Any]], pad_id: int) -> dict[st
     return batch
 
 
-def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: str | None = None, eval_limit: int | None = None) -> TrainResult:
-    """Train (or resume) until done or out of time; save a loadable model in `config.out` either way."""
+def _import_training() -> tuple[Any, Any]:
     try:
         import torch
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer, get_linear_schedule_with_warmup
+        import transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     except ImportError as exc:  # pragma: no cover - install problem
         raise MissingDependency(f"training needs torch and transformers: {exc}") from exc
+    return torch, transformers
 
-    started = time.perf_counter()
-    set_threads(config.threads)
-    out = Path(config.out).expanduser()
-    checkpoint = out / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if (checkpoint / STATE_FILE).is_file():
-        state = torch.load(checkpoint / STATE_FILE, weights_only=False)
-        if state["config"] != config.schedule_key():
-            raise InvalidInput(
-                f"{checkpoint} was written by a run with other settings ({state['config']}); "
-                "resume with the same options or choose another --out"
-            )
-    source = str(checkpoint) if state else resolve_model_path(config.base)
+
+def _read_state(torch: Any, config: TrainConfig) -> dict[str, Any] | None:
+    checkpoint = Path(config.out).expanduser() / CHECKPOINT
+    if not (checkpoint / STATE_FILE).is_file():
+        return None
+    state: dict[str, Any] = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    if state["config"] != config.schedule_key():
+        raise InvalidInput(
+            f"{checkpoint} was written by a run with other settings ({state['config']}); "
+            "resume with the same options or choose another --out"
+        )
+    return state
+
+
+def _load(auto_class: Any, tokenizer_class: Any, config: TrainConfig, resume: bool, **kwargs: Any) -> tuple[Any, Any]:
+    source = str(Path(config.out).expanduser() / CHECKPOINT) if resume else resolve_model_path(config.base)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForQuestionAnswering.from_pretrained(source)
+        tokenizer = tokenizer_class.from_pretrained(source)
+        model = auto_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(
             f"cannot load base model {config.base!r} ({type(exc).__name__}); give a local folder with --base"
         ) from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelLoadError(f"{config.base!r} has no fast tokenizer; the span labels need offsets")
+    return model, tokenizer
 
-    questions = read_squad(config.train, limit=config.limit)
-    features, skipped = build_features(tokenizer, questions, config.max_len, config.stride)
-    if not features:
-        raise InvalidInput(f"no trainable questions in {config.train}")
+
+def _fit(
+    torch: Any, transformers: Any, config: TrainConfig, model: Any, tokenizer: Any, features: list[dict[str, Any]],
+    state: dict[str, Any] | None, started: float, show_progress: bool,
+) -> tuple[int, int, int, list[float]]:
+    """The shared loop: AdamW (no decay on biases and norms), warm-up then linear decay, gradient
+    clipping, a checkpoint every `checkpoint_every` steps and at the end, a time budget; bf16
+    autocast on request. Returns (step, total, resumed_from, loss history)."""
+    out = Path(config.out).expanduser()
+    checkpoint = out / CHECKPOINT
     steps_per_epoch = math.ceil(len(features) / config.batch_size)
     total = config.max_steps or steps_per_epoch * config.epochs
 
@@ -186,7 +198,7 @@ def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: st
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     step = 0
     history: list[float] = []
     if state:
@@ -235,7 +247,8 @@ def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: st
                 epoch_order = (epoch, order(epoch))
             picked = epoch_order[1][index * config.batch_size : (index + 1) * config.batch_size]
             batch = _collate(torch, [features[i] for i in picked], pad_id)
-            loss = model(**batch).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -258,15 +271,32 @@ def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: st
     completed = step >= total
     args = {**asdict(config), "steps": step, "total_steps": total, "features": len(features), "completed": completed}
     (out / "training_args.json").write_text(json.dumps(args, indent=1) + "\n", encoding="utf-8")
+    return step, total, resumed_from, history
 
+
+def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: str | None = None, eval_limit: int | None = None) -> TrainResult:
+    """Train (or resume) until done or out of time; save a loadable model in `config.out` either way."""
+    torch, transformers = _import_training()
+    started = time.perf_counter()
+    set_threads(config.threads)
+    state = _read_state(torch, config)
+    model, tokenizer = _load(transformers.AutoModelForQuestionAnswering, transformers.AutoTokenizer, config, state is not None)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{config.base!r} has no fast tokenizer; the span labels need offsets")
+
+    questions = read_squad(config.train, limit=config.limit)
+    features, skipped = build_features(tokenizer, questions, config.max_len, config.stride)
+    if not features:
+        raise InvalidInput(f"no trainable questions in {config.train}")
+    step, total, resumed_from, history = _fit(torch, transformers, config, model, tokenizer, features, state, started, show_progress)
     result = TrainResult(
-        out=str(out),
+        out=str(Path(config.out).expanduser()),
         questions=len(questions),
         features=len(features),
         total_steps=total,
         step=step,
         resumed_from=resumed_from,
-        completed=completed,
+        completed=step >= total,
         seconds=round(time.perf_counter() - started, 3),
         loss=round(sum(history[-20:]) / len(history[-20:]), 4) if history else None,
         skipped_questions=skipped,
@@ -277,5 +307,74 @@ def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: st
         from rag.reader import ExtractiveReader
 
         held_out = read_squad(eval_file, limit=eval_limit)
-        result.eval = evaluate_reader(ExtractiveReader(str(out)), held_out, show_progress=show_progress)
+        result.eval = evaluate_reader(ExtractiveReader(result.out), held_out, show_progress=show_progress)
     return result
+
+
+@dataclass
+class VerifierTrainResult:
+    out: str
+    pairs: int
+    supported: int
+    kinds: dict[str, int]
+    total_steps: int
+    step: int
+    resumed_from: int
+    completed: bool
+    seconds: float
+    loss: float | None
+    history: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("history")
+        return data
+
+
+def verifier_features(tokenizer: Any, pairs: list[tuple[str, str, int]], max_len: int) -> list[dict[str, Any]]:
+    """Tokenised (claim, passage) pairs, claim first, cut to `max_len` (the judge reads the same way)."""
+    enc = tokenizer([c for c, _, _ in pairs], [p for _, p, _ in pairs], truncation="longest_first", max_length=max_len, padding=False)
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+    return [{**{n: enc[n][i] for n in names}, "labels": label} for i, (_, _, label) in enumerate(pairs)]
+
+
+def train_verifier(config: TrainConfig, per_kind: int | None = None, show_progress: bool = False) -> VerifierTrainResult:
+    """Fine-tune a (claim, passage) -> supported classifier on pairs built from a SQuAD-format
+    training file by `rag.evaluation.verification_sets.squad_cases`: the gold sentence, the answer
+    with its question and pronoun rewrites (supported); swapped answers, changed numbers, negations,
+    swapped names and the sentence against another paragraph (unsupported). The file must share no
+    article with the sets the judge is calibrated and tested on (SQuAD train, not dev). At most
+    `per_kind` pairs of each kind, chosen by a hash of the id. Resumable like `train_reader`."""
+    from rag.evaluation.verification_sets import sample, squad_cases
+    from rag.evaluation.verifiers import training_pairs
+
+    torch, transformers = _import_training()
+    started = time.perf_counter()
+    set_threads(config.threads)
+    state = _read_state(torch, config)
+    model, tokenizer = _load(
+        transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer, config, state is not None,
+        num_labels=2, torch_dtype=torch.float32,
+    )
+    cases = sample(squad_cases(config.train, part="train", limit=config.limit), per_kind)
+    pairs = training_pairs(cases)
+    if not pairs:
+        raise InvalidInput(f"no training pairs in {config.train}")
+    kinds: dict[str, int] = {}
+    for case in cases:
+        kinds[case.kind] = kinds.get(case.kind, 0) + 1
+    features = verifier_features(tokenizer, pairs, config.max_len)
+    step, total, resumed_from, history = _fit(torch, transformers, config, model, tokenizer, features, state, started, show_progress)
+    return VerifierTrainResult(
+        out=str(Path(config.out).expanduser()),
+        pairs=len(pairs),
+        supported=sum(label for _, _, label in pairs),
+        kinds=dict(sorted(kinds.items())),
+        total_steps=total,
+        step=step,
+        resumed_from=resumed_from,
+        completed=step >= total,
+        seconds=round(time.perf_counter() - started, 3),
+        loss=round(sum(history[-20:]) / len(history[-20:]), 4) if history else None,
+        history=history,
+    )

@@ -106,12 +106,16 @@ def _pronoun(sentence: str, title: str) -> str | None:
     return "It " + rest
 
 
-def squad_cases(path: str | Path) -> list[VerifierCase]:
+def squad_cases(path: str | Path, part: str | None = None, limit: int | None = None) -> list[VerifierCase]:
+    """The pairs of every answered question of a SQuAD file (the first `limit` questions), each
+    article in the design or test part by its position, or all in `part` (a training file)."""
     data = load_squad_json(path)["data"]
     cases: list[VerifierCase] = []
     done: set[tuple[str, str, str, str]] = set()
+    asked = 0
+    fixed = part
     for a, article in enumerate(data):
-        part = "design" if a < SQUAD_DESIGN_ARTICLES else "test"
+        part = fixed or ("design" if a < SQUAD_DESIGN_ARTICLES else "test")
         title = article.get("title", "").replace("_", " ")
         paragraphs = [p["context"] for p in article.get("paragraphs", [])]
         answers = sorted({qa["answers"][0]["text"] for p in article["paragraphs"] for qa in p["qas"] if qa.get("answers")})
@@ -122,6 +126,9 @@ def squad_cases(path: str | Path) -> list[VerifierCase]:
             for qa in par.get("qas", []):
                 if not qa.get("answers"):
                     continue
+                asked += 1
+                if limit is not None and asked > limit:
+                    return cases
                 gold = qa["answers"][0]
                 answer, question = gold["text"].strip(), qa["question"].strip()
                 sentence = _sentence_at(context, int(gold["answer_start"]))

@@ -142,6 +142,20 @@ def judge_cases(probabilities: Any, cases: Sequence[VerifierCase], batch: int = 
     return out
 
 
+def training_pairs(cases: Sequence[VerifierCase]) -> list[tuple[str, str, int]]:
+    """(statement, passage, label) exactly as the judge reads each case at answer time (the short
+    answer with its question, the title before the passage), for training a judge on them; a case
+    the citation check filters out before the judge gives none, a repeated pair is kept once."""
+    collect = _ReplayJudge({})
+    labelled: dict[tuple[str, str], int] = {}
+    for case in cases:
+        before = len(collect.asked)
+        check_answer(case.question, case.answer, [case.as_passage()], verifier=collect)
+        for pair in collect.asked[before:]:
+            labelled.setdefault(pair, int(case.label))
+    return [(claim, passage, label) for (claim, passage), label in labelled.items()]
+
+
 def rates(judged: Sequence[JudgedCase], threshold: float, guards: frozenset[str] | set[str]) -> dict[str, Any]:
     """Supported cases verified (recall) and unsupported cases verified (false accepts)."""
     pos = [j for j in judged if j.case.label]
