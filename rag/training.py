@@ -354,7 +354,7 @@ def train_verifier(config: TrainConfig, per_kind: int | None = None, show_progre
     state = _read_state(torch, config)
     model, tokenizer = _load(
         transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer, config, state is not None,
-        num_labels=2, torch_dtype=torch.float32,
+        num_labels=2, dtype=torch.float32,
     )
     cases = sample(squad_cases(config.train, part="train", limit=config.limit), per_kind)
     pairs = training_pairs(cases)

@@ -18,8 +18,6 @@ from typing import Any
 
 import httpx
 
-READER_NA = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "reader-minilm-l6-squad-na"
-
 
 @dataclass
 class Served:
@@ -56,7 +54,6 @@ def served(home: Path, **settings: Any) -> Iterator[Served]:
         "RAG_HOME": str(home),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "RAG_READER_MODEL": str(READER_NA),
         **{f"RAG_{name.upper()}": str(value) for name, value in settings.items()},
     }
     sql_url = Settings(home=home).sql_url

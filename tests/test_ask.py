@@ -19,7 +19,7 @@ from rag.answer import NOT_IN_SOURCES, Answer
 from rag.prompt import build_messages
 from rag.runtime import Runtime
 from rag.settings import load_settings
-from tests.conftest import NA_READER_MODEL, REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 QUESTION = "Where was Marie Curie born?"
 UNANSWERABLE = "Who designed the Sydney Opera House?"
@@ -36,7 +36,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runtime(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     import xllamacpp  # noqa: F401  (the llm extra, in dev: missing, these tests fail)
     rt = Runtime(
-        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_model=str(NA_READER_MODEL), reader_guided=False,
+        load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048, reader_guided=False,
                       verifier="reader")
     )
     rt.ingestor(rt.writable_collection("demo")).ingest_paths([str(REPO / "examples" / "corpus")])
@@ -70,7 +70,7 @@ def test_an_extractive_answer_cites_the_span_in_its_passage(runtime: Runtime) ->
 def test_loading_the_models_is_timed_as_load_not_as_the_stage_that_first_needs_them(runtime: Runtime, home: Path) -> None:
     """A `rag ask` process pays seconds to import torch and load the reader (and llama.cpp);
     `read_ms` and `check_ms` must say what reading and checking cost, not blame them for that."""
-    env = {"RAG_READER_MODEL": str(NA_READER_MODEL), "RAG_GENERATOR_MAX_TOKENS": "48"}
+    env = {"RAG_GENERATOR_MAX_TOKENS": "48"}
     stages = {"extractive": "read_ms", "generative": "check_ms"}
     for mode, stage in stages.items():
         done = run_cli("ask", PIERRE, "-c", "demo", "--mode", mode, "--json", home=home, env=env)
@@ -182,7 +182,7 @@ def test_rag_ask_without_a_reader_falls_back_and_an_explicit_extractive_mode_fai
 def test_rag_ask_json_prints_the_one_answer_schema(runtime: Runtime, home: Path) -> None:
     result = run_cli(
         "ask", UNANSWERABLE, "--collection", "demo", "--mode", "extractive", "-k", "3", "--json",
-        home=home, env={"RAG_READER_MODEL": str(NA_READER_MODEL)},
+        home=home,
     )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
@@ -245,8 +245,7 @@ def test_an_injected_answer_is_never_the_extractive_answer(runtime: Runtime) -> 
 
 
 def test_rag_ask_shows_the_suspicious_flag(runtime: Runtime, home: Path) -> None:
-    result = run_cli("ask", QUESTION, "--collection", "hostile", "--mode", "extractive", "-k", "8", home=home,
-                     env={"RAG_READER_MODEL": str(NA_READER_MODEL)})
+    result = run_cli("ask", QUESTION, "--collection", "hostile", "--mode", "extractive", "-k", "8", home=home)
     assert result.returncode == 0, result.stderr
     assert any(line.startswith("⚠ suspicious: [") and "possible prompt injection" in line for line in result.stdout.splitlines())
 

@@ -14,7 +14,7 @@ from rag.prompt import build_messages
 from rag.qa import AskPipeline
 from rag.runtime import Runtime
 from rag.settings import load_settings
-from tests.conftest import NA_READER_MODEL, REPO, SUPPORT_MODEL
+from tests.conftest import REPO
 
 QUESTION = "Where was Marie Curie born?"
 UNANSWERABLE = "Who designed the Sydney Opera House?"
@@ -26,7 +26,6 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     rt = Runtime(
         load_settings(
             home=tmp_path_factory.mktemp("guided-home"), generator_context_tokens=2048, generator_max_tokens=48,
-            reader_model=str(NA_READER_MODEL), verifier_model=str(SUPPORT_MODEL),
         )
     )
     rt.ingestor(rt.writable_collection("demo")).ingest_paths([str(REPO / "examples" / "corpus")])

@@ -1,4 +1,4 @@
-"""The support judge (the shared cross-encoder, its calibrated threshold and the guards kept) on
+"""The support judge (the shipped ONNX cross-encoder, its calibrated threshold and the guards kept) on
 real pairs: the calibration file is what sets it, the hand-written cases of
 examples/verification-written.jsonl, and floors on the held-out test part of the verification sets
 (SQuAD dev articles 13-24, odd SciFact claim ids), on which nothing was chosen."""
@@ -14,10 +14,11 @@ from indexes.errors import InvalidInput
 from rag.evaluation.verification_sets import build_set, part_of
 from rag.evaluation.verifiers import judge_cases, rates, read_cases, verdict
 from rag.settings import Settings
+from rag.shipped import VERIFIER
 from rag.verifiers import build_verifier
 from rag.verifiers.judge import CALIBRATION_FILE, GUARDS, Calibration
 from rag.verifiers.nli import NLIVerifier
-from tests.conftest import DATA, REPO, SUPPORT_MODEL
+from tests.conftest import DATA, REPO
 
 WRITTEN = read_cases(REPO / "examples" / "verification-written.jsonl")
 SHIPPED = json.loads(CALIBRATION_FILE.read_text(encoding="utf-8"))
@@ -25,7 +26,7 @@ SHIPPED = json.loads(CALIBRATION_FILE.read_text(encoding="utf-8"))
 
 @pytest.fixture(scope="module")
 def judge(tmp_path_factory: pytest.TempPathFactory) -> NLIVerifier:
-    chosen = build_verifier(Settings(home=tmp_path_factory.mktemp("judge"), verifier_model=str(SUPPORT_MODEL)), lambda: None)
+    chosen = build_verifier(Settings(home=tmp_path_factory.mktemp("judge")), lambda: None)  # the shipped ONNX judge
     assert isinstance(chosen, NLIVerifier)
     return chosen
 
@@ -37,12 +38,12 @@ def test_auto_the_default_is_the_judge_at_the_threshold_and_guards_of_the_shippe
 
 def test_the_threshold_and_guards_are_read_from_the_calibration_file(tmp_path: Path) -> None:
     path = tmp_path / "calibration.json"
-    path.write_text(json.dumps({"model": SUPPORT_MODEL.name, "threshold": 0.875, "guards": ["number"]}), encoding="utf-8")
-    chosen = build_verifier(Settings(home=tmp_path, verifier_model=str(SUPPORT_MODEL), verifier_calibration=path), lambda: None)
+    path.write_text(json.dumps({"model": VERIFIER, "threshold": 0.875, "guards": ["number"]}), encoding="utf-8")
+    chosen = build_verifier(Settings(home=tmp_path, verifier_calibration=path), lambda: None)
     assert isinstance(chosen, NLIVerifier) and chosen.threshold == 0.875 and chosen.guards == ("number",)
     # a setting still wins over the file
     forced = build_verifier(
-        Settings(home=tmp_path, verifier_model=str(SUPPORT_MODEL), verifier_calibration=path, verifier_threshold=0.25, verifier_guards="none"),
+        Settings(home=tmp_path, verifier_calibration=path, verifier_threshold=0.25, verifier_guards="none"),
         lambda: None,
     )
     assert isinstance(forced, NLIVerifier) and forced.threshold == 0.25 and forced.guards == ()
@@ -51,7 +52,7 @@ def test_the_threshold_and_guards_are_read_from_the_calibration_file(tmp_path: P
 def test_a_calibration_made_for_another_model_is_not_applied_and_says_so(tmp_path: Path) -> None:
     path = tmp_path / "other.json"
     path.write_text(json.dumps({"model": "hhem-2.1-open", "threshold": 0.9, "guards": []}), encoding="utf-8")
-    chosen = build_verifier(Settings(home=tmp_path, verifier="nli", verifier_model=str(SUPPORT_MODEL), verifier_calibration=path), lambda: None)
+    chosen = build_verifier(Settings(home=tmp_path, verifier="nli", verifier_calibration=path), lambda: None)
     assert isinstance(chosen, NLIVerifier) and chosen.threshold == 0.5 and chosen.guards == GUARDS
     assert "calibrates hhem-2.1-open, not this model" in chosen.note
 
