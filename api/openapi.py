@@ -130,7 +130,7 @@ def _describe_filters(document: dict[str, Any]) -> None:
     props = schemas["Filters"]["properties"]
     props["where"] = {"anyOf": [_ref("Where"), {"type": "null"}], "description": props["where"].get("description", "")}
     props["metadata"] = {"anyOf": [_ref("MetadataEquals"), {"type": "null"}], "description": "exact matches on document metadata"}
-    # A JSON document's strings cannot hold NUL (PostgreSQL text cannot store it; refused with 413
+    # A JSON document's strings cannot hold NUL (PostgreSQL text cannot store it; refused with 422
     # before anything is stored), metadata included at any depth.
     no_nul = r"^[^\x00]*$"
     schemas["JsonValue"] = {

@@ -28,7 +28,7 @@ from indexes.types import Document
 from ingest import pdf, wordml
 from ingest.limits import MIB, InputLimits, LoadError, mib
 
-__all__ = ["MIB", "InputLimits", "LoadError", "mib", "parse", "load_bytes", "document_problem", "suffix_of"]
+__all__ = ["MIB", "InputLimits", "LoadError", "mib", "parse", "load_bytes", "document_problem", "size_problem", "suffix_of", "unstorable_problem"]
 
 
 @dataclass(frozen=True)
@@ -451,10 +451,9 @@ def _label(ident: str | None) -> str | None:
     return ident if ident is None or len(ident) <= 40 else ident[:37] + "..."
 
 
-def document_problem(doc: Document, limits: InputLimits) -> str | None:
-    """Why `doc` is over a per-document limit (characters, metadata nesting) or cannot be stored
-    (a NUL character, which PostgreSQL text cannot hold; an id longer than its column), or None.
-    Checked the same on every backend, so a file loads the same into SQLite and PostgreSQL."""
+def unstorable_problem(doc: Document) -> str | None:
+    """Why `doc` cannot be stored whatever the limits (a NUL character, which PostgreSQL text cannot
+    hold; an id longer than its column), or None: bad content, where `size_problem` is too much of it."""
     for part, value in (("text", doc.text), ("title", doc.title), ("id", doc.external_id or ""), ("source", doc.source)):
         if "\x00" in value:
             return f"holds a NUL character (U+0000) in its {part}, which cannot be stored"
@@ -462,11 +461,22 @@ def document_problem(doc: Document, limits: InputLimits) -> str | None:
         return "holds a NUL character (U+0000) in its metadata, which cannot be stored"
     if doc.external_id is not None and len(doc.external_id) > EXTERNAL_ID_CHARS:
         return f"an id of {len(doc.external_id):,} characters, over the {EXTERNAL_ID_CHARS} a database column holds"
+    return None
+
+
+def size_problem(doc: Document, limits: InputLimits) -> str | None:
+    """Why `doc` is over a per-document limit (characters, metadata nesting), or None."""
     if len(doc.text) > limits.max_document_chars:
         return f"{len(doc.text):,} characters, over the {limits.max_document_chars:,} limit (RAG_MAX_DOCUMENT_CHARS)"
     if _depth(doc.metadata, limits.max_json_depth) > limits.max_json_depth:
         return f"metadata nested deeper than {limits.max_json_depth} levels (RAG_MAX_JSON_DEPTH)"
     return None
+
+
+def document_problem(doc: Document, limits: InputLimits) -> str | None:
+    """Why `doc` cannot be ingested (either of the above), or None. Checked the same on every
+    backend, so a file loads the same into SQLite and PostgreSQL."""
+    return unstorable_problem(doc) or size_problem(doc, limits)
 
 
 def load_bytes(data: bytes, name: str, limits: InputLimits = InputLimits()) -> list[Document]:

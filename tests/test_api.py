@@ -427,6 +427,21 @@ def test_upload_limits_answer_413(server: Server) -> None:
         assert_error(text_field, 422)
 
 
+def test_a_json_document_that_cannot_be_stored_is_422_and_one_over_a_size_limit_413(server: Server) -> None:
+    """A NUL character or an over-long id is bad content (422), not a body too large (413); either
+    way nothing of the request is stored and no collection appears."""
+    with server.client() as client:
+        good = {"id": "ok", "text": "Radium glows in the dark."}
+        nul = client.post("/v1/collections/nulls/documents", json={"documents": [good, {"id": "n", "text": "Polonium\u0000 decays."}]})
+        assert_error(nul, 422, "invalid_document")
+        assert "documents[1]" in nul.json()["error"]["message"] and "NUL" in nul.json()["error"]["message"]
+        long_id = client.post("/v1/collections/nulls/documents", json={"documents": [{"id": "x" * 5000, "text": "Radon."}]})
+        assert_error(long_id, 422)  # the schema refuses it first (ids are at most 200 characters)
+        big = client.post("/v1/collections/nulls/documents", json={"documents": [{"id": "big", "text": "a " * 2_000_000}]})
+        assert_error(big, 413, "payload_too_large")  # a 4 MB body: over the 3 MB limit
+        assert client.get("/v1/collections/nulls/documents").status_code == 404
+
+
 def test_json_documents_are_ingested_listed_and_deleted_from_sql_and_faiss(server: Server) -> None:
     with server.client() as client:
         job = client.post(

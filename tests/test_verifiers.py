@@ -21,7 +21,6 @@ from rag.verifiers.reader import ReaderVerifier
 from tests.conftest import REPO, SHARED
 
 CASES = read_cases(REPO / "examples" / "verifier-cases.jsonl")
-NA_READER = SHARED / "models" / "reader-minilm-l6-squad-na"
 SUPPORT_MODEL = SHARED / "models" / "verifier-minilm-l6-support"
 CURIE = Passage(
     chunk_id=1, doc_id=1, text="Marie Curie was born in Warsaw. She won two Nobel Prizes, in 1903 and in 1911.",
@@ -31,12 +30,12 @@ CURIE = Passage(
 
 @pytest.fixture(scope="module")
 def nli() -> NLIVerifier:
-    return NLIVerifier(str(SUPPORT_MODEL))
+    return NLIVerifier()  # the shipped ONNX judge
 
 
 @pytest.fixture(scope="module")
 def reader_verifier() -> ReaderVerifier:
-    return ReaderVerifier(ExtractiveReader(str(NA_READER), null_threshold=0.0))
+    return ReaderVerifier(ExtractiveReader(null_threshold=0.0))  # the shipped ONNX reader
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,7 @@ def test_no_verifier_verifies_a_false_claim_the_issues_report(verifiers: dict[st
 
 
 def test_the_cross_encoders_blind_spot_is_caught_by_the_guards(nli: NLIVerifier) -> None:
-    unguarded = NLIVerifier(str(SUPPORT_MODEL), guards=False)
+    unguarded = NLIVerifier(guards=False)
     swap = next(c for c in CASES if c.id == "m-pierre-warsaw")
     assert verdict(swap, unguarded)  # the model alone accepts Pierre for Marie
     assert not verdict(swap, nli)
@@ -105,11 +104,11 @@ def test_every_verifier_keeps_the_contract_one_evidence_per_claim_and_passage(ve
 
 
 def test_the_verifier_is_chosen_by_one_setting(tmp_path: Path) -> None:
-    chosen = build_verifier(Settings(home=tmp_path, verifier="nli", verifier_model=str(SUPPORT_MODEL)), lambda: None)
+    chosen = build_verifier(Settings(home=tmp_path, verifier="nli"), lambda: None)
     assert isinstance(chosen, NLIVerifier) and chosen.name == "nli"
-    reader = ExtractiveReader(str(NA_READER))
+    reader = ExtractiveReader()
     assert build_verifier(Settings(home=tmp_path, verifier="reader"), lambda: reader).name == "reader"
-    assert build_verifier(Settings(home=tmp_path, verifier="lexical", reader_model=str(NA_READER)), lambda: reader).name == "lexical"
+    assert build_verifier(Settings(home=tmp_path, verifier="lexical"), lambda: reader).name == "lexical"
 
 
 @pytest.fixture()
@@ -122,7 +121,7 @@ def test_auto_the_default_checks_with_the_shipped_support_judge(tmp_path: Path, 
     """The judge ships with the package (rag/shipped_models), so `auto` needs no setting for it."""
     from rag.verifiers.nli import NLIVerifier
 
-    settings = Settings(home=tmp_path, reader_model=str(NA_READER))
+    settings = Settings(home=tmp_path)
     assert settings.verifier == "auto"
     chosen = build_verifier(settings, lambda: ExtractiveReader(settings.reader_model))
     assert isinstance(chosen, NLIVerifier) and chosen.note == "auto: the configured support judge"
@@ -203,7 +202,7 @@ def test_eval_verifiers_reader_applies_the_support_threshold_setting(tmp_path: P
     cases = str(_one_case_file(tmp_path))
     accuracy = {}
     for threshold in ("0.7", "0.9"):
-        env = {"RAG_READER_MODEL": str(NA_READER), "RAG_SUPPORT_THRESHOLD": threshold}
+        env = {"RAG_SUPPORT_THRESHOLD": threshold}
         result = invoke("eval", "verifiers", "--cases", cases, "--verifier", "reader", "--json", home=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
         accuracy[threshold] = json.loads(result.stdout)["results"][0]["accuracy"]

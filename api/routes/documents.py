@@ -19,7 +19,7 @@ from api.state import ApiState, api_state
 from indexes.errors import DocumentNotFound
 from indexes.filters import Where
 from indexes.store import Collection
-from ingest.loaders import document_problem, mib
+from ingest.loaders import mib, size_problem, unstorable_problem
 from ingest.sources import public_source
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
@@ -105,9 +105,12 @@ async def add_documents(
         documents = [api_document(item) for item in payload.documents]
         limits = state.settings.input_limits
         for number, document in enumerate(documents):
-            problem = document_problem(document, limits)
-            if problem:
-                raise ApiError(413, "payload_too_large", f"documents[{number}]: {problem}")
+            bad = unstorable_problem(document)
+            if bad:
+                raise ApiError(422, "invalid_document", f"documents[{number}]: {bad}")
+            too_big = size_problem(document, limits)
+            if too_big:
+                raise ApiError(413, "payload_too_large", f"documents[{number}]: {too_big}")
         created = await run_in_threadpool(state.jobs.open_collection, name)
         job = state.jobs.submit_documents(name, documents, principal, created)
     else:
