@@ -365,6 +365,38 @@ def eval_grounding_replay(
     typer.echo(f"{records_file}: {len(rows)} questions; all of them at retrieval weight {chosen_weight}:")
     _print_curve({"curve": summary["curve"], "calibration": calibration})
 
+def eval_guided_gate(
+    records_file: Path = typer.Argument(..., help="`rag eval grounding --mode extractive --records FILE` output (JSON lines with passages)"),
+    verifier: list[str] | None = typer.Option(None, "--verifier", help="nli | lexical | reader (repeatable; default: nli)"),
+    from_article: int = typer.Option(0, "--from-article", min=0, help="only questions of this article and later (0-based)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Replay the reader-guided gate on extractive records: how many answerable questions a guided
+    generative answer can answer (the reader answered and the check verifies "question + span." in
+    its passage), and how many unanswerable ones it would answer, with and without the lexical
+    second chance, without generating anything."""
+    from indexes.errors import InvalidInput
+    from rag.evaluation.grounding import guided_gate, read_records
+
+    rows = [r for r in read_records(records_file) if r["article"] >= from_article]
+    if not rows or any("passages" not in r or "cited" not in r for r in rows):
+        raise InvalidInput(f"{records_file}: records need 'passages' and 'cited' (written by rag eval grounding --records since this release)")
+    rt = _runtime()
+    results = []
+    for v in _verifiers(rt, verifier or ["nli"]):
+        for fallback in (False, True):
+            results.append({"verifier": v.name, "lexical_fallback": fallback, **guided_gate(rows, v, lexical_fallback=fallback)})
+    if as_json:
+        _print_json({"records": str(records_file), "questions": len(rows), "results": results})
+        return
+    for r in results:
+        typer.echo(
+            f"{r['verifier']:<8} lexical second chance {'on ' if r['lexical_fallback'] else 'off'}: answerable answered {r['answered_rate']} "
+            f"(correct {r['answered_correct_rate']}), unanswerable verified {r['unanswerable_verified_rate']}, "
+            f"citation precision {r['citation_precision']}"
+        )
+
+
 def eval_verifiers(
     cases: Path = typer.Option(Path("examples/verifier-cases.jsonl"), "--cases", help="labelled (question, answer, passage) cases, JSON lines"),
     verifier: list[str] | None = typer.Option(None, "--verifier", help="lexical | reader | nli | nli-unguarded (repeatable; default: all that load)"),
@@ -521,3 +553,4 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("grounding")(eval_grounding)
     eval_app.command("grounding-replay")(eval_grounding_replay)
     eval_app.command("verifiers")(eval_verifiers)
+    eval_app.command("guided-gate")(eval_guided_gate)

@@ -251,3 +251,37 @@ def test_a_recorded_grounding_run_replays_to_its_own_scores_and_names_no_thresho
     replayed = threshold_curve(records, [None], "margin", DEFAULT_RETRIEVAL_WEIGHT)[0]
     assert replayed["em_answerable"] == summary["em_answerable"]
     assert replayed["answered_answerable"] == 1.0
+
+
+def _gate_row(question: str, prediction: str, passage: str, answerable: bool, found: bool = True) -> dict[str, object]:
+    return {
+        "id": question, "article": 13, "question": question, "answerable": answerable, "gold": ["Warsaw"] if answerable else [],
+        "prediction": prediction, "found": found, "correct": answerable and prediction == "Warsaw", "candidates": [],
+        "gold_sentence": passage if answerable else "", "passages": [{"title": "Curie", "text": passage}], "cited": 1 if found else None,
+    }
+
+
+def test_the_guided_gate_replay_counts_what_the_check_lets_through(tmp_path: Path) -> None:
+    from rag.evaluation.grounding import guided_gate
+    from rag.verifiers.lexical import LexicalVerifier
+
+    rows = [
+        _gate_row("Where was Marie Curie born?", "Warsaw", "Marie Curie was born in Warsaw in 1867.", True),
+        _gate_row("Where was Marie Curie born?", "Warsaw", "Marie Curie was born in Warsaw in 1867.", True, found=False),  # abstained
+        _gate_row("Who designed the Sydney Opera House?", "Paris", "Pierre Curie was born in Paris in 1859.", False),
+    ]
+    result = guided_gate(rows, LexicalVerifier(), lexical_fallback=False)
+    assert (result["answerable"], result["unanswerable"], result["reader_answered"]) == (2, 1, 1)
+    assert (result["passed_answerable"], result["passed_correct"], result["passed_unanswerable"]) == (1, 1, 0)
+    assert (result["answered_rate"], result["unanswerable_verified_rate"], result["citation_precision"]) == (0.5, 0.0, 1.0)
+
+
+def test_the_guided_gate_command_refuses_records_without_passages(tmp_path: Path) -> None:
+    from tests.conftest import invoke
+
+    old = tmp_path / "old.jsonl"
+    row = _gate_row("Where was Marie Curie born?", "Warsaw", "Marie Curie was born in Warsaw.", True)
+    del row["passages"]
+    old.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    result = invoke("eval", "guided-gate", str(old), home=tmp_path)
+    assert result.returncode == 1 and "records need 'passages' and 'cited'" in result.stderr, result.stderr

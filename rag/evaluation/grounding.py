@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from indexes.errors import InvalidInput
+from indexes.types import Passage
 from rag.answer import Answer
 from rag.evaluation.files import read_utf8
 from rag.evaluation.qa import contains_answer, prediction_text
@@ -166,8 +167,10 @@ class GroundingRecord:
             record["candidates"] = details["candidates"]
         if "generated" in details:
             record["generated"] = details["generated"]
-            # the passages the generator read: enough to re-check the same generation with another verifier
-            record["passages"] = [{"title": p.title, "text": p.text} for p in self.answer.passages]
+        # the passages read and the one cited first: enough to re-check the answer with another
+        # verifier (`rag eval guided-gate` replays the reader-guided gate on extractive records)
+        record["passages"] = [{"title": p.title, "text": p.text} for p in self.answer.passages]
+        record["cited"] = self.answer.citations[0].n if self.answer.citations else None
         return record
 
 
@@ -404,6 +407,8 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             data = {"records": [json.loads(line) for line in text.splitlines() if line.strip()]}
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"{path}: neither a JSON document nor JSON lines ({exc})") from exc
+    if isinstance(data, dict) and "records" not in data and "question" in data:
+        data = {"records": [data]}  # JSON lines holding one record parse as one JSON document
     records = data.get("records") if isinstance(data, dict) else None
     if not isinstance(records, list):
         raise InvalidInput(f"{path}: no 'records' list (expected `rag eval grounding --json` output)")
@@ -444,4 +449,54 @@ def score_records(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "unanswerable_with_verified_sentence": share([bool(r["verified_citations"]) for r in unanswerable]),
         "reader_span_fallbacks": sum(1 for r in rows if r.get("fallback")),
         "latency_p50_ms": median_or_none([r["total_ms"] for r in rows if r.get("total_ms") is not None]),
+    }
+
+
+def _passages_of(row: dict[str, Any]) -> list[Passage]:
+    return [
+        Passage(chunk_id=i, doc_id=i, text=p["text"], start=0, end=len(p["text"]), ordinal=0, source=f"passage-{i}",
+                title=p.get("title") or "", external_id=None, score=1.0, rank=i)
+        for i, p in enumerate(row.get("passages") or [], start=1)
+    ]
+
+
+def guided_gate(rows: Sequence[dict[str, Any]], verifier: Any, lexical_fallback: bool = True) -> dict[str, Any]:
+    """Replay the reader-guided gate (`rag.guided.guided_answer`) on extractive records: a guided
+    generative answer exists only when the reader answered and the verifier verifies "question +
+    span." on the span's passage (with the lexical check as second chance when `lexical_fallback`).
+    So the share of answerable questions passing it bounds the generative answered rate, and the
+    share of unanswerable ones passing it is the rate of verified sentences on them."""
+    from rag.verifiers.lexical import LexicalVerifier
+
+    lexical = LexicalVerifier() if lexical_fallback and getattr(verifier, "name", "") != "lexical" else None
+    counts = {"answerable": 0, "unanswerable": 0, "passed_answerable": 0, "passed_correct": 0, "passed_unanswerable": 0,
+              "cited_gold": 0, "by_lexical": 0, "reader_answered": 0}
+    for row in rows:
+        kind = "answerable" if row["answerable"] else "unanswerable"
+        counts[kind] += 1
+        n, passages = row.get("cited"), _passages_of(row)
+        if not row["found"] or not n or not 0 < n <= len(passages):
+            continue
+        counts["reader_answered"] += row["answerable"]
+        claim = f"{row['question'].strip()} {row['prediction'].strip()}."
+        ok = verifier.verify(row["question"], [claim], passages)[0][n - 1].supported
+        if not ok and lexical is not None:
+            ok = lexical.verify(row["question"], [claim], passages)[0][n - 1].supported
+            counts["by_lexical"] += ok
+        if not ok:
+            continue
+        if row["answerable"]:
+            counts["passed_answerable"] += 1
+            counts["passed_correct"] += bool(row["correct"])
+            text, sentence = passages[n - 1].text, normalize_answer(row.get("gold_sentence") or "")
+            counts["cited_gold"] += contains_answer(text, row["gold"]) or bool(sentence and sentence in normalize_answer(text))
+        else:
+            counts["passed_unanswerable"] += 1
+    passed = counts["passed_answerable"] + counts["passed_unanswerable"]
+    return {
+        **counts,
+        "answered_rate": round(counts["passed_answerable"] / counts["answerable"], 4) if counts["answerable"] else None,
+        "answered_correct_rate": round(counts["passed_correct"] / counts["answerable"], 4) if counts["answerable"] else None,
+        "unanswerable_verified_rate": round(counts["passed_unanswerable"] / counts["unanswerable"], 4) if counts["unanswerable"] else None,
+        "citation_precision": round(counts["cited_gold"] / passed, 4) if passed else None,
     }
