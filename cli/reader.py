@@ -111,6 +111,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         max_len: int = typer.Option(256, "--max-len", min=32, help="tokens per (claim, passage) pair"),
         checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="steps between checkpoints"),
         bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast (fast on CPUs with AMX, and on GPUs)"),
+        scifact: Path | None = typer.Option(None, "--scifact", help="BEIR SciFact folder: add the claims of its train part (ids divisible by 4)"),
+        scifact_repeat: int = typer.Option(1, "--scifact-repeat", min=1, help="each SciFact pair this many times (they are few)"),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = JsonOpt,
     ) -> None:
@@ -123,7 +125,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, max_len=max_len, stride=0, checkpoint_every=checkpoint_every,
             seed=seed, threads=_runtime().settings.threads, bf16=bf16,
         )
-        result = train_verifier(config, per_kind=per_kind, show_progress=not as_json)
+        result = train_verifier(
+            config, per_kind=per_kind, show_progress=not as_json, scifact=str(scifact) if scifact else None, scifact_repeat=scifact_repeat
+        )
         if as_json:
             _print_json(result.to_dict())
             return

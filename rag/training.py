@@ -338,14 +338,18 @@ def verifier_features(tokenizer: Any, pairs: list[tuple[str, str, int]], max_len
     return [{**{n: enc[n][i] for n in names}, "labels": label} for i, (_, _, label) in enumerate(pairs)]
 
 
-def train_verifier(config: TrainConfig, per_kind: int | None = None, show_progress: bool = False) -> VerifierTrainResult:
+def train_verifier(
+    config: TrainConfig, per_kind: int | None = None, show_progress: bool = False, scifact: str | None = None, scifact_repeat: int = 1
+) -> VerifierTrainResult:
     """Fine-tune a (claim, passage) -> supported classifier on pairs built from a SQuAD-format
     training file by `rag.evaluation.verification_sets.squad_cases`: the gold sentence, the answer
     with its question and pronoun rewrites (supported); swapped answers, changed numbers, negations,
     swapped names and the sentence against another paragraph (unsupported). The file must share no
     article with the sets the judge is calibrated and tested on (SQuAD train, not dev). At most
-    `per_kind` pairs of each kind, chosen by a hash of the id. Resumable like `train_reader`."""
-    from rag.evaluation.verification_sets import sample, squad_cases
+    `per_kind` pairs of each kind, chosen by a hash of the id. `scifact` (a BEIR SciFact folder) adds
+    the claims of its train part only (`scifact_part`: neither design nor test), each pair
+    `scifact_repeat` times. Resumable like `train_reader`."""
+    from rag.evaluation.verification_sets import part_of, sample, scifact_cases, squad_cases
     from rag.evaluation.verifiers import training_pairs
 
     torch, transformers = _import_training()
@@ -358,6 +362,10 @@ def train_verifier(config: TrainConfig, per_kind: int | None = None, show_progre
     )
     cases = sample(squad_cases(config.train, part="train", limit=config.limit), per_kind)
     pairs = training_pairs(cases)
+    if scifact:
+        science = [c for c in scifact_cases(scifact) if part_of(c) == "train"]
+        cases += science
+        pairs += training_pairs(science) * scifact_repeat
     if not pairs:
         raise InvalidInput(f"no training pairs in {config.train}")
     kinds: dict[str, int] = {}

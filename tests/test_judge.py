@@ -103,6 +103,8 @@ def test_the_sets_split_by_article_and_claim_id_and_keep_their_parts_apart() -> 
     assert {part_of(c) for c in test} == {"test"} and {part_of(c) for c in design} == {"design"}
     assert not {c.passage for c in test if c.source.startswith("squad")} & {c.passage for c in design if c.source.startswith("squad")}
     assert not {c.answer for c in test if c.source.startswith("scifact")} & {c.answer for c in design if c.source.startswith("scifact")}
+    train = build_set(DATA, ["scifact"], "train")  # what `rag train-verifier --scifact` learns from
+    assert train and not {c.answer for c in train} & {c.answer for c in test + design if c.source.startswith("scifact")}
 
 
 def test_the_judge_meets_its_floors_on_the_held_out_test_part(judge: NLIVerifier) -> None:

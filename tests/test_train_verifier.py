@@ -11,7 +11,7 @@ from rag.evaluation.verifiers import training_pairs
 from rag.training import CHECKPOINT, STATE_FILE, TrainConfig, train_verifier
 from rag.verifiers.base import Claim
 from rag.verifiers.nli import NLIVerifier
-from tests.conftest import DATA, SUPPORT_MODEL, run_cli
+from tests.conftest import DATA, SCIFACT, SUPPORT_MODEL, run_cli
 
 TRAIN = DATA / "squad" / "squad-v1.1-train-rebuilt.json.gz"
 
@@ -51,11 +51,13 @@ def test_train_verifier_command_reports_its_pairs(tmp_path: Path) -> None:
     out = tmp_path / "cli-judge"
     result = run_cli(
         "train-verifier", "--train", str(TRAIN), "--base", str(SUPPORT_MODEL), "--out", str(out), "--limit", "8",
-        "--per-kind", "2", "--max-steps", "1", "--batch-size", "4", "--max-len", "96", "--json",
+        "--per-kind", "2", "--max-steps", "1", "--batch-size", "4", "--max-len", "96", "--scifact", str(SCIFACT), "--json",
         home=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["completed"] and report["step"] == 1
-    assert {"answer", "swap-answer", "wrong-passage"} <= set(report["kinds"]) and max(report["kinds"].values()) <= 2
+    squad = {k: v for k, v in report["kinds"].items() if not k.startswith("scifact")}
+    assert {"answer", "swap-answer", "wrong-passage"} <= set(squad) and max(squad.values()) <= 2
+    assert report["kinds"]["scifact-support"] > 20  # the claims of SciFact's train part, all of them
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()

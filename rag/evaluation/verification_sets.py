@@ -12,8 +12,9 @@ Sources (`build_set`):
   names swapped, the gold sentence against another paragraph of the article without the answer
   (unsupported).
 - `scifact`: BEIR SciFact claims with the abstract their rationale cites: SUPPORT pairs are
-  supported; CONTRADICT pairs and a claim against another claim's cited abstract are not. Design =
-  even claim ids, test = odd.
+  supported; CONTRADICT pairs and a claim against another claim's cited abstract are not. Test = odd
+  claim ids; design = even ids not divisible by 4; train = ids divisible by 4 (`scifact_part`; until
+  the trained judge, design was every even id).
 - `written`: `examples/verification-written.jsonl` (hand-written passive forms, pronouns,
   paraphrases, swaps), split by a hash of the case id.
 
@@ -36,7 +37,7 @@ from rag.evaluation.files import read_utf8
 from rag.evaluation.squad import load_squad_json, normalize_answer
 from rag.evaluation.verifiers import VerifierCase, read_cases
 
-Part = Literal["design", "test", "all"]
+Part = Literal["design", "test", "train", "all"]
 SOURCES = ("squad", "scifact", "written")
 SQUAD_DESIGN_ARTICLES = 12  # articles 1..12 design, 13..24 test
 _YEAR = re.compile(r"\b(1[5-9]\d\d|20\d\d)\b")
@@ -177,6 +178,12 @@ def _rationale_passage(abstract: str, sentences: Iterable[int]) -> str:
     return " ".join(abstract[spans[j][0] : spans[j][1]].strip() for j in range(wanted[0], wanted[-1] + 1))
 
 
+def scifact_part(claim_id: int) -> str:
+    """Odd claim ids are the test part; of the even ones, ids divisible by 4 are for training a
+    judge (`rag train-verifier --scifact`), the others the design part thresholds are chosen on."""
+    return "test" if claim_id % 2 else "train" if claim_id % 4 == 0 else "design"
+
+
 def scifact_cases(folder: str | Path) -> list[VerifierCase]:
     folder = Path(folder)
     queries, corpus = folder / "queries.jsonl", folder / "corpus.jsonl"
@@ -196,7 +203,7 @@ def scifact_cases(folder: str | Path) -> list[VerifierCase]:
         evidence = q.get("metadata") or {}
         if not evidence:
             continue
-        part = "design" if int(q["_id"]) % 2 == 0 else "test"
+        part = scifact_part(int(q["_id"]))
         claim = q["text"].strip()
         for doc_id, items in sorted(evidence.items()):
             if doc_id not in docs:
