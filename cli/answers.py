@@ -368,7 +368,7 @@ def eval_grounding_replay(
 def eval_guided_gate(
     records_file: Path = typer.Argument(..., help="`rag eval grounding --mode extractive --records FILE` output (JSON lines with passages)"),
     verifier: list[str] | None = typer.Option(None, "--verifier", help="nli | lexical | reader (repeatable; default: nli)"),
-    from_article: int = typer.Option(0, "--from-article", min=0, help="only questions of this article and later (0-based)"),
+    from_article: int = typer.Option(1, "--from-article", min=1, help="only questions of article N and later (as rag eval grounding)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Replay the reader-guided gate on extractive records: how many answerable questions a guided
@@ -378,7 +378,7 @@ def eval_guided_gate(
     from indexes.errors import InvalidInput
     from rag.evaluation.grounding import guided_gate, read_records
 
-    rows = [r for r in read_records(records_file) if r["article"] >= from_article]
+    rows = [r for r in read_records(records_file) if r["article"] >= from_article - 1]
     if not rows or any("passages" not in r or "cited" not in r for r in rows):
         raise InvalidInput(f"{records_file}: records need 'passages' and 'cited' (written by rag eval grounding --records since this release)")
     rt = _runtime()
