@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     )
     verifier_model: str | None = Field(
         SHIPPED_VERIFIER,
-        description="the support judge: the shipped verifier-minilm-l6-support, an exported folder, or an HF id or folder of a "
+        description="the support judge: the shipped verifier-minilm-l6-support-v2, an exported folder, or an HF id or folder of a "
         "(claim, passage) -> supported sequence classifier",
     )
     verifier_threshold: float | None = Field(

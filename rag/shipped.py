@@ -9,7 +9,7 @@ from pathlib import Path
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped_models"
 READER = "reader-minilm-l6-squad-na"  # extractive QA with a no-answer head (SQuAD 1.1 + no-answer pairs)
-VERIFIER = "verifier-minilm-l6-support"  # (claim, passage) -> supported, label 1
+VERIFIER = "verifier-minilm-l6-support-v2"  # (claim, passage) -> supported, label 1; trained by `rag train-verifier`
 SHIPPED: tuple[str, ...] = (READER, VERIFIER)
 
 

@@ -1,5 +1,5 @@
 """The cross-encoder verifier: a (claim, passage) -> supported classifier, such as HHEM-2.1-open
-or MiniCheck where they can be downloaded; by default the shipped `verifier-minilm-l6-support`
+or MiniCheck where they can be downloaded; by default the shipped `verifier-minilm-l6-support-v2`
 (MiniLM-L6 trained on synthetic SQuAD pairs; an ONNX export with int8 weights, `rag.shipped`).
 
 This class loads the model and scores pairs (`probabilities`); the verdict (threshold, guards)
