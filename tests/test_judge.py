@@ -69,13 +69,15 @@ def test_a_broken_calibration_file_is_a_clear_error(tmp_path: Path) -> None:
 # Known misses of the shipped judge at its calibrated threshold (docs/judge.md): strict, so a
 # better judge or guard that fixes one makes the test say so.
 KNOWN_MISSES = {
-    "w-born-where": "paraphrase 'birthplace was' scores under 0.98",
-    "w-raducanu-sentence": "paraphrase scores under 0.98",
-    "w-rhine-source": "'begins in' for 'flows from' scores under 0.98",
+    "w-born-where": "paraphrase 'birthplace was' scores under the threshold",
+    "w-raducanu-sentence": "paraphrase scores under the threshold",
+    "w-rhine-source": "'begins in' for 'flows from' scores under the threshold",
+    "w-active-designed": "an active sentence against a passive passage scores 0.78, under 0.8",
+    "w-raducanu-passive": "a passive sentence against an active passage scores 0.74, under 0.8",
     "w-passive-swap": "roles swapped across a passive: the name-order guard sees 'by' on both sides",
-    "w-raducanu-passive-swap": "roles swapped in a passive sentence against an active one",
     "w-rhine-reverse": "from/to swapped: not names on either side of a verb",
     "w-halley-swap": "who persuaded whom: the names share one side of the verb",
+    "w-amazon-city": "Seattle for Bellevue, Washington scores 0.84 (the names guard, which catches it, costs more than it saves)",
 }
 
 
@@ -115,5 +117,5 @@ def test_the_judge_meets_its_floors_on_the_held_out_test_part(judge: NLIVerifier
     assert result["supported_verified"] >= FLOOR_SUPPORTED and result["unsupported_verified"] <= CEILING_UNSUPPORTED, result
 
 
-FLOOR_SUPPORTED = 0.40  # full test part: 0.467 (docs/judge.md)
-CEILING_UNSUPPORTED = 0.04  # full test part: 0.020
+FLOOR_SUPPORTED = 0.45  # this sample: 0.505; the full test part: 0.501 (docs/judge.md)
+CEILING_UNSUPPORTED = 0.03  # this sample: 0.006; the full test part: 0.021
