@@ -10,6 +10,15 @@ from typing import Any
 
 import typer
 
+# options both training commands take
+OUT = typer.Option(..., "--out", help="output folder; a checkpoint there is resumed")
+MAX_MINUTES = typer.Option(None, "--max-minutes", min=0, help="stop (and checkpoint) after this long")
+EPOCHS = typer.Option(1, "--epochs", min=1)
+MAX_STEPS = typer.Option(None, "--max-steps", min=1, help="optimizer steps [default: epochs over the data]")
+BATCH_SIZE = typer.Option(32, "--batch-size", min=1)
+WARMUP_RATIO = typer.Option(0.1, "--warmup-ratio", min=0, max=1)
+CHECKPOINT_EVERY = typer.Option(50, "--checkpoint-every", min=1, help="steps between checkpoints")
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     from cli.main import JsonOpt, _print_json, _runtime
@@ -47,19 +56,19 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def train_reader_command(
         train: Path = typer.Option(..., "--train", help="SQuAD-format training JSON (.json or .json.gz)"),
         base: str = typer.Option(..., "--base", help="encoder to fine-tune: HF id or folder"),
-        out: Path = typer.Option(..., "--out", help="output folder; a checkpoint there is resumed"),
-        max_minutes: float | None = typer.Option(None, "--max-minutes", min=0, help="stop (and checkpoint) after this long"),
+        out: Path = OUT,
+        max_minutes: float | None = MAX_MINUTES,
         eval_file: Path | None = typer.Option(None, "--eval", help="SQuAD JSON to score the result on (EM/F1)"),
         limit: int | None = typer.Option(None, "--limit", min=1, help="train on the first N questions only"),
         eval_limit: int | None = typer.Option(None, "--eval-limit", min=1, help="score the first N eval questions only"),
-        epochs: int = typer.Option(1, "--epochs", min=1),
-        max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="optimizer steps [default: epochs over the data]"),
-        batch_size: int = typer.Option(32, "--batch-size", min=1),
+        epochs: int = EPOCHS,
+        max_steps: int | None = MAX_STEPS,
+        batch_size: int = BATCH_SIZE,
         lr: float = typer.Option(1e-4, "--lr", min=0),
-        warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", min=0, max=1),
+        warmup_ratio: float = WARMUP_RATIO,
         max_len: int = typer.Option(256, "--max-len", min=32, help="tokens per training window"),
         stride: int = typer.Option(96, "--stride", min=0, help="overlap between windows, in tokens"),
-        checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="steps between checkpoints"),
+        checkpoint_every: int = CHECKPOINT_EVERY,
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = JsonOpt,
     ) -> None:
@@ -87,10 +96,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if as_json:
             _print_json(result.to_dict())
             return
-        state = "done" if result.completed else "stopped (run again to resume)"
         typer.echo(
-            f"{result.out}: step {result.step}/{result.total_steps} {state}, resumed from {result.resumed_from}, "
-            f"{result.questions} questions, {result.features} windows, loss {result.loss}, {result.seconds:.0f}s"
+            f"{result.summary()}, {result.questions} questions, {result.features} windows, loss {result.loss}, {result.seconds:.0f}s"
         )
         if result.eval:
             typer.echo(f"eval ({result.eval['questions']} questions): EM {result.eval['exact_match']:.1f}  F1 {result.eval['f1']:.1f}")
@@ -99,17 +106,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def train_verifier_command(
         train: Path = typer.Option(..., "--train", help="SQuAD-format JSON to build pairs from (.json/.json.gz); not the articles the judge is tested on"),
         base: str = typer.Option(..., "--base", help="model to fine-tune: a (claim, passage) classifier or an encoder, HF id or folder"),
-        out: Path = typer.Option(..., "--out", help="output folder; a checkpoint there is resumed"),
-        max_minutes: float | None = typer.Option(None, "--max-minutes", min=0, help="stop (and checkpoint) after this long"),
+        out: Path = OUT,
+        max_minutes: float | None = MAX_MINUTES,
         limit: int | None = typer.Option(None, "--limit", min=1, help="build pairs from the first N questions only"),
         per_kind: int | None = typer.Option(2000, "--per-kind", min=1, help="pairs of each kind at most (name swap, number, answer with question, ...)"),
-        epochs: int = typer.Option(1, "--epochs", min=1),
-        max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="optimizer steps [default: epochs over the data]"),
-        batch_size: int = typer.Option(32, "--batch-size", min=1),
+        epochs: int = EPOCHS,
+        max_steps: int | None = MAX_STEPS,
+        batch_size: int = BATCH_SIZE,
         lr: float = typer.Option(2e-5, "--lr", min=0),
-        warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", min=0, max=1),
+        warmup_ratio: float = WARMUP_RATIO,
         max_len: int = typer.Option(256, "--max-len", min=32, help="tokens per (claim, passage) pair"),
-        checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="steps between checkpoints"),
+        checkpoint_every: int = CHECKPOINT_EVERY,
         bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast (fast on CPUs with AMX, and on GPUs)"),
         scifact: Path | None = typer.Option(None, "--scifact", help="BEIR SciFact folder: add the claims of its train part (ids divisible by 4)"),
         scifact_repeat: int = typer.Option(1, "--scifact-repeat", min=1, help="each SciFact pair this many times (they are few)"),
@@ -131,8 +138,4 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if as_json:
             _print_json(result.to_dict())
             return
-        state = "done" if result.completed else "stopped (run again to resume)"
-        typer.echo(
-            f"{result.out}: step {result.step}/{result.total_steps} {state}, resumed from {result.resumed_from}, "
-            f"{result.pairs} pairs ({result.supported} supported), loss {result.loss}, {result.seconds:.0f}s"
-        )
+        typer.echo(f"{result.summary()}, {result.pairs} pairs ({result.supported} supported), loss {result.loss}, {result.seconds:.0f}s")

@@ -54,25 +54,35 @@ class TrainConfig:
         return {k: getattr(self, k) for k in keys}
 
 
-@dataclass
-class TrainResult:
+@dataclass(kw_only=True)
+class RunResult:
+    """What every training run reports: where it saved, how far it got, its last loss."""
+
     out: str
-    questions: int
-    features: int
     total_steps: int
     step: int
     resumed_from: int
     completed: bool
     seconds: float
     loss: float | None
-    eval: dict[str, Any] | None = None
-    skipped_questions: int = 0
     history: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("history")
         return data
+
+    def summary(self) -> str:
+        state = "done" if self.completed else "stopped (run again to resume)"
+        return f"{self.out}: step {self.step}/{self.total_steps} {state}, resumed from {self.resumed_from}"
+
+
+@dataclass(kw_only=True)
+class TrainResult(RunResult):
+    questions: int
+    features: int
+    eval: dict[str, Any] | None = None
+    skipped_questions: int = 0
 
 
 def build_features(
@@ -274,6 +284,18 @@ def _fit(
     return step, total, resumed_from, history
 
 
+def _run_fields(step: int, total: int, resumed_from: int, history: list[float], started: float) -> dict[str, Any]:
+    """What every training result reports of its run."""
+    return {
+        "total_steps": total,
+        "step": step,
+        "resumed_from": resumed_from,
+        "completed": step >= total,
+        "seconds": round(time.perf_counter() - started, 3),
+        "loss": round(sum(history[-20:]) / len(history[-20:]), 4) if history else None,
+    }
+
+
 def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: str | None = None, eval_limit: int | None = None) -> TrainResult:
     """Train (or resume) until done or out of time; save a loadable model in `config.out` either way."""
     torch, transformers = _import_training()
@@ -293,12 +315,7 @@ def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: st
         out=str(Path(config.out).expanduser()),
         questions=len(questions),
         features=len(features),
-        total_steps=total,
-        step=step,
-        resumed_from=resumed_from,
-        completed=step >= total,
-        seconds=round(time.perf_counter() - started, 3),
-        loss=round(sum(history[-20:]) / len(history[-20:]), 4) if history else None,
+        **_run_fields(step, total, resumed_from, history, started),
         skipped_questions=skipped,
         history=history,
     )
@@ -311,24 +328,11 @@ def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: st
     return result
 
 
-@dataclass
-class VerifierTrainResult:
-    out: str
+@dataclass(kw_only=True)
+class VerifierTrainResult(RunResult):
     pairs: int
     supported: int
     kinds: dict[str, int]
-    total_steps: int
-    step: int
-    resumed_from: int
-    completed: bool
-    seconds: float
-    loss: float | None
-    history: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("history")
-        return data
 
 
 def verifier_features(tokenizer: Any, pairs: list[tuple[str, str, int]], max_len: int) -> list[dict[str, Any]]:
@@ -378,11 +382,6 @@ def train_verifier(
         pairs=len(pairs),
         supported=sum(label for _, _, label in pairs),
         kinds=dict(sorted(kinds.items())),
-        total_steps=total,
-        step=step,
-        resumed_from=resumed_from,
-        completed=step >= total,
-        seconds=round(time.perf_counter() - started, 3),
-        loss=round(sum(history[-20:]) / len(history[-20:]), 4) if history else None,
+        **_run_fields(step, total, resumed_from, history, started),
         history=history,
     )
