@@ -119,3 +119,18 @@ def test_the_judge_meets_its_floors_on_the_held_out_test_part(judge: NLIVerifier
 
 FLOOR_SUPPORTED = 0.45  # this sample: 0.505; the full test part: 0.501 (docs/judge.md)
 CEILING_UNSUPPORTED = 0.03  # this sample: 0.006; the full test part: 0.021
+
+
+def test_a_short_answer_is_judged_the_same_with_or_without_its_full_stop(judge: NLIVerifier) -> None:
+    """The judge was trained on "question answer." claims; a span without the stop scored 0.74
+    where the same claim with it scored 0.99 (the issue's Raducanu example)."""
+    from indexes.types import Passage
+
+    text = "Emma Raducanu defeated Leylah Fernandez in the final to win the women's singles title at the 2021 US Open."
+    passage = Passage(
+        chunk_id=1, doc_id=1, text=text, start=0, end=len(text), ordinal=0, source="open.txt", title="2021 US Open",
+        external_id=None, score=1.0, rank=1,
+    )
+    question = "Who won the women's singles U.S. Open in 2021?"
+    bare, stopped = (judge.judgements(question, [answer], [passage])[0][0] for answer in ("Emma Raducanu", "Emma Raducanu."))
+    assert bare.probability == stopped.probability and bare.evidence.supported and stopped.evidence.supported

@@ -66,7 +66,10 @@ class Claim:
         return len(self.words) < FRAGMENT_WORDS
 
     def as_statement(self) -> str:
-        return f"{self.question.strip()} {self.text.strip()}" if self.short else self.text
+        """What the judge reads: a short answer after its question, ended by a full stop whether
+        or not the answer had one ("... in 2021? Emma Raducanu." - the judge was trained so; without
+        the stop the same claim scored 0.74 instead of 0.99)."""
+        return f"{self.question.strip()} {self.text.strip().rstrip('.').rstrip()}." if self.short else self.text
 
 
 class Verifier(Protocol):
