@@ -61,3 +61,15 @@ def test_train_verifier_command_reports_its_pairs(tmp_path: Path) -> None:
     assert {"answer", "swap-answer", "wrong-passage"} <= set(squad) and max(squad.values()) <= 2
     assert report["kinds"]["scifact-support"] > 20  # the claims of SciFact's train part, all of them
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_a_name_answer_gets_a_hard_negative_from_its_own_sentence() -> None:
+    """Who won, when "A defeated B": B is the confusion a short answer invites (issue 22)."""
+    import random
+
+    from rag.evaluation.verification_sets import _near_name
+
+    sentence = "Emma Raducanu defeated Leylah Fernandez in the final."
+    assert _near_name(sentence, "Emma Raducanu", random.Random(0)) == "Leylah Fernandez"
+    assert _near_name(sentence, "the final", random.Random(0)) is None  # not a name answer
+    assert _near_name("It was Warsaw.", "Warsaw", random.Random(0)) is None  # no other name

@@ -8,9 +8,9 @@ Sources (`build_set`):
   13-24 (held out of every choice). Per question, from its first gold answer: the gold sentence,
   the answer alone ("Warsaw.", read with its question) and, for a share of questions, the sentence
   with its subject as a pronoun, and year-bearing gold sentences (supported); the answer swapped for
-  another answer of the article (in the sentence and alone), a number changed, a negation added, two
-  names swapped, the gold sentence against another paragraph of the article without the answer
-  (unsupported).
+  another answer of the article (in the sentence and alone), another name of the answer's sentence
+  for a name answer (`swap-near-answer`), a number changed, a negation added, two names swapped, the
+  gold sentence against another paragraph of the article without the answer (unsupported).
 - `scifact`: BEIR SciFact claims with the abstract their rationale cites: SUPPORT pairs are
   supported; CONTRADICT pairs and a claim against another claim's cited abstract are not. Test = odd
   claim ids; design = even ids not divisible by 4; train = ids divisible by 4 (`scifact_part`; until
@@ -98,6 +98,17 @@ def _swap_names(sentence: str) -> str | None:
     return None
 
 
+def _near_name(sentence: str, answer: str, rng: random.Random) -> str | None:
+    """Another name of the answer's own sentence, for a name answer ("Leylah Fernandez" for who won,
+    when "Emma Raducanu defeated Leylah Fernandez"): the confusion of roles a short answer invites."""
+    if not answer[:1].isupper():
+        return None
+    said = normalize_answer(answer)
+    names = sorted({m.group(0) for m in _NAME_RUN.finditer(sentence)})
+    others = [n for n in names if len(n) >= 3 and normalize_answer(n) and normalize_answer(n) not in said and said not in normalize_answer(n)]
+    return rng.choice(others) if others else None
+
+
 def _pronoun(sentence: str, title: str) -> str | None:
     """The sentence with the article's subject (its title, as the sentence's first words) as "It"."""
     name = title.replace("_", " ")
@@ -152,6 +163,9 @@ def squad_cases(path: str | Path, part: str | None = None, limit: int | None = N
                     if swapped:
                         made.append(("swap-sentence", False, swapped, context))
                     made.append(("swap-answer", False, f"{other}.", context))
+                near = _near_name(sentence, answer, rng)
+                if near:
+                    made.append(("swap-near-answer", False, f"{near}.", context))
                 for kind, changed in (("number", _change_number(sentence, rng)), ("negation", _negate(sentence)), ("name-swap", _swap_names(sentence))):
                     if changed and changed != sentence:
                         made.append((kind, False, changed, context))
