@@ -112,13 +112,21 @@ def test_the_sets_split_by_article_and_claim_id_and_keep_their_parts_apart() -> 
 def test_the_judge_meets_its_floors_on_the_held_out_test_part(judge: NLIVerifier) -> None:
     """Floors a little under what docs/judge.md reports on the full test part, on a sample of it."""
     cases = build_set(DATA, ["squad", "scifact"], "test", per_kind=40)
-    result = rates(judge_cases(judge.probabilities, cases), judge.threshold, frozenset(judge.guards))
+    judged = judge_cases(judge.probabilities, cases)
+    guards = frozenset(judge.guards)
+    result = rates([j for j in judged if j.case.kind != "swap-near-answer"], judge.threshold, guards)
     assert result["supported"] >= 150 and result["unsupported"] >= 300
     assert result["supported_verified"] >= FLOOR_SUPPORTED and result["unsupported_verified"] <= CEILING_UNSUPPORTED, result
+    # Its known weakness, measured after it was calibrated: another name of the answer's sentence
+    # ("who won? Leylah Fernandez" when "Emma Raducanu defeated Leylah Fernandez") is verified
+    # about half the time (docs/judge.md); this guards it from getting worse.
+    near = rates([j for j in judged if j.case.kind == "swap-near-answer"], judge.threshold, guards)
+    assert near["unsupported"] == 40 and near["unsupported_verified"] <= CEILING_NEAR_NAMES, near
 
 
 FLOOR_SUPPORTED = 0.45  # this sample: 0.505; the full test part: 0.501 (docs/judge.md)
-CEILING_UNSUPPORTED = 0.03  # this sample: 0.006; the full test part: 0.021
+CEILING_UNSUPPORTED = 0.03  # this sample: 0.006; the full test part: 0.021 (both without swap-near-answer)
+CEILING_NEAR_NAMES = 0.65  # the full test part: 0.55
 
 
 def test_a_short_answer_is_judged_the_same_with_or_without_its_full_stop(judge: NLIVerifier) -> None:
