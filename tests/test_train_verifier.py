@@ -73,3 +73,10 @@ def test_a_name_answer_gets_a_hard_negative_from_its_own_sentence() -> None:
     assert _near_name(sentence, "Emma Raducanu", random.Random(0)) == "Leylah Fernandez"
     assert _near_name(sentence, "the final", random.Random(0)) is None  # not a name answer
     assert _near_name("It was Warsaw.", "Warsaw", random.Random(0)) is None  # no other name
+
+
+def test_the_answer_to_another_question_of_the_paragraph_is_a_negative_the_passage_states() -> None:
+    """Stated by the passage, not what was asked: the relevance a support check misses (docs/judge.md)."""
+    cases = [c for c in squad_cases(TRAIN, part="train", limit=40) if c.kind == "swap-paragraph-answer"]
+    assert len(cases) >= 20 and not any(c.label for c in cases)
+    assert all(c.answer.endswith(".") and c.answer[:-1] in c.passage for c in cases)

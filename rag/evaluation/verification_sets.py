@@ -9,8 +9,10 @@ Sources (`build_set`):
   the answer alone ("Warsaw.", read with its question) and, for a share of questions, the sentence
   with its subject as a pronoun, and year-bearing gold sentences (supported); the answer swapped for
   another answer of the article (in the sentence and alone), another name of the answer's sentence
-  for a name answer (`swap-near-answer`), a number changed, a negation added, two names swapped, the
-  gold sentence against another paragraph of the article without the answer (unsupported).
+  for a name answer (`swap-near-answer`), the answer to another question of the same paragraph
+  (`swap-paragraph-answer`: stated by the passage, not what was asked), a number changed, a
+  negation added, two names swapped, the gold sentence against another paragraph of the article
+  without the answer (unsupported).
 - `scifact`: BEIR SciFact claims with the abstract their rationale cites: SUPPORT pairs are
   supported; CONTRADICT pairs and a claim against another claim's cited abstract are not. Test = odd
   claim ids; design = even ids not divisible by 4; train = ids divisible by 4 (`scifact_part`; until
@@ -163,9 +165,25 @@ def squad_cases(path: str | Path, part: str | None = None, limit: int | None = N
                     if swapped:
                         made.append(("swap-sentence", False, swapped, context))
                     made.append(("swap-answer", False, f"{other}.", context))
-                near = _near_name(sentence, answer, rng)
+                # kinds added later draw from their own generators, so the earlier kinds' pairs stay as reported
+                near = _near_name(sentence, answer, random.Random(_stable(qa["id"] + "/near")))
                 if near:
                     made.append(("swap-near-answer", False, f"{near}.", context))
+                # the answer to another question of the same paragraph: stated by the passage, but
+                # not what this question asks (the relevance a support check must also see)
+                said_here = normalize_answer(answer)
+                neighbours = sorted(
+                    {
+                        o["answers"][0]["text"].strip()
+                        for o in par.get("qas", [])
+                        if o.get("answers") and o is not qa
+                        and normalize_answer(o["answers"][0]["text"]) not in said_here
+                        and said_here not in normalize_answer(o["answers"][0]["text"])
+                    }
+                )
+                if neighbours:
+                    pick = random.Random(_stable(qa["id"] + "/paragraph")).choice(neighbours)
+                    made.append(("swap-paragraph-answer", False, f"{pick}.", context))
                 for kind, changed in (("number", _change_number(sentence, rng)), ("negation", _negate(sentence)), ("name-swap", _swap_names(sentence))):
                     if changed and changed != sentence:
                         made.append((kind, False, changed, context))
