@@ -62,6 +62,11 @@ def _refused(checked: Answer, passages: Sequence[Passage], reason: str) -> Answe
     return replace(checked, answer=NOT_IN_SOURCES, citations=[], passages=list(passages), score=0.0, found=False, details=details, fallback=None)
 
 
+def span_claim(question: str, span: str) -> str:
+    """The claim the gate asks the verifier to check: the reader's span read with its question."""
+    return f"{question.strip()} {span.strip()}."
+
+
 def guided_answer(question: str, guide: Answer | None, passages: Sequence[Passage], verifier: Verifier, checked: Answer) -> Answer:
     """The answer of reader-guided generation, from the generator's checked answer `checked` and
     the reader's answer `guide` (None: unguided, `checked` stands)."""
@@ -72,7 +77,7 @@ def guided_answer(question: str, guide: Answer | None, passages: Sequence[Passag
     n = guide.citations[0].n
     if not 0 < n <= len(passages):
         return _refused(checked, passages, "the reader's passage is not among the passages")
-    claim = f"{question.strip()} {guide.answer.strip()}."
+    claim = span_claim(question, guide.answer)
     # No second chance for a span the judge rejects: the lexical check as one added 0 of 150
     # held-out answerable questions with the trained judge (7 with the first one), docs/judge.md.
     evidence = verifier.verify(question, [claim], passages)[0][n - 1]

@@ -118,6 +118,21 @@ def gold_sentence(question: SquadQuestion) -> str:
     return question.context
 
 
+def holds_gold(text: str, answers: Sequence[str], sentence: str) -> bool:
+    """Whether a cited passage is a correct citation: it holds a gold answer or the gold sentence."""
+    normal = normalize_answer(sentence)
+    return contains_answer(text, answers) or bool(normal and normal in normalize_answer(text))
+
+
+def passages_of(row: dict[str, Any]) -> list[Passage]:
+    """The passages a record keeps (`passages`: title and text), as the check reads them."""
+    return [
+        Passage(chunk_id=i, doc_id=i, text=p["text"], start=0, end=len(p["text"]), ordinal=0, source=f"p{i}",
+                title=p.get("title") or "", external_id=None, score=1.0, rank=i)
+        for i, p in enumerate(row.get("passages") or [], start=1)
+    ]
+
+
 @dataclass(frozen=True)
 class GroundingRecord:
     question: SquadQuestion
@@ -126,14 +141,13 @@ class GroundingRecord:
 
     def verified_citations(self) -> list[tuple[int, bool]]:
         """(n, correct) of each verified citation: its passage holds a gold answer or the gold sentence."""
-        sentence = normalize_answer(gold_sentence(self.question))
+        sentence = gold_sentence(self.question)
         out = []
         for c in self.answer.citations:
             if not c.verified:
                 continue
             text = self.answer.passages[c.n - 1].text if 0 < c.n <= len(self.answer.passages) else c.text
-            ok = self.answerable and (contains_answer(text, self.question.answers) or (sentence and sentence in normalize_answer(text)))
-            out.append((c.n, bool(ok)))
+            out.append((c.n, self.answerable and holds_gold(text, self.question.answers, sentence)))
         return out
 
     def correct(self) -> bool:
@@ -324,22 +338,16 @@ def choose_threshold(curve: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def recheck_generations(rows: Sequence[dict[str, Any]], verifier: Any) -> dict[str, Any]:
     """The grounding scores of recorded generations re-checked by another verifier: the same
     generated text and passages, so verifiers compare on equal terms without generating again."""
-    from indexes.types import Passage
     from rag.citations import check_answer
 
     answered_a = correct_a = n_a = abstained_u = n_u = verified_u = 0
     crag = 0
     verified: list[bool] = []
     for r in rows:
-        passages = [
-            Passage(chunk_id=i, doc_id=i, text=p["text"], start=0, end=len(p["text"]), ordinal=0, source=f"p{i}",
-                    title=p["title"], external_id=None, score=1.0, rank=i)
-            for i, p in enumerate(r["passages"], start=1)
-        ]
+        passages = passages_of(r)
         answer = check_answer(r["question"], r["generated"], passages, verifier=verifier)
-        sentence = normalize_answer(r["gold_sentence"])
         cites = [
-            bool(r["answerable"]) and (contains_answer(passages[c.n - 1].text, r["gold"]) or sentence in normalize_answer(passages[c.n - 1].text))
+            bool(r["answerable"]) and holds_gold(passages[c.n - 1].text, r["gold"], r["gold_sentence"])
             for c in answer.citations if c.verified
         ]
         verified.extend(cites)
@@ -452,20 +460,14 @@ def score_records(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _passages_of(row: dict[str, Any]) -> list[Passage]:
-    return [
-        Passage(chunk_id=i, doc_id=i, text=p["text"], start=0, end=len(p["text"]), ordinal=0, source=f"passage-{i}",
-                title=p.get("title") or "", external_id=None, score=1.0, rank=i)
-        for i, p in enumerate(row.get("passages") or [], start=1)
-    ]
-
-
-def guided_gate(rows: Sequence[dict[str, Any]], verifier: Any, lexical_fallback: bool = True) -> dict[str, Any]:
+def guided_gate(rows: Sequence[dict[str, Any]], verifier: Any, lexical_fallback: bool = False) -> dict[str, Any]:
     """Replay the reader-guided gate (`rag.guided.guided_answer`) on extractive records: a guided
     generative answer exists only when the reader answered and the verifier verifies "question +
-    span." on the span's passage (with the lexical check as second chance when `lexical_fallback`).
+    span." on the span's passage. `lexical_fallback` adds the lexical check as a second chance (the
+    rule the gate had until it was measured here and removed).
     So the share of answerable questions passing it bounds the generative answered rate, and the
     share of unanswerable ones passing it is the rate of verified sentences on them."""
+    from rag.guided import span_claim
     from rag.verifiers.lexical import LexicalVerifier
 
     lexical = LexicalVerifier() if lexical_fallback and getattr(verifier, "name", "") != "lexical" else None
@@ -474,11 +476,11 @@ def guided_gate(rows: Sequence[dict[str, Any]], verifier: Any, lexical_fallback:
     for row in rows:
         kind = "answerable" if row["answerable"] else "unanswerable"
         counts[kind] += 1
-        n, passages = row.get("cited"), _passages_of(row)
+        n, passages = row.get("cited"), passages_of(row)
         if not row["found"] or not n or not 0 < n <= len(passages):
             continue
         counts["reader_answered"] += row["answerable"]
-        claim = f"{row['question'].strip()} {row['prediction'].strip()}."
+        claim = span_claim(row["question"], row["prediction"])
         ok = verifier.verify(row["question"], [claim], passages)[0][n - 1].supported
         if not ok and lexical is not None:
             ok = lexical.verify(row["question"], [claim], passages)[0][n - 1].supported
@@ -488,8 +490,7 @@ def guided_gate(rows: Sequence[dict[str, Any]], verifier: Any, lexical_fallback:
         if row["answerable"]:
             counts["passed_answerable"] += 1
             counts["passed_correct"] += bool(row["correct"])
-            text, sentence = passages[n - 1].text, normalize_answer(row.get("gold_sentence") or "")
-            counts["cited_gold"] += contains_answer(text, row["gold"]) or bool(sentence and sentence in normalize_answer(text))
+            counts["cited_gold"] += holds_gold(passages[n - 1].text, row["gold"], row.get("gold_sentence") or "")
         else:
             counts["passed_unanswerable"] += 1
     passed = counts["passed_answerable"] + counts["passed_unanswerable"]
