@@ -193,10 +193,10 @@ def _load(auto_class: Any, tokenizer_class: Any, config: TrainConfig, resume: bo
 def _fit(
     torch: Any, transformers: Any, config: TrainConfig, model: Any, tokenizer: Any, features: list[dict[str, Any]],
     state: dict[str, Any] | None, started: float, show_progress: bool,
-) -> tuple[int, int, int, list[float]]:
+) -> dict[str, Any]:
     """The shared loop: AdamW (no decay on biases and norms), warm-up then linear decay, gradient
     clipping, a checkpoint every `checkpoint_every` steps and at the end, a time budget; bf16
-    autocast on request. Returns (step, total, resumed_from, loss history)."""
+    autocast on request. Returns the `RunResult` fields of the run."""
     out = Path(config.out).expanduser()
     checkpoint = out / CHECKPOINT
     steps_per_epoch = math.ceil(len(features) / config.batch_size)
@@ -281,18 +281,15 @@ def _fit(
     completed = step >= total
     args = {**asdict(config), "steps": step, "total_steps": total, "features": len(features), "completed": completed}
     (out / "training_args.json").write_text(json.dumps(args, indent=1) + "\n", encoding="utf-8")
-    return step, total, resumed_from, history
-
-
-def _run_fields(step: int, total: int, resumed_from: int, history: list[float], started: float) -> dict[str, Any]:
-    """What every training result reports of its run."""
     return {
+        "out": str(out),
         "total_steps": total,
         "step": step,
         "resumed_from": resumed_from,
         "completed": step >= total,
         "seconds": round(time.perf_counter() - started, 3),
         "loss": round(sum(history[-20:]) / len(history[-20:]), 4) if history else None,
+        "history": history,
     }
 
 
@@ -310,15 +307,8 @@ def train_reader(config: TrainConfig, show_progress: bool = False, eval_file: st
     features, skipped = build_features(tokenizer, questions, config.max_len, config.stride)
     if not features:
         raise InvalidInput(f"no trainable questions in {config.train}")
-    step, total, resumed_from, history = _fit(torch, transformers, config, model, tokenizer, features, state, started, show_progress)
-    result = TrainResult(
-        out=str(Path(config.out).expanduser()),
-        questions=len(questions),
-        features=len(features),
-        **_run_fields(step, total, resumed_from, history, started),
-        skipped_questions=skipped,
-        history=history,
-    )
+    run = _fit(torch, transformers, config, model, tokenizer, features, state, started, show_progress)
+    result = TrainResult(**run, questions=len(questions), features=len(features), skipped_questions=skipped)
     if eval_file:
         from rag.evaluation.squad import evaluate_reader
         from rag.reader import ExtractiveReader
@@ -336,7 +326,8 @@ class VerifierTrainResult(RunResult):
 
 
 def verifier_features(tokenizer: Any, pairs: list[tuple[str, str, int]], max_len: int) -> list[dict[str, Any]]:
-    """Tokenised (claim, passage) pairs, claim first, cut to `max_len` (the judge reads the same way)."""
+    """Tokenised (claim, passage) pairs, claim first, cut to `max_len` the longer side first (for
+    these short claims, the passage: as the judge cuts it at answer time)."""
     enc = tokenizer([c for c, _, _ in pairs], [p for _, p, _ in pairs], truncation="longest_first", max_length=max_len, padding=False)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
     return [{**{n: enc[n][i] for n in names}, "labels": label} for i, (_, _, label) in enumerate(pairs)]
@@ -376,12 +367,5 @@ def train_verifier(
     for case in cases:
         kinds[case.kind] = kinds.get(case.kind, 0) + 1
     features = verifier_features(tokenizer, pairs, config.max_len)
-    step, total, resumed_from, history = _fit(torch, transformers, config, model, tokenizer, features, state, started, show_progress)
-    return VerifierTrainResult(
-        out=str(Path(config.out).expanduser()),
-        pairs=len(pairs),
-        supported=sum(label for _, _, label in pairs),
-        kinds=dict(sorted(kinds.items())),
-        **_run_fields(step, total, resumed_from, history, started),
-        history=history,
-    )
+    run = _fit(torch, transformers, config, model, tokenizer, features, state, started, show_progress)
+    return VerifierTrainResult(**run, pairs=len(pairs), supported=sum(label for _, _, label in pairs), kinds=dict(sorted(kinds.items())))

@@ -127,9 +127,8 @@ def squad_cases(path: str | Path, part: str | None = None, limit: int | None = N
     cases: list[VerifierCase] = []
     done: set[tuple[str, str, str, str]] = set()
     asked = 0
-    fixed = part
     for a, article in enumerate(data):
-        part = fixed or ("design" if a < SQUAD_DESIGN_ARTICLES else "test")
+        article_part = part or ("design" if a < SQUAD_DESIGN_ARTICLES else "test")
         title = article.get("title", "").replace("_", " ")
         paragraphs = [p["context"] for p in article.get("paragraphs", [])]
         answers = sorted({qa["answers"][0]["text"] for p in article["paragraphs"] for qa in p["qas"] if qa.get("answers")})
@@ -149,7 +148,7 @@ def squad_cases(path: str | Path, part: str | None = None, limit: int | None = N
                 if not answer or not sentence or answer not in sentence:
                     continue
                 rng = random.Random(_stable(qa["id"]))
-                key = f"squad-{part}-{qa['id']}"
+                key = f"squad-{article_part}-{qa['id']}"
 
                 made: list[tuple[str, bool, str, str]] = []  # (kind, label, claim, passage)
                 made.append(("sentence-year" if _YEAR.search(sentence) else "sentence", True, sentence, context))
@@ -196,7 +195,7 @@ def squad_cases(path: str | Path, part: str | None = None, limit: int | None = N
                     seen = (kind, claim, passage, question if kind.endswith("answer") else "")
                     if seen not in done:
                         done.add(seen)
-                        cases.append(VerifierCase(f"{key}-{kind}", kind, label, question, title, passage, claim, f"squad:{part}"))
+                        cases.append(VerifierCase(f"{key}-{kind}", kind, label, question, title, passage, claim, f"squad:{article_part}"))
     return cases
 
 
