@@ -32,7 +32,7 @@ class _Open(BaseModel):
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["collection_not_found"])
-    message: str = Field(examples=["no collection named 'x' (collections: default)"])
+    message: str = Field(examples=["no collection named 'x' (`rag collections` or GET /v1/collections lists them)"])
 
 
 class ErrorOut(BaseModel):

@@ -260,6 +260,9 @@ def test_an_unknown_collection_is_a_404_that_names_no_other_collection(server: S
     with server.client("read") as client:
         body = assert_error(client.post("/v1/search", json={"query": "x", "collection": "missing"}), 404)
         assert "other" not in body["error"]["message"] and "docs" not in body["error"]["message"]
+        # The OpenAPI document's example is the message the server really sends.
+        example = client.get("/openapi.json").json()["components"]["schemas"]["ErrorDetail"]["properties"]["message"]["examples"][0]
+        assert body["error"]["message"] == example.replace("'x'", "'missing'")
 
 
 def test_keys_for_a_collection_that_does_not_exist_are_refused(server: Server) -> None:
