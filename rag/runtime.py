@@ -91,6 +91,11 @@ class Runtime:
         self._reranker: CrossEncoderReranker | None = None
         self._reader: ExtractiveReader | None = None
         self._generator: Generator | None = None
+        # One lock per model kind, held while it loads: two first requests at once wait for one load
+        # (seconds, and the model's memory twice otherwise); loading the reader does not hold up the reranker.
+        self._reranker_lock = threading.Lock()
+        self._reader_lock = threading.Lock()
+        self._generator_lock = threading.Lock()
 
     @cached_property
     def device(self) -> str:
@@ -235,46 +240,51 @@ class Runtime:
         model = self.settings.reranker_model
         if not model:
             return None
-        if self._reranker is None:
-            from rag.rerank import CrossEncoderReranker
+        with self._reranker_lock:
+            if self._reranker is None:
+                from rag.rerank import CrossEncoderReranker
 
-            set_threads(self.settings.threads)
-            self._reranker = CrossEncoderReranker(model, device=self.device)
-            self._to_precision(self._reranker.model)
-        return self._reranker
+                set_threads(self.settings.threads)
+                reranker = CrossEncoderReranker(model, device=self.device)
+                self._to_precision(reranker.model)
+                self._reranker = reranker
+            return self._reranker
 
     def reader(self) -> ExtractiveReader:
         """The extractive reader the settings name, loaded on first use and then shared."""
-        if self._reader is None:
-            from rag.heads import torch_module
-            from rag.reader import ExtractiveReader
+        with self._reader_lock:
+            if self._reader is None:
+                from rag.heads import torch_module
+                from rag.reader import ExtractiveReader
 
-            s = self.settings
-            self._reader = ExtractiveReader(
-                s.reader_model,
-                device=self.device,
-                max_answer_tokens=s.reader_max_answer_tokens,
-                null_threshold=s.reader_null_threshold,
-                abstention=s.reader_abstention,
-                span_threshold=s.reader_span_threshold,
-                batch_tokens=s.reader_batch_tokens,
-                retrieval_weight=s.reader_retrieval_weight,
-                runtime=s.reader_runtime,
-                threads=s.threads,
-            )
-            module = torch_module(self._reader.model)
-            if module is not None:
-                self._to_precision(module)
-        return self._reader
+                s = self.settings
+                reader = ExtractiveReader(
+                    s.reader_model,
+                    device=self.device,
+                    max_answer_tokens=s.reader_max_answer_tokens,
+                    null_threshold=s.reader_null_threshold,
+                    abstention=s.reader_abstention,
+                    span_threshold=s.reader_span_threshold,
+                    batch_tokens=s.reader_batch_tokens,
+                    retrieval_weight=s.reader_retrieval_weight,
+                    runtime=s.reader_runtime,
+                    threads=s.threads,
+                )
+                module = torch_module(reader.model)
+                if module is not None:
+                    self._to_precision(module)
+                self._reader = reader
+            return self._reader
 
     def generator(self) -> Generator:
         """The configured generator, built once per Runtime (one llama.cpp model per process)."""
-        if self._generator is None:
-            from rag.generation import build_generator
+        with self._generator_lock:
+            if self._generator is None:
+                from rag.generation import build_generator
 
-            # the generator gets the resolved device (RAG_DEVICE=auto is not a torch device)
-            self._generator = build_generator(self.settings.model_copy(update={"device": self.device}))
-        return self._generator
+                # the generator gets the resolved device (RAG_DEVICE=auto is not a torch device)
+                self._generator = build_generator(self.settings.model_copy(update={"device": self.device}))
+            return self._generator
 
     def ask_pipeline(self) -> AskPipeline:
         """Retrieval, the reader and the generator behind `rag ask` and `/v1/ask`, each loaded on first use."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,3 +244,37 @@ def test_a_damaged_export_is_refused_before_it_is_run(tmp_path: Path) -> None:
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match="checksum"):
         ExtractiveReader(str(copy))
+
+
+def test_threads_asking_one_runtime_for_the_reader_share_one_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26 audit: `Runtime.reader()` checked and set its cached reader without a lock, so two
+    first requests at once each loaded the model (seconds, and twice the memory). The loads are
+    counted at `ExtractiveReader.__init__`, which still runs in full."""
+    import threading
+
+    from rag.runtime import Runtime
+    from rag.settings import Settings
+
+    load = ExtractiveReader.__init__
+    loads: list[int] = []
+
+    def counted(self: ExtractiveReader, *args: Any, **kwargs: Any) -> None:
+        loads.append(threading.get_ident())
+        load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExtractiveReader, "__init__", counted)
+    runtime = Runtime(Settings(home=tmp_path, device="cpu"))
+    start = threading.Barrier(2)
+    got: list[ExtractiveReader] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(runtime.reader())
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1, f"the reader was loaded {len(loads)} times"
+    assert len(got) == 2 and got[0] is got[1]
