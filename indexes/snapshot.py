@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Select, bindparam, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from indexes.config import CollectionConfig, SearchParams
@@ -42,6 +43,7 @@ class Snapshot:
     segments: tuple[Segment, ...]
     keyword_spec: KeywordSpec
     sessions: sessionmaker[Any]
+    engine: Engine  # for the per-search reads that need no ORM session
     unreadable: tuple[str, ...] = ()  # segments the manifest names that could not be read
     # Resolved filters of this snapshot: filter -> (metadata version, chunk ids) (indexes/filtered.py).
     filter_cache: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
@@ -149,9 +151,10 @@ class Snapshot:
         g = self.generation
         if not len(chunk_ids):
             return rows
-        with self.sessions() as session:
+        # A plain connection: the rows are column tuples, so the ORM would only add its overhead.
+        with self.engine.connect() as connection:
             for part in batched(list(chunk_ids)):
-                for row in session.execute(self._rows_statement, {"ids": list(part)}):
+                for row in connection.execute(self._rows_statement, {"ids": list(part)}):
                     added, removed, owner = row[-3], row[-2], row[-1]
                     if owner == self.collection_id and added <= g and (removed is None or removed > g):
                         rows[int(row[0])] = tuple(row[:-3])

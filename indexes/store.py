@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from filelock import FileLock
-from sqlalchemy import create_engine, delete, inspect, select
+from sqlalchemy import bindparam, create_engine, delete, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
@@ -86,6 +86,7 @@ class Store:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.mmap = mmap
         self._open: dict[str, Collection] = {}
+        self._id_statement = select(CollectionRow.id).where(CollectionRow.name == bindparam("name"))
 
     def _home_id(self) -> str:
         path = self.home / ".rag-home-id"
@@ -118,11 +119,15 @@ class Store:
     def collection(self, name: str) -> Collection:
         """The open handle of `name`, checked against SQL: another process may have dropped the
         collection (or dropped and re-created it under a new id) since it was opened."""
+        cached = self._open.get(name)
+        if cached is not None:
+            # Every search asks: the id alone, not the row's config and manifest JSON.
+            with self.engine.connect() as connection:
+                current = connection.execute(self._id_statement, {"name": name}).scalar()
+            if current == cached.id:
+                return cached
         with self.sessions() as session:
             row = session.scalars(select(CollectionRow).where(CollectionRow.name == name)).first()
-        cached = self._open.get(name)
-        if cached is not None and row is not None and cached.id == row.id:
-            return cached
         self._open.pop(name, None)
         if row is None:
             # Names no other collection: the API shows this message to keys limited to one.
