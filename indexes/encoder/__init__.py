@@ -120,11 +120,12 @@ def explain_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16
     `auto` is the fastest runtime measured at equal quality (SciFact nDCG@10 within 0.003 of
     fp32) whose vectors do not depend on their batch neighbours: OpenVINO in bf16 where the CPU
     computes bf16 natively (`cpu_bf16`; None asks `cpu_computes_bf16`), 3.9x torch fp32 on an AMX
-    Xeon; elsewhere OpenVINO in fp32 (x1.31 ONNX Runtime fp32 on a Zen 4 forced to fp32, and
-    1.2x torch on an AMX Xeon; ONNX Runtime fp32 was no faster than torch there), then ONNX
-    Runtime fp32, then torch; torch on a GPU. `quantize` True takes ONNX Runtime's static int8
-    (activation scales calibrated once: a text's vector is the same alone and in any batch), x1.45
-    ONNX Runtime fp32 but 0.0035 below it in dense SciFact nDCG@10, so never `auto`'s own choice.
+    Xeon; elsewhere OpenVINO in fp32 (x1.31 ONNX Runtime fp32 on a Zen 4 forced to fp32, x1.02 on
+    an AVX2-only Zen 3, 1.2x torch on an AMX Xeon), then ONNX Runtime fp32, then torch; torch on a
+    GPU. `quantize` True takes ONNX Runtime's static int8 (activation scales calibrated once: a
+    text's vector is the same alone and in any batch), x1.45 ONNX Runtime fp32 on the Zen 4, x1.12
+    on the Zen 3, but 0.007 below fp32 in whole-corpus dense SciFact nDCG@10 (docs/speed.md), so
+    never `auto`'s own choice.
     A runtime named explicitly runs without int8 unless `quantize` is True.
     """
     if requested == "auto":
@@ -138,8 +139,9 @@ def explain_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16
         if not quantize and importlib.util.find_spec("openvino") is not None:
             return RuntimeChoice(
                 "openvino", False,
-                "no native bf16 on this CPU: OpenVINO fp32 (measured x1.31 ONNX Runtime fp32, same vectors); "
-                "static int8 is x1.45 but costs 0.0035 dense nDCG@10 on SciFact, over the 0.003 budget, so only on request",
+                "no native bf16 on this CPU: OpenVINO fp32 (as fast as ONNX Runtime fp32 or faster, and bit-identical "
+                "alone and batched); static int8 is faster (x1.12-1.45) but costs 0.007 dense nDCG@10 on SciFact, "
+                "over the 0.003 budget, so only on request",
             )
         if importlib.util.find_spec("onnxruntime") is not None:
             return RuntimeChoice("onnx", bool(quantize), "no native bf16 and no openvino: ONNX Runtime" + (" static int8" if quantize else " fp32"))
