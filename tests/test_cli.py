@@ -315,7 +315,17 @@ def _long_ingest(tmp_path: Path, documents: int, **popen: Any) -> tuple[subproce
     home = tmp_path / "home"
     rag = shutil.which("rag", path=str(Path(sys.executable).parent)) or "rag"
     env = {**os.environ, "RAG_HOME": str(home), "HF_HUB_OFFLINE": "1", "RAG_BATCH_CHUNKS": "16"}
-    return subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, text=True, **popen), home
+    return subprocess.Popen([rag, "ingest", str(folder), "-c", "big"], env=env, text=True, preexec_fn=_default_sigint, **popen), home
+
+
+def _default_sigint() -> None:
+    """The child takes Ctrl-C as a terminal would deliver it: a signal mask or an ignored SIGINT
+    that a native library left on the test process is inherited across exec (seen once in a full
+    run: the SIGINT never arrived and the ingest finished with exit 0)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_during_an_ingest_says_so_exits_130_and_records_the_run_interrupted(tmp_path: Path) -> None:

