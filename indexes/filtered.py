@@ -33,7 +33,7 @@ MAX_EF_SEARCH = 1024
 
 
 def dialect_of(snap: Snapshot) -> str:
-    return str(snap.sessions.kw["bind"].dialect.name)
+    return str(snap.engine.dialect.name)
 
 
 CACHED_FILTERS = 64  # resolved filters kept per snapshot
