@@ -67,19 +67,45 @@ def test_an_extractive_answer_cites_the_span_in_its_passage(runtime: Runtime) ->
     assert answer.details["value"] > answer.details["threshold"]
 
 
-def test_loading_the_models_is_timed_as_load_not_as_the_stage_that_first_needs_them(runtime: Runtime, home: Path) -> None:
-    """A `rag ask` process pays seconds to import torch and load the reader (and llama.cpp);
-    `read_ms` and `check_ms` must say what reading and checking cost, not blame them for that."""
-    env = {"RAG_GENERATOR_MAX_TOKENS": "48"}
-    stages = {"extractive": "read_ms", "generative": "check_ms"}
-    for mode, stage in stages.items():
-        done = run_cli("ask", PIERRE, "-c", "demo", "--mode", mode, "--json", home=home, env=env)
-        assert done.returncode == 0, done.stderr[-2000:]
-        timings = json.loads(done.stdout)["timings"]
+def test_loading_the_models_is_timed_as_load_not_as_the_stage_that_first_needs_them(
+    runtime: Runtime, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold `rag ask` pays seconds to load the reader (and llama.cpp and the judge); `read_ms` and
+    `check_ms` must say what reading and checking cost, not blame them for that. Checked by when each
+    load ends, not by comparing durations: CI once saw a 0.78 s check (the judge on a busy
+    machine) beside a 1.1 s load, a comparison that said nothing about where the load was timed."""
+    import time
+
+    import rag.verifiers
+
+    ended: dict[str, float] = {}
+
+    def timed(name: str, load: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            got = load(*args, **kwargs)
+            ended.setdefault(name, time.perf_counter())
+            return got
+
+        return wrapper
+
+    # the settings a `rag ask` gets (the shipped reader guides, the shipped judge checks), loaded cold
+    fresh = Runtime(load_settings(home=home, generator_max_tokens=48, generator_context_tokens=2048))
+    monkeypatch.setattr(fresh, "reader", timed("reader", fresh.reader))
+    monkeypatch.setattr(fresh, "generator", timed("generator", fresh.generator))
+    monkeypatch.setattr(rag.verifiers, "build_verifier", timed("verifier", rag.verifiers.build_verifier))
+    pipeline = fresh.ask_pipeline()
+    for mode, models in {"extractive": {"reader"}, "generative": {"generator", "verifier"}}.items():
+        ended.clear()
+        before = time.perf_counter()
+        answer = pipeline.ask(PIERRE, "demo", mode)
+        timings = answer.timings
         assert list(timings)[:2] == ["load_ms", "retrieve_ms"] and list(timings)[-1] == "total_ms"
-        # measured with torch: 7.4 s against 0.19 s; with the ONNX reader loading is cheaper (4.4 s
-        # against 1.0 s read on a busy machine), still far more than the stage it would be blamed on
-        assert timings["load_ms"] > 2 * timings[stage], timings
+        assert set(ended) >= models, f"{mode}: this ask did not load {models - set(ended)}"
+        # the models are first used after retrieval: a load done by the stage that needs them ends
+        # after retrieval ended, one done in the load stage before it
+        retrieved = before + (timings["load_ms"] + timings["retrieve_ms"]) / 1000
+        late = {name: round((t - retrieved) * 1000, 1) for name, t in ended.items() if t > retrieved}
+        assert not late, f"{mode}: loads that ended after retrieval (ms later): {late}; timings {timings}"
 
 
 def test_extractive_mode_says_not_in_the_sources_when_the_corpus_cannot_answer(runtime: Runtime) -> None:
