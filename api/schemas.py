@@ -83,7 +83,7 @@ class SearchRequest(BaseModel):
     retriever: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="default: the server's choice")
     filters: Filters | None = None
     nprobe: SearchParam | None = Field(
-        None, description="IVF lists searched (IVF collections); default: the collection's, else the number tuned when the segment was trained (recall@10 ~0.99)"
+        None, description="IVF lists searched (IVF collections); default: the collection's, else tuned per segment when trained (recall@10 ~0.99)"
     )
     ef_search: SearchParam | None = Field(
         None, description="HNSW candidate list (HNSW collections); default: the collection's, else 64"

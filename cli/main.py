@@ -184,7 +184,7 @@ def search(
     k: int = typer.Option(10, "-k", "--top-k", help="passages to return [1 to RAG_MAX_K]"),
     retriever: str | None = RetrieverOpt,
     fusion: str | None = FusionOpt,
-    nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else tuned per segment for recall@10 ~0.99]"),
+    nprobe: int | None = typer.Option(None, "--nprobe", min=1, help="IVF lists to search [default: the collection's, else tuned per segment]"),
     ef_search: int | None = typer.Option(None, "--ef-search", min=1, help="HNSW candidate list [default: the collection's, else 64]"),
     where: list[str] | None = WhereOpt,
     as_json: bool = JsonOpt,

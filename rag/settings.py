@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     index_factory: str = Field("Flat", description="FAISS factory string: Flat, HNSW32, IVF1024,PQ48 ...")
     mmap: bool = Field(True, description="memory-map FAISS indexes for search where FAISS allows")
     batch_chunks: int = Field(2048, ge=1, description="chunks per write batch (one new index segment each)")
-    nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists searched per query; default: the collection's, else the number tuned when the segment was trained (recall@10 ~0.99)")
+    nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists searched per query; default: the collection's, else tuned per segment")
     ef_search: int | None = Field(None, ge=1, le=65536, description="HNSW candidate list per query; default: the collection's, else 64 (128 from 1M vectors)")
     # Distributed ingestion (`rag ingest --ray`, API jobs when set): Ray Data on an existing cluster.
     ray_address: str | None = Field(None, description="Ray cluster for ingestion: 'auto', 'local' or HOST:PORT; unset: in-process")
