@@ -45,42 +45,33 @@ def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
     Resolved by one SQL query, and kept on the snapshot (a repeated filter, such as a tenant's,
     costs one primary-key lookup): a snapshot's documents and chunks never change, and their
     metadata changes only through new `document_fields` rows (ids never reused: every change
-    inserts some, see `replace_filter_rows`), so the largest row id versions the metadata."""
+    inserts some, see `replace_filter_rows`), so the largest row id versions the metadata.
+    Both reads share one connection, without an ORM session (a search's SQL is on its hot path)."""
     import json
 
     from sqlalchemy import func, select
 
-    from indexes.schema import DocumentFieldRow
+    from indexes.schema import ChunkRow, DocumentFieldRow, DocumentRow, visible_at
 
     key = json.dumps(where.to_dict(), sort_keys=True, default=str)
-    with snap.sessions() as session:
-        version = int(session.scalar(select(func.max(DocumentFieldRow.id))) or 0)
-    cached = snap.filter_cache.get(key)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    found = _resolve(snap, where)
+    with snap.engine.connect() as connection:
+        version = int(connection.scalar(select(func.max(DocumentFieldRow.id))) or 0)
+        cached = snap.filter_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        statement = (
+            select(ChunkRow.id)
+            .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+            .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
+        )
+        condition = to_sql(where, dialect_of(snap))
+        if condition is not None:
+            statement = statement.where(condition)
+        found = np.unique(np.asarray(connection.execute(statement).scalars().all(), dtype=np.int64))
     if len(snap.filter_cache) >= CACHED_FILTERS:
         snap.filter_cache.pop(next(iter(snap.filter_cache)), None)
     snap.filter_cache[key] = (version, found)
     return found
-
-
-def _resolve(snap: Snapshot, where: Where) -> np.ndarray:
-    from sqlalchemy import select
-
-    from indexes.schema import ChunkRow, DocumentRow, visible_at
-
-    statement = (
-        select(ChunkRow.id)
-        .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
-        .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
-    )
-    condition = to_sql(where, dialect_of(snap))
-    if condition is not None:
-        statement = statement.where(condition)
-    with snap.sessions() as session:
-        found = np.asarray(session.execute(statement).scalars().all(), dtype=np.int64)
-    return np.unique(found)
 
 
 def _empty() -> Ranking:
