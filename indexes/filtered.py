@@ -136,7 +136,16 @@ def dense(
         if not len(ids):
             continue
         want = min(k, len(ids))
-        if _is_exact_index(segment) or len(ids) <= exact_limit or len(ids) < exact_fraction * len(segment.ids):
+        if len(ids) == len(segment.ids):
+            # every vector of the segment matches: its own search, as unfiltered (a brute force
+            # over gathered copies of all of them cost 66 ms against 17 at 100k Flat vectors)
+            whole = chosen
+            if "HNSW" in segment.vectors.factory:  # the same candidate floor as a selective filter's
+                base = segment.vectors.effective_params(chosen, k).get("ef_search", 64)
+                whole = SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, 10 * k)))
+            scores, labels = segment.vectors.search(queries, want, whole)
+            found = [(scores[q][labels[q] >= 0], labels[q][labels[q] >= 0]) for q in range(len(queries))]
+        elif _is_exact_index(segment) or len(ids) <= exact_limit or len(ids) < exact_fraction * len(segment.ids):
             found = _exact(segment, positions, ids, queries, want)
         else:
             if selector is None:

@@ -233,6 +233,7 @@ def test_selective_filters_return_exactly_the_exact_search_top_k(tmp_path: Path,
             ({"tenant": "t3", "year": 2003}, lambda i, m: m["tenant"] == "t3" and m["year"] == 2003),  # ~0.8%
             ({"doc_id": {"$in": [5, 77, 400, 899]}}, lambda i, m: i + 1 in (5, 77, 400, 899)),
             ({"$or": [{"tenant": "t1"}, {"tenant": "t2"}, {"draft": True}]}, lambda i, m: m["tenant"] in ("t1", "t2") or m["draft"]),
+            ({"year": {"$gte": 2000}}, lambda i, m: True),  # every passage: each segment searched as unfiltered
         ]
         for where, test in cases:
             allowed = np.asarray([i for i in range(n) if _matches(i, test)])
