@@ -133,6 +133,7 @@ class Segment:
         ids = np.asarray(ids, dtype=np.int64)
         index = new_index(dim, factory, len(ids), template)
         index.add(ids, vectors)
+        index.tune_ef_search(ids, vectors)
         terms = TermSegment.build(ids, texts, Analyzer(spec))
         faiss_file, bm25_file = segment_files(name)
         terms.save(folder / bm25_file, spec)

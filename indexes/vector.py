@@ -23,6 +23,9 @@ from indexes.faisslib import load_faiss
 log = logging.getLogger(__name__)
 
 TUNED_RECALL = 0.997  # on stand-in queries from the training sample: about 0.99 on real ones (docs/retrieval.md)
+HNSW_TUNED_RECALL = 0.99  # HNSW finds stand-ins' neighbours less well than real queries' (docs/retrieval.md)
+EF_CHOICES = (64, 96, 128, 192, 256, 384, 512, 768, 1024)  # HNSW candidate lists tried, smallest first
+TUNE_MIN_VECTORS = 2_000  # an HNSW segment this small is left at the default efSearch
 TUNING_POOL = 50_000  # sample vectors the tuning searches among (a few seconds at most)
 
 
@@ -142,7 +145,10 @@ class VectorIndex:
             trained = int(ivf.nprobe) if int(ivf.nprobe) > 1 else default_nprobe(int(ivf.nlist))
             return {"nprobe": int(params.nprobe or trained)}
         if "HNSW" in self.factory:
-            return {"ef_search": int(params.ef_search or default_ef_search(self.count(), k))}
+            hnsw = _hnsw_of(self.index)
+            # FAISS's own default is 16: more was tuned when the segment was built (or by `tune`)
+            built = int(hnsw.hnsw.efSearch) if hnsw is not None and int(hnsw.hnsw.efSearch) > 16 else 0
+            return {"ef_search": int(params.ef_search or max(built, default_ef_search(self.count(), k)))}
         return {}
 
     def _faiss_params(self, params: SearchParams, k: int, selector: Any = None) -> object | None:
@@ -154,6 +160,37 @@ class VectorIndex:
         if "ef_search" in chosen:
             return faiss.SearchParametersHNSW(efSearch=max(chosen["ef_search"], k), **extra)
         return faiss.SearchParameters(**extra) if extra else None
+
+    def tune_ef_search(self, ids: np.ndarray, vectors: np.ndarray, k: int = 10, target: float = HNSW_TUNED_RECALL, queries: int = 256) -> None:
+        """HNSW, once its vectors are all in: the smallest efSearch of `EF_CHOICES` at which two
+        kinds of stand-in queries (as `tuned_nprobe`'s: stored vectors asking for their k nearest
+        others, and normalised sums of two) find `target` of their exact top k; kept in the file
+        (FAISS writes an HNSW's efSearch). Below `TUNE_MIN_VECTORS` the default is left alone."""
+        hnsw = _hnsw_of(self.index)
+        if hnsw is None or len(ids) < TUNE_MIN_VECTORS:
+            return
+        faiss = load_faiss()
+        rng = np.random.default_rng(0)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        asked = rng.choice(len(vectors), min(queries, len(vectors)), replace=False)
+        mixed = vectors[rng.choice(len(vectors), queries)] + vectors[rng.choice(len(vectors), queries)]
+        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+        kinds = [(vectors[asked], ids[asked]), (np.ascontiguousarray(mixed), None)]
+        truths = []
+        for stand_ins, own in kinds:
+            _, near = faiss.knn(stand_ins, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+            truths.append([_without(ids[row], me, k) for row, me in zip(near, own if own is not None else [None] * len(near))])
+        chosen = EF_CHOICES[-1]
+        for ef in EF_CHOICES:
+            found = 0
+            for (stand_ins, own), truth in zip(kinds, truths):
+                _, labels = self.search(stand_ins, k + 1, SearchParams(ef_search=ef))
+                mine = own if own is not None else [None] * len(labels)
+                found += sum(len(set(_without(row, me, k)) & set(t)) for row, me, t in zip(labels, mine, truth))
+            if found >= target * k * sum(len(t) for t in truths):
+                chosen = ef
+                break
+        hnsw.hnsw.efSearch = int(chosen)
 
     def count(self) -> int:
         return int(self.index.ntotal)
@@ -195,6 +232,18 @@ class VectorIndex:
         loaded = cls(index.d, factory, index=index)
         loaded.read_only = mmap
         return loaded
+
+
+def _hnsw_of(index: Any) -> Any:
+    """The IndexHNSW inside an (IDMap2-wrapped) index, or None."""
+    faiss = load_faiss()
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def _without(row: np.ndarray, own: int | None, k: int) -> list[int]:
+    """The first k ids of a ranking, the query's own id left out."""
+    return [int(i) for i in row if i != own and i >= 0][:k]
 
 
 def tuned_nprobe(ivf: Any, vectors: np.ndarray, k: int = 10, target: float = TUNED_RECALL, queries: int = 256) -> int:
