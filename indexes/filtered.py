@@ -51,7 +51,7 @@ def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
 
     from sqlalchemy import func, select
 
-    from indexes.schema import ChunkRow, DocumentFieldRow, DocumentRow, visible_at
+    from indexes.schema import DocumentFieldRow
 
     key = json.dumps(where.to_dict(), sort_keys=True, default=str)
     with snap.engine.connect() as connection:
@@ -59,19 +59,26 @@ def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
         cached = snap.filter_cache.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        statement = (
-            select(ChunkRow.id)
-            .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
-            .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
-        )
-        condition = to_sql(where, dialect_of(snap))
-        if condition is not None:
-            statement = statement.where(condition)
-        found = np.unique(np.asarray(connection.execute(statement).scalars().all(), dtype=np.int64))
+        found = np.unique(np.asarray(connection.execute(matching_statement(snap, where)).scalars().all(), dtype=np.int64))
     if len(snap.filter_cache) >= CACHED_FILTERS:
         snap.filter_cache.pop(next(iter(snap.filter_cache)), None)
     snap.filter_cache[key] = (version, found)
     return found
+
+
+def matching_statement(snap: Snapshot, where: Where) -> Any:
+    """SELECT of the chunk ids of the snapshot's visible documents that match `where`."""
+    from sqlalchemy import select
+
+    from indexes.schema import ChunkRow, DocumentRow, visible_at
+
+    statement = (
+        select(ChunkRow.id)
+        .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+        .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
+    )
+    condition = to_sql(where, dialect_of(snap))
+    return statement if condition is None else statement.where(condition)
 
 
 def _empty() -> Ranking:

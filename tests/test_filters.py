@@ -255,6 +255,26 @@ def test_selective_filters_return_exactly_the_exact_search_top_k(tmp_path: Path,
         store.close()
 
 
+def test_a_selective_filter_is_planned_from_its_metadata_rows_not_a_scan_of_the_collection(tmp_path: Path) -> None:
+    """Issue 24: a cold 1%-selective filter cost 50 ms at 100,000 documents (unfiltered: 17) because
+    SQLite, with no statistics, scanned every document of the collection to test the filter. A
+    published write now leaves statistics, and the plan starts from the matching metadata rows."""
+    from indexes import filtered
+
+    store, collection, _ = _build(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", 600)
+    try:
+        snap = collection.snapshot()
+        statement = filtered.matching_statement(snap, parse_where({"score": {"$lt": 5}}))
+        sql = str(statement.compile(snap.engine, compile_kwargs={"literal_binds": True}))
+        with snap.engine.connect() as connection:
+            plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+        assert not any("ix_documents_collection_gen" in step for step in plan), plan
+        assert any("ix_document_fields_number" in step for step in plan), plan
+        assert len(filtered.matching_chunk_ids(snap, parse_where({"score": {"$lt": 5}}))) == 50
+    finally:
+        store.close()
+
+
 def test_hybrid_fuses_only_matching_candidates(tmp_path: Path) -> None:
     from rag.fusion import convex_ranking
 
