@@ -295,14 +295,10 @@ def test_ivf_starts_exact_trains_once_enough_vectors_exist_and_takes_nprobe(tmp_
     store.close()
 
 
-def test_an_ivf_searches_as_many_lists_as_its_training_sample_needs_and_keeps_that_when_loaded(tmp_path: Path) -> None:
-    """Issue 24: IVF at its default search parameters must reach recall@10 >= 0.99. sqrt(nlist)
-    lists (8 of 64) found 0.91 of the true top 10 on clustered data: the number is now tuned on
-    the training sample when the index is trained, and measured here on queries it never saw."""
-    from indexes.vector import VectorIndex
-
-    rng = np.random.default_rng(1)
-    dim = 64
+def _clustered(dim: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4,000 unit vectors around 400 random centres, 200 queries drawn the same way (never indexed),
+    and each query's exact top 10 (positions in the data)."""
+    rng = np.random.default_rng(seed)
     centres = rng.normal(size=(400, dim))
 
     def draw(n: int) -> np.ndarray:
@@ -310,7 +306,17 @@ def test_an_ivf_searches_as_many_lists_as_its_training_sample_needs_and_keeps_th
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     data, queries = draw(4000), draw(200)
-    truth = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+    return data, queries, np.argsort(-(queries @ data.T), axis=1)[:, :10]
+
+
+def test_an_ivf_searches_as_many_lists_as_its_training_sample_needs_and_keeps_that_when_loaded(tmp_path: Path) -> None:
+    """Issue 24: IVF at its default search parameters must reach recall@10 >= 0.99. sqrt(nlist)
+    lists (8 of 64) found 0.91 of the true top 10 on clustered data: the number is now tuned on
+    the training sample when the index is trained, and measured here on queries it never saw."""
+    from indexes.vector import VectorIndex
+
+    dim = 64
+    data, queries, truth = _clustered(dim)
 
     def recall(index: VectorIndex, params: SearchParams) -> float:
         _, got = index.search(queries, 10, params)
@@ -335,16 +341,8 @@ def test_an_hnsw_segment_searches_with_the_candidate_list_its_vectors_need_and_k
     from indexes.keyword import KeywordSpec
     from indexes.segments import Segment
 
-    rng = np.random.default_rng(1)
     dim = 64
-    centres = rng.normal(size=(400, dim))
-
-    def draw(n: int) -> np.ndarray:
-        x = (centres[rng.integers(0, len(centres), n)] + 0.8 * rng.normal(size=(n, dim))).astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    data, queries = draw(4000), draw(200)
-    truth = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+    data, queries, truth = _clustered(dim)
     ids = np.arange(1, len(data) + 1, dtype=np.int64)
 
     def recall(segment: Segment, params: SearchParams) -> float:
