@@ -113,6 +113,17 @@ def _exact(segment: Segment, positions: np.ndarray, ids: np.ndarray, queries: np
     return [_top(scores[q], ids, k) for q in range(len(queries))]
 
 
+def _index_params(segment: Segment, chosen: SearchParams, k: int, matching: int) -> SearchParams:
+    """What the segment's own index searches `matching` of its vectors with: HNSW's candidate list
+    widened by the inverse selectivity and to at least 10 k (the post-filter this replaces
+    searched max(10 k, 100) deep); IVF and Flat as chosen."""
+    if "HNSW" not in segment.vectors.factory:
+        return chosen
+    base = segment.vectors.effective_params(chosen, k).get("ef_search", 64)
+    widen = math.ceil(base * len(segment.ids) / matching)
+    return SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, widen, 10 * k)))
+
+
 def _is_exact_index(segment: Segment) -> bool:
     factory = segment.vectors.factory.replace("IDMap2,", "").replace("IDMap,", "")
     return factory == "Flat"
@@ -146,24 +157,14 @@ def dense(
         if len(ids) == len(segment.ids):
             # every vector of the segment matches: its own search, as unfiltered (a brute force
             # over gathered copies of all of them cost 66 ms against 17 at 100k Flat vectors)
-            whole = chosen
-            if "HNSW" in segment.vectors.factory:  # the same candidate floor as a selective filter's
-                base = segment.vectors.effective_params(chosen, k).get("ef_search", 64)
-                whole = SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, 10 * k)))
-            scores, labels = segment.vectors.search(queries, want, whole)
+            scores, labels = segment.vectors.search(queries, want, _index_params(segment, chosen, k, len(ids)))
             found = [(scores[q][labels[q] >= 0], labels[q][labels[q] >= 0]) for q in range(len(queries))]
         elif _is_exact_index(segment) or len(ids) <= exact_limit or len(ids) < exact_fraction * len(segment.ids):
             found = _exact(segment, positions, ids, queries, want)
         else:
             if selector is None:
                 selector = _selector(allowed)
-            widened = chosen
-            if "HNSW" in segment.vectors.factory:
-                base = segment.vectors.effective_params(chosen, k).get("ef_search", 64)
-                widen = math.ceil(base * len(segment.ids) / len(ids))
-                # At least 10 k: the post-filter this replaces searched max(10 k, 100) deep.
-                widened = SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, widen, 10 * k)))
-            scores, labels = segment.vectors.search(queries, want, widened, selector=selector[0])
+            scores, labels = segment.vectors.search(queries, want, _index_params(segment, chosen, k, len(ids)), selector=selector[0])
             found = []
             for q in range(len(queries)):
                 keep = labels[q] >= 0

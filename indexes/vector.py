@@ -170,12 +170,9 @@ class VectorIndex:
         if hnsw is None or len(ids) < TUNE_MIN_VECTORS:
             return
         faiss = load_faiss()
-        rng = np.random.default_rng(0)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        asked = rng.choice(len(vectors), min(queries, len(vectors)), replace=False)
-        mixed = vectors[rng.choice(len(vectors), queries)] + vectors[rng.choice(len(vectors), queries)]
-        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
-        kinds = [(vectors[asked], ids[asked]), (np.ascontiguousarray(mixed), None)]
+        asked, mixed = _stand_in_queries(vectors, queries, np.random.default_rng(0))
+        kinds = [(vectors[asked], ids[asked]), (mixed, None)]
         truths = []
         for stand_ins, own in kinds:
             _, near = faiss.knn(stand_ins, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
@@ -241,6 +238,15 @@ def _hnsw_of(index: Any) -> Any:
     return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
+def _stand_in_queries(vectors: np.ndarray, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The tuning's two kinds of stand-in queries: positions of sampled vectors (each asks for its
+    nearest others), and normalised sums of two random vectors (a query between topics)."""
+    asked = rng.choice(len(vectors), min(queries, len(vectors)), replace=False)
+    mixed = vectors[rng.choice(len(vectors), queries)] + vectors[rng.choice(len(vectors), queries)]
+    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+    return asked, np.ascontiguousarray(mixed, dtype=np.float32)
+
+
 def _without(row: np.ndarray, own: int | None, k: int) -> list[int]:
     """The first k ids of a ranking, the query's own id left out."""
     return [int(i) for i in row if i != own and i >= 0][:k]
@@ -267,13 +273,10 @@ def tuned_nprobe(ivf: Any, vectors: np.ndarray, k: int = 10, target: float = TUN
     if len(vectors) <= k + 1 or nlist <= 1:
         return nlist
     _, lists = ivf.quantizer.search(vectors, 1)
+    asked, mixed = _stand_in_queries(vectors, queries, rng)
     # sample vectors: their k nearest others (itself dropped; a duplicate of it may stand in)
-    asked = rng.choice(len(vectors), min(queries, len(vectors)), replace=False)
     _, near = faiss.knn(vectors[asked], vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    others = np.array([[j for j in row if j != q][:k] for q, row in zip(asked, near)], dtype=np.int64)
-    # between two topics
-    mixed = vectors[rng.choice(len(vectors), queries)] + vectors[rng.choice(len(vectors), queries)]
-    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+    others = np.array([_without(row, q, k) for q, row in zip(asked, near)], dtype=np.int64)
     _, mixed_near = faiss.knn(mixed, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     picks = []
     for stand_ins, neighbours in ((vectors[asked], others), (mixed, mixed_near)):
