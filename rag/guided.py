@@ -16,7 +16,7 @@ whose span the judge rejects, is refused ("Not in the sources."): two gates, as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from indexes.types import Passage
 from rag.answer import NOT_IN_SOURCES, Answer
@@ -67,27 +67,47 @@ def span_claim(question: str, span: str) -> str:
     return f"{question.strip()} {span.strip()}."
 
 
-def guided_answer(question: str, guide: Answer | None, passages: Sequence[Passage], verifier: Verifier, checked: Answer) -> Answer:
-    """The answer of reader-guided generation, from the generator's checked answer `checked` and
-    the reader's answer `guide` (None: unguided, `checked` stands)."""
-    if guide is None:
-        return checked
+@dataclass(frozen=True)
+class SpanGate:
+    """The reader's span through its two gates: `reason` says why a guided answer is refused (then
+    nothing needs generating: no draft can pass), else `evidence` is the judge's verdict on
+    "question + span" in the span's passage."""
+
+    evidence: Evidence | None
+    reason: str | None = None
+
+
+def span_gate(question: str, guide: Answer, passages: Sequence[Passage], verifier: Verifier) -> SpanGate:
+    """Whether the reader answers and the judge verifies its span, decided before generation."""
     if not guide.found or not guide.citations:
-        return _refused(checked, passages, "the reader found no answer in the passages")
+        return SpanGate(None, "the reader found no answer in the passages")
     n = guide.citations[0].n
     if not 0 < n <= len(passages):
-        return _refused(checked, passages, "the reader's passage is not among the passages")
-    claim = span_claim(question, guide.answer)
+        return SpanGate(None, "the reader's passage is not among the passages")
     # No second chance for a span the judge rejects: the lexical check as one added 0 of 150
     # held-out answerable questions with the trained judge (7 with the first one), docs/judge.md.
-    evidence = verifier.verify(question, [claim], passages)[0][n - 1]
+    evidence = verifier.verify(question, [span_claim(question, guide.answer)], passages)[0][n - 1]
     if not evidence.supported:
-        return _refused(checked, passages, "the support judge does not verify the reader's answer in its passage")
+        return SpanGate(evidence, "the support judge does not verify the reader's answer in its passage")
+    return SpanGate(evidence)
+
+
+def guided_answer(
+    question: str, guide: Answer | None, passages: Sequence[Passage], verifier: Verifier, checked: Answer, gate: SpanGate | None = None
+) -> Answer:
+    """The answer of reader-guided generation, from the generator's checked answer `checked` and
+    the reader's answer `guide` (None: unguided, `checked` stands); `gate`: `span_gate`'s verdict
+    when it was already asked."""
+    if guide is None:
+        return checked
+    gate = gate or span_gate(question, guide, passages, verifier)
+    if gate.reason is not None or gate.evidence is None:
+        return _refused(checked, passages, gate.reason or "the reader's span was not checked")
     span = f" {normalize_answer(guide.answer)} "
     states = [s for s in checked.details.get("sentences", []) if s.get("supported") and span in f" {normalize_answer(s['text'])} "]
     if checked.found and states and any(c.verified for c in checked.citations):
         return checked
-    return span_fallback(guide, passages, evidence, checked)
+    return span_fallback(guide, passages, gate.evidence, checked)
 
 
 def span_fallback(guide: Answer, passages: Sequence[Passage], evidence: Evidence, checked: Answer) -> Answer:

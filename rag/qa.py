@@ -20,7 +20,7 @@ from indexes.types import Passage
 from rag.answer import NOT_IN_SOURCES, Answer, Mode
 from rag.citations import DEFAULT_THRESHOLD, check_answer, suspicious_passages
 from rag.generation.base import Generator
-from rag.guided import guided_answer, reader_hints
+from rag.guided import guided_answer, reader_hints, span_gate
 from rag.prompt import build_messages
 from rag.retrieval import Retriever
 from rag.verifiers import LexicalVerifier, Verifier
@@ -228,31 +228,39 @@ class AskPipeline:
                 yield answer.answer
         else:
             generator = self.generator
-            guide = None
+            guide, gate = None, None
             if guide_reader is not None:
                 guide_started = time.perf_counter()
                 guide = guide_reader.answer(question, passages, suspicious_passages(passages))
+                # the gates no draft can pass (the reader abstains, the judge rejects its span) are
+                # asked first: such a question is refused without generating
+                gate = span_gate(question, guide, passages, self.verifier)
                 timings["guide_ms"] = _ms(guide_started)
-            messages = build_messages(question, passages, hints=reader_hints(guide))
-            generate_started = time.perf_counter()
-            if _stream_tokens:
-                pieces: list[str] = []
-                for piece in generator.stream(messages, self.max_tokens, stop=ANSWER_STOP):
-                    if not pieces:
-                        timings["first_token_ms"] = _ms(generate_started)
-                    pieces.append(piece)
-                    yield piece
-                text = "".join(pieces)
+            if gate is not None and gate.reason is not None:
+                check_started = time.perf_counter()
+                answer = guided_answer(question, guide, passages, self.verifier, check_answer(question, "", passages, verifier=self.verifier), gate)
+                timings["check_ms"] = _ms(check_started)
             else:
-                text = generator.generate(messages, self.max_tokens, stop=ANSWER_STOP)
-            timings["generate_ms"] = _ms(generate_started)
-            text = whole_sentences(text)
-            check_started = time.perf_counter()
-            answer = check_answer(question, text, passages, verifier=self.verifier)
-            # guided: the reader must answer and the judge verify its span; the model's sentences must
-            # state it, else the reader's span in its sentence stands in (marked)
-            answer = guided_answer(question, guide, passages, self.verifier, answer)
-            timings["check_ms"] = _ms(check_started)
+                messages = build_messages(question, passages, hints=reader_hints(guide))
+                generate_started = time.perf_counter()
+                if _stream_tokens:
+                    pieces: list[str] = []
+                    for piece in generator.stream(messages, self.max_tokens, stop=ANSWER_STOP):
+                        if not pieces:
+                            timings["first_token_ms"] = _ms(generate_started)
+                        pieces.append(piece)
+                        yield piece
+                    text = "".join(pieces)
+                else:
+                    text = generator.generate(messages, self.max_tokens, stop=ANSWER_STOP)
+                timings["generate_ms"] = _ms(generate_started)
+                text = whole_sentences(text)
+                check_started = time.perf_counter()
+                answer = check_answer(question, text, passages, verifier=self.verifier)
+                # guided: the model's sentences must state the reader's verified span, else the
+                # span in its passage sentence stands in (marked)
+                answer = guided_answer(question, guide, passages, self.verifier, answer, gate)
+                timings["check_ms"] = _ms(check_started)
             extra = {"generator": generator.name, "reader_guided": guide is not None}
             if guide is not None:
                 extra["reader_hints"] = [{"n": n, "text": t} for n, t in reader_hints(guide)]

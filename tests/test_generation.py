@@ -110,3 +110,78 @@ def test_openai_backend_retries_a_refused_connection_then_gives_a_clear_error() 
     with pytest.raises(GenerationError, match="cannot reach"):
         client.generate(MESSAGES)
     assert time.perf_counter() - started >= 0.25 + 0.5  # two backoff waits: it did retry
+
+
+def _prompt_tokens_evaluated(generator: LlamaCppGenerator) -> int:
+    """llama.cpp's own counter of prompt tokens it evaluated (Prometheus text of /metrics)."""
+    for line in str(generator.server.handle_metrics()).splitlines():
+        if line.startswith("llamacpp:prompt_tokens_total"):
+            return int(float(line.split()[-1]))
+    raise AssertionError("no prompt token counter in llama.cpp's metrics")
+
+
+def test_a_chats_fixed_head_is_evaluated_once_and_answers_stay_repeatable(tmp_path) -> None:
+    from indexes.types import Passage
+    from rag.prompt import build_messages
+
+    text = "The Karsk Bridge crosses the river Oden. It opened in 1931."
+    passages = [Passage(1, 1, text, 0, len(text), 0, "bridges.txt", "Karsk Bridge", None, 1.0, 1)]
+    when = build_messages("When did the Karsk Bridge open?", passages)
+    river = build_messages("What river does the Karsk Bridge cross?", passages)
+    assert when[:-1] == river[:-1]  # the rules and the worked example: the same head
+
+    generator = LlamaCppGenerator(context_tokens=2048, threads=2, max_tokens=16, prefix_dir=tmp_path)
+    try:
+        first = generator.generate(when)
+        whole = _prompt_tokens_evaluated(generator)  # the head and the first question's turn
+        assert generator.generate(river).strip()
+        turn = _prompt_tokens_evaluated(generator) - whole
+        assert 0 < turn < whole / 2, (turn, whole)  # only the new turn was evaluated
+        assert generator.generate(when) == first  # restored head, same batch shapes, same answer
+    finally:
+        generator.close()
+    # another process (a new server on the same folder) restores the saved head from its file
+    again = LlamaCppGenerator(context_tokens=2048, threads=2, max_tokens=16, prefix_dir=tmp_path)
+    try:
+        assert again.generate(when) == first
+        assert _prompt_tokens_evaluated(again) < whole / 2
+    finally:
+        again.close()
+
+
+def test_the_packaged_weights_run_from_a_q8_0_copy_written_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """llama.cpp's x86 fast kernels cover Q8_0, not the packaged Q4_1 (prompt speed x1.6 on AVX2,
+    docs/ship.md): the copy holds the same tensors, Q8_0 where they were Q4_1, the same values up to
+    Q8_0's rounding; it is written once, and a file the user names runs as it is."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    generator = LlamaCppGenerator(context_tokens=1024, threads=2, max_tokens=16, q8_0_dir=tmp_path)
+    assert generator.name == "llamacpp:SmolLM2-135M-Instruct.Q8_0.gguf"
+    try:
+        assert "Paris" in generator.generate(MESSAGES)
+    finally:
+        generator.close()
+    [copy] = list(tmp_path.glob("*.gguf"))
+    assert generator.model_path == str(copy)
+    packaged, q8 = GGUFReader(default_gguf()), GGUFReader(copy)
+    assert [t.name for t in packaged.tensors] == [t.name for t in q8.tensors]
+    for old, new in zip(packaged.tensors, q8.tensors):
+        if old.tensor_type == GGMLQuantizationType.Q4_1:
+            assert new.tensor_type == GGMLQuantizationType.Q8_0
+            before, after = dequantize(old.data, old.tensor_type), dequantize(new.data, new.tensor_type)
+            # one Q8_0 step is the block's largest magnitude / 127, its scale a float16 (0.06 step more)
+            step = np.abs(before.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
+            assert np.all(np.abs(after.reshape(-1, 32) - before.reshape(-1, 32)) <= 0.6 * step + 1e-6), old.name
+        else:
+            assert new.tensor_type == old.tensor_type
+    from pathlib import Path
+
+    from rag.generation.reencode import q8_0_copy
+
+    mtime = copy.stat().st_mtime_ns
+    assert q8_0_copy(Path(default_gguf()), tmp_path) == copy  # what the next process loads
+    assert list(tmp_path.glob("*")) == [copy] and copy.stat().st_mtime_ns == mtime  # not written again
+    chosen = LlamaCppGenerator(default_gguf(), context_tokens=1024, threads=2, q8_0_dir=tmp_path)
+    assert chosen.name == "llamacpp:SmolLM2-135M-Instruct.Q4_1.gguf" and chosen.q8_0_dir is None

@@ -58,6 +58,36 @@ def test_the_prompt_gives_the_readers_spans_with_their_passage_numbers() -> None
     assert "Candidate answers" not in plain[-1]["content"] and "Candidate answers" not in plain[1]["content"]
 
 
+def test_a_guided_prompt_shows_only_the_sentences_holding_the_readers_spans_under_their_own_numbers() -> None:
+    """What a guided answer can use is a sentence stating a span, so the rest of each passage is
+    prompt evaluated before the first token for nothing (about 140 tokens a passage)."""
+    from indexes.types import Passage
+    from rag.prompt import evidence
+
+    def passage(n: int, text: str) -> Passage:
+        return Passage(n, n, text, 0, len(text), 0, f"{n}.md", f"Title {n}", None, 1.0, n)
+
+    curie = "Marie Curie was a physicist and chemist. She was born in Warsaw in 1867. She moved to Paris in 1891. " + (
+        "Her laboratory was in a converted shed. She won two Nobel Prizes."
+    )
+    other = "Warsaw is the capital of Poland. " * 20
+    messages = build_messages(QUESTION, [passage(1, other), passage(2, curie)], hints=[(2, "Warsaw")])
+    turn = messages[-1]["content"]
+    sources = turn[turn.index("<sources>") : turn.index("</sources>")]
+    # source 1 had no span: it is left out; source 2 keeps its number, its span's sentence and the
+    # sentence before it (whom "She" names), not the rest
+    assert "[1]" not in sources and "capital of Poland" not in sources
+    assert "[2] Title 2\nMarie Curie was a physicist and chemist. She was born in Warsaw in 1867." in sources
+    assert "Paris" not in sources and "Nobel" not in sources
+    assert 'Candidate answers found in the sources: "Warsaw" in [2].' in turn
+    # two spans apart: the gap is marked; a span the passage does not hold: its head
+    assert evidence(curie, ["Warsaw", "two Nobel Prizes"]) == (
+        "Marie Curie was a physicist and chemist. She was born in Warsaw in 1867. ... "
+        "Her laboratory was in a converted shed. She won two Nobel Prizes."
+    )
+    assert evidence(curie, ["Kyoto"], max_chars=24) == "Marie Curie was a physic"
+
+
 def test_a_generative_answer_is_reader_guided_and_verified_by_the_judge(pipeline: AskPipeline) -> None:
     answer = pipeline.ask(QUESTION, "demo", "generative", k=3)
     assert answer.details["reader_guided"] and answer.details["reader_hints"][0]["text"] == "Warsaw"
@@ -111,3 +141,12 @@ def test_a_true_but_irrelevant_verified_sentence_is_not_the_guided_answer_the_re
     n = guide.citations[0].n
     assert answer.answer == f"Pierre Curie was born in Paris on 15 May 1859 [{n}]."
     assert [(c.n, c.verified) for c in answer.citations] == [(n, True)]
+
+
+def test_a_question_the_reader_abstains_on_is_refused_before_anything_is_generated(pipeline: AskPipeline) -> None:
+    """No draft can pass the guided gates when the reader abstains, so none is generated or
+    streamed (before: the draft streamed for seconds, then 'Not in the sources.')."""
+    *pieces, final = list(pipeline.stream(UNANSWERABLE, "demo", "generative", k=3))
+    assert pieces == []
+    assert not final.found and final.answer == NOT_IN_SOURCES and final.details["reason"] == "the reader found no answer in the passages"
+    assert "generate_ms" not in final.timings and "first_token_ms" not in final.timings

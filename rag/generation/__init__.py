@@ -30,6 +30,8 @@ def build_generator(settings: Settings) -> Generator:
             temperature=settings.generator_temperature,
             max_tokens=settings.generator_max_tokens,
             home=settings.home,
+            prefix_dir=settings.graph_dir / "llama-heads",
+            q8_0_dir=settings.graph_dir if settings.generator_q8_0 else None,
         )
     if backend == "transformers":
         from rag.generation.hf import TransformersGenerator

@@ -4,16 +4,29 @@ The default model is SmolLM2-135M-Instruct (Q4_1, 98 MB) shipped inside the `llm
 package, found by its path so that the package (which imports `llm` and `llama_cpp`) is never
 imported. xllamacpp also opens llama.cpp's OpenAI-compatible HTTP server on loopback
 (`listening_address`), which the `openai` backend can talk to.
+
+The fixed head of a chat (every message but the last: for `rag ask`, the rules and the worked
+example, ~315 tokens) is evaluated once and its KV state saved to a file by llama.cpp's slot
+save/restore; each request restores it into its slot and evaluates only its own turn. Restoring the
+same state before every request keeps greedy answers repeatable: llama.cpp's own prompt reuse
+(longest common prefix with the slot's last prompt, or its RAM prompt cache) would evaluate the rest
+in other batch shapes whenever a prompt repeats, which moves near-tied logits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import queue
+import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +70,12 @@ class LlamaCppGenerator:
         max_tokens: int = 256,
         parallel: int = 1,
         home: Path | None = None,
+        prefix_dir: Path | None = None,
+        q8_0_dir: Path | None = None,
     ) -> None:
+        """`prefix_dir`: where saved chat heads are kept between processes (a temporary folder
+        when None), each file named by a hash of model, library version and messages. `q8_0_dir`:
+        the default (packaged Q4_1) model runs from a Q8_0 copy kept there (`rag.generation.reencode`)."""
         from rag.models import REGISTRY, resolve
 
         if model_path in REGISTRY:
@@ -70,14 +88,22 @@ class LlamaCppGenerator:
         self.model_path = model_path or default_gguf()
         if not Path(self.model_path).expanduser().is_file():
             raise GenerationError(f"GGUF file not found: {self.model_path} (RAG_GENERATOR_MODEL)")
+        # only the packaged default is re-encoded: a file the user chose runs as it is
+        self.q8_0_dir = q8_0_dir if model_path is None and self.model_path.endswith(".Q4_1.gguf") else None
         self.context_tokens = context_tokens
         self.threads = threads or max(1, min(4, os.cpu_count() or 1))
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.parallel = parallel
-        self.name = f"llamacpp:{Path(self.model_path).name}"
+        name = Path(self.model_path).name
+        self.name = f"llamacpp:{name.replace('.Q4_1.', '.Q8_0.') if self.q8_0_dir else name}"
+        self.prefix_dir = Path(prefix_dir) if prefix_dir is not None else None
         self._server: Any = None
+        self._temp_prefix: tempfile.TemporaryDirectory[str] | None = None
         self._lock = threading.Lock()
+        self._slots: queue.Queue[int] = queue.Queue()
+        for slot in range(parallel):
+            self._slots.put(slot)
 
     @property
     def server(self) -> Any:
@@ -91,6 +117,15 @@ class LlamaCppGenerator:
             import xllamacpp as xlc
         except ImportError as exc:
             raise MissingDependency("the llamacpp generator needs xllamacpp: pip install 'rag[llm]'") from exc
+        if self.q8_0_dir is not None:
+            from rag.generation.reencode import q8_0_copy
+
+            try:
+                self.model_path = str(q8_0_copy(Path(self.model_path), self.q8_0_dir))
+            except (ImportError, OSError, ValueError) as exc:
+                log.warning("running the packaged Q4_1 weights: no Q8_0 copy could be written (%s)", exc)
+                self.name = f"llamacpp:{Path(self.model_path).name}"
+            self.q8_0_dir = None
         params = xlc.CommonParams()
         params.model.path = str(Path(self.model_path).expanduser())
         params.n_ctx = self.context_tokens * self.parallel
@@ -102,6 +137,11 @@ class LlamaCppGenerator:
         params.port = 0  # any free port, loopback only (hostnames default to 127.0.0.1)
         params.verbosity = 0
         params.warmup = False
+        # heads are restored from files (class docstring); the RAM prompt cache would swap in
+        # whole earlier prompts instead
+        params.slot_save_path = str(self._prefix_folder()) + os.sep
+        params.cache_ram_mib = 0
+        params.endpoint_metrics = True  # llama.cpp's Prometheus counters at listening_address/metrics
         try:
             server = xlc.Server(params)
         except Exception as exc:  # the binding raises RuntimeError and friends
@@ -114,6 +154,19 @@ class LlamaCppGenerator:
         """`http://127.0.0.1:PORT`: llama.cpp's OpenAI-compatible endpoints for this model."""
         return str(self.server.listening_address)
 
+    def _prefix_folder(self) -> Path:
+        if self.prefix_dir is not None:
+            try:
+                self.prefix_dir.mkdir(parents=True, exist_ok=True)
+                if os.access(self.prefix_dir, os.W_OK):
+                    return self.prefix_dir
+            except OSError:
+                pass
+            log.warning("cannot write %s; chat heads are kept for this process only", self.prefix_dir)
+        if self._temp_prefix is None:
+            self._temp_prefix = tempfile.TemporaryDirectory(prefix="rag-llama-heads-")
+        return Path(self._temp_prefix.name)
+
     def _request(self, messages: Sequence[Message], max_tokens: int | None, stop: Sequence[str] | None, stream: bool) -> dict[str, Any]:
         request: dict[str, Any] = {
             "messages": [dict(m) for m in messages],
@@ -123,16 +176,80 @@ class LlamaCppGenerator:
         }
         if self.temperature <= 0:
             request["top_k"] = 1
-            # reusing a cached prompt prefix evaluates the rest in other batch shapes, which moves
-            # near-tied logits: greedy answers then differ between two identical requests
-            request["cache_prompt"] = False
         if stop:
             request["stop"] = list(stop)
         return request
 
+    @contextmanager
+    def _slot(self, messages: Sequence[Message]) -> Iterator[dict[str, Any]]:
+        """A free slot holding the saved state of `messages`' head: the request fields that use it.
+        Without a head (one message) or when its state cannot be made, the slot starts empty."""
+        slot = self._slots.get()
+        try:
+            fields: dict[str, Any] = {"id_slot": slot, "cache_prompt": False}
+            if len(messages) > 1 and self._restore_head(slot, messages[:-1]):
+                fields["cache_prompt"] = True  # reuse exactly the restored head
+            yield fields
+        finally:
+            self._slots.put(slot)
+
+    def _head_file(self, head: Sequence[Message]) -> str:
+        path = Path(self.model_path).expanduser()
+        stat = path.stat()
+        import xllamacpp
+
+        key = json.dumps(
+            [str(path.resolve()), stat.st_size, stat.st_mtime_ns, getattr(xllamacpp, "__version__", ""), [dict(m) for m in head]],
+            sort_keys=True,
+        )
+        return f"head-{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
+
+    def _restore_head(self, slot: int, head: Sequence[Message]) -> bool:
+        server = self.server
+        folder = self._prefix_folder()
+        name = self._head_file(head)
+        try:
+            if not (folder / name).is_file():
+                self._slot_action(server, slot, "erase")
+                result = server.handle_chat_completions(
+                    {"messages": [dict(m) for m in head], "max_tokens": 0, "temperature": 0.0, "top_k": 1, "id_slot": slot, "cache_prompt": True}
+                )
+                if not isinstance(result, dict) or "error" in result:
+                    raise GenerationError(_error_text(result))
+                # written under a name of its own, then renamed: processes sharing the folder
+                # never read a half-written state
+                partial = f"{name}.{os.getpid()}-{threading.get_ident()}.part"
+                self._slot_action(server, slot, "save", partial)
+                os.replace(folder / partial, folder / name)
+            self._slot_action(server, slot, "restore", name)
+            return True
+        except (GenerationError, OSError) as exc:
+            log.warning("llama.cpp chat head not restored (%s); evaluating the whole prompt", exc)
+            (folder / name).unlink(missing_ok=True)
+            try:
+                self._slot_action(server, slot, "erase")
+            except GenerationError:
+                pass
+            return False
+
+    @staticmethod
+    def _slot_action(server: Any, slot: int, action: str, filename: str | None = None) -> None:
+        body = json.dumps({"filename": filename} if filename else {}).encode()
+        request = urllib.request.Request(
+            f"{server.listening_address}/slots/{slot}?action={action}", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise GenerationError(f"slot {action}: {exc.read().decode(errors='replace')[:200]}") from exc
+        except OSError as exc:
+            raise GenerationError(f"slot {action}: {exc}") from exc
+
     def generate(self, messages: Sequence[Message], max_tokens: int | None = None, stop: Sequence[str] | None = None) -> str:
         try:
-            result = self.server.handle_chat_completions(self._request(messages, max_tokens, stop, stream=False))
+            with self._slot(messages) as fields:
+                result = self.server.handle_chat_completions({**self._request(messages, max_tokens, stop, stream=False), **fields})
         except GenerationError:
             raise
         except Exception as exc:
@@ -159,7 +276,8 @@ class LlamaCppGenerator:
 
         def run() -> None:
             try:
-                result = server.handle_chat_completions(self._request(messages, max_tokens, stop, stream=True), on_chunk)
+                with self._slot(messages) as fields:
+                    result = server.handle_chat_completions({**self._request(messages, max_tokens, stop, stream=True), **fields}, on_chunk)
                 if isinstance(result, dict) and "error" in result:
                     pieces.put(("error", _error_text(result)))
             except Exception as exc:
