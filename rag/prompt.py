@@ -116,10 +116,10 @@ def _user_turn(sources: str, question: str, hints: Sequence[tuple[int, str]] = (
     if not hints:
         return f"Question: {question}\n\n{sources}\n\nQuestion: {question}\nReply with one sentence followed by [n] where n is the source number."
     marked = "; ".join(f'"{escape(" ".join(text.split()))}" in [{n}]' for n, text in hints)
-    return (
-        f"Question: {question}\n\n{sources}\n\nCandidate answers found in the sources: {marked}.\n"
-        f"Question: {question}\nReply with one or two sentences that state the answer, each followed by [n] where n is the source number."
-    )
+    # the sources, the candidates, then the question next to where the answer starts; how to reply
+    # is the system's rule 5 (a reply line and the question before the sources cost ~40 prompt
+    # tokens, ~150 ms before the first token on 2 cores, and moved nothing on the design articles)
+    return f"{sources}\n\nCandidate answers found in the sources: {marked}.\nQuestion: {question}"
 
 
 def _format_pairs(pairs: Sequence[tuple[str, str]]) -> str:

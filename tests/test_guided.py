@@ -54,7 +54,7 @@ def test_the_prompt_gives_the_readers_spans_with_their_passage_numbers() -> None
     guided = build_messages(QUESTION, [passage], hints=[(1, "Warsaw")])
     plain = build_messages(QUESTION, [passage])
     assert 'Candidate answers found in the sources: "Warsaw" in [1].' in guided[-1]["content"]
-    assert "one or two sentences that state the answer" in guided[-1]["content"] and "state the answer" in guided[0]["content"]
+    assert guided[-1]["content"].endswith(f"Question: {QUESTION}") and "one or two short sentences that state the answer" in guided[0]["content"]
     assert "Candidate answers" not in plain[-1]["content"] and "Candidate answers" not in plain[1]["content"]
 
 

@@ -101,7 +101,7 @@ def test_a_generative_ask_returns_only_the_verified_sentences_and_names_the_drop
     result = talk["generative"].structured_content
     assert result["found"] is True and result["mode"] == "generative" and result["verifier"] == "nli"
     assert result["answer"] == "Pierre Curie was born in Paris on 15 May 1859 [1]." and result["fallback"] == "reader_span"
-    assert result["dropped"] == ["Pierre Curie was born in Paris, France."]
+    assert result["dropped"] == ["Pierre Curie was born in Paris, France, on 15 May 1859."]
 
 
 def test_errors_are_tool_errors_with_a_clear_message(talk: dict[str, Any]) -> None:

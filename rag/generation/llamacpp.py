@@ -72,10 +72,12 @@ class LlamaCppGenerator:
         home: Path | None = None,
         prefix_dir: Path | None = None,
         q8_0_dir: Path | None = None,
+        reuse_head: bool = True,
     ) -> None:
         """`prefix_dir`: where saved chat heads are kept between processes (a temporary folder
         when None), each file named by a hash of model, library version and messages. `q8_0_dir`:
-        the default (packaged Q4_1) model runs from a Q8_0 copy kept there (`rag.generation.reencode`)."""
+        the default (packaged Q4_1) model runs from a Q8_0 copy kept there (`rag.generation.reencode`).
+        `reuse_head` False evaluates every prompt whole (the previous behaviour, for comparison)."""
         from rag.models import REGISTRY, resolve
 
         if model_path in REGISTRY:
@@ -98,6 +100,7 @@ class LlamaCppGenerator:
         name = Path(self.model_path).name
         self.name = f"llamacpp:{name.replace('.Q4_1.', '.Q8_0.') if self.q8_0_dir else name}"
         self.prefix_dir = Path(prefix_dir) if prefix_dir is not None else None
+        self.reuse_head = reuse_head
         self._server: Any = None
         self._temp_prefix: tempfile.TemporaryDirectory[str] | None = None
         self._lock = threading.Lock()
@@ -187,7 +190,7 @@ class LlamaCppGenerator:
         slot = self._slots.get()
         try:
             fields: dict[str, Any] = {"id_slot": slot, "cache_prompt": False}
-            if len(messages) > 1 and self._restore_head(slot, messages[:-1]):
+            if self.reuse_head and len(messages) > 1 and self._restore_head(slot, messages[:-1]):
                 fields["cache_prompt"] = True  # reuse exactly the restored head
             yield fields
         finally:
