@@ -40,5 +40,6 @@ def test_a_clone_with_no_shared_folder_beside_it_runs_the_demo(tmp_path: Path) -
     assert "\nWarsaw\n" in extractive and "marie-curie.md" in extractive
     assert "Not in the sources." in extractive_refused
     assert "answer: Pierre Curie was born in Paris" in generative and "✓ verified" in generative
-    assert "answer: Not in the sources." in generative_refused
+    # the reader abstains: refused before anything is generated, so no draft is shown
+    assert "\nNot in the sources.\n" in generative_refused and "draft" not in generative_refused
     assert "shared" not in done.stderr
