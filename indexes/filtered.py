@@ -114,13 +114,21 @@ def _exact(segment: Segment, positions: np.ndarray, ids: np.ndarray, queries: np
 
 
 def _index_params(segment: Segment, chosen: SearchParams, k: int, matching: int) -> SearchParams:
-    """What the segment's own index searches `matching` of its vectors with: HNSW's candidate list
-    widened by the inverse selectivity and to at least 10 k (the post-filter this replaces
-    searched max(10 k, 100) deep); IVF and Flat as chosen."""
+    """What the segment's own index searches `matching` of its vectors with: its candidate budget
+    widened by the inverse selectivity, so that as many matching vectors are scored as an
+    unfiltered search scores vectors: HNSW's candidate list (and to at least 10 k: the post-filter
+    this replaces searched max(10 k, 100) deep), IVF's lists probed (at most all of them); Flat
+    as chosen."""
+    widening = len(segment.ids) / max(matching, 1)
+    effective = segment.vectors.effective_params(chosen, k)
+    if "nprobe" in effective:
+        nlist = segment.vectors.nlist()
+        nprobe = min(nlist, max(effective["nprobe"], math.ceil(effective["nprobe"] * widening)))
+        return SearchParams(nprobe=nprobe, ef_search=chosen.ef_search)
     if "HNSW" not in segment.vectors.factory:
         return chosen
-    base = segment.vectors.effective_params(chosen, k).get("ef_search", 64)
-    widen = math.ceil(base * len(segment.ids) / matching)
+    base = effective.get("ef_search", 64)
+    widen = math.ceil(base * widening)
     return SearchParams(nprobe=chosen.nprobe, ef_search=min(MAX_EF_SEARCH, max(base, widen, 10 * k)))
 
 

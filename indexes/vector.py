@@ -136,6 +136,11 @@ class VectorIndex:
             return self.index.search(vectors, k)
         return self.index.search(vectors, k, params=faiss_params)
 
+    def nlist(self) -> int:
+        """An IVF's number of lists (1 for any other index)."""
+        ivf = load_faiss().try_extract_index_ivf(self.index)
+        return int(ivf.nlist) if ivf is not None else 1
+
     def effective_params(self, params: SearchParams, k: int = 10) -> dict[str, int]:
         """What a search with `params` uses, for stats and tests."""
         faiss = load_faiss()

@@ -356,3 +356,33 @@ def test_numbers_and_dates_out_of_range_are_refused_or_clamped_not_crashed() -> 
         parse_where({"year": 10**400})
     assert parse_where({"ingested_at": {"$gte": "0001-01-01T00:00:00+05:00"}})
     assert parse_where({"published": {"$lt": "0001-01-01T00:00:00+05:00"}})
+
+
+def test_a_filtered_ivf_search_probes_more_lists_as_the_filter_leaves_fewer_vectors(tmp_path: Path) -> None:
+    """Issue 24: with a filter an IVF probing its usual lists scores only the matching share of
+    their vectors, so at 10-50% selectivity recall fell below the same index's unfiltered recall
+    (IVF128 on 100k passages: 0.94-0.97). The lists probed now grow by the inverse selectivity, so a
+    filtered search scores as many matching vectors as an unfiltered one scores vectors (before, at
+    nprobe 8 of 64: 0.53 and 0.54 against 0.59 unfiltered)."""
+    from indexes import filtered
+
+    n = 6000
+    store, collection, vectors = _build(tmp_path, f"sqlite:///{tmp_path / 'ivf.db'}", n, "IVF64,Flat", batches=1)
+    try:
+        snap = collection.snapshot()
+        queries = np.random.default_rng(3).normal(size=(100, DIM)).astype(np.float32)
+
+        def recall(where: dict[str, Any], test: Any) -> float:
+            allowed = np.asarray([i for i in range(n) if _matches(i, test)])
+            scores = queries @ vectors[allowed].T
+            ids = filtered.matching_chunk_ids(snap, parse_where(where))
+            found = snap.passages(filtered.dense(snap, queries, 10, ids, SearchParams(nprobe=8), exact_limit=0, exact_fraction=0), 10)
+            exact = [set(allowed[np.argsort(-scores[q])[:10]].tolist()) for q in range(len(queries))]
+            return float(np.mean([len(exact[q] & {int(p.title[1:]) for p in found[q]}) / 10 for q in range(len(queries))]))
+
+        unfiltered = recall({"year": {"$gte": 2000}}, lambda i, m: True)
+        assert unfiltered < 0.8  # 8 of 64 lists: a budget that misses, so that losing more shows
+        assert recall({"tenant": "t3"}, lambda i, m: m["tenant"] == "t3") >= unfiltered  # 20%
+        assert recall({"draft": True}, lambda i, m: m["draft"]) >= unfiltered  # 33%
+    finally:
+        store.close()
