@@ -161,6 +161,7 @@ def describe(batcher: MicroBatcher[Any, Any, Any] | None) -> dict[str, Any]:
 
 
 SearchKey = tuple[str, "str | None", int, "SearchParams"]
+SEARCH_BATCH_WORKERS = 2  # batches of searches encoded at once (their Python work overlaps)
 
 
 def search_batcher(runtime: Runtime, max_batch: int, max_wait_ms: float) -> MicroBatcher[SearchKey, str, list[Passage]]:
@@ -171,4 +172,4 @@ def search_batcher(runtime: Runtime, max_batch: int, max_wait_ms: float) -> Micr
         collection, kind, k, params = key
         return runtime.retriever(collection, kind, params).retrieve_many(list(queries), k)
 
-    return MicroBatcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms, name="search-batcher")
+    return MicroBatcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=SEARCH_BATCH_WORKERS, name="search-batcher")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from api.auth import RateLimiter, check_collection
-from api.batching import search_batcher
+from api.batching import SEARCH_BATCH_WORKERS, search_batcher
 from api.jobs import JobManager
 from api.keys import KeyStore, Principal
 from api.metrics import Metrics
@@ -60,10 +60,14 @@ class ApiState:
     def start(cls, settings: Settings, metrics: Metrics) -> ApiState:
         """Open the store and load every model once, before the first request."""
         runtime = Runtime(settings)
+        if settings.search_batch_max:
+            settings = serving_settings(settings, runtime.device)
+            runtime = Runtime(settings)
         store = runtime.store
         models: dict[str, Any] = {}
         spec = runtime.requested_spec()
         models["embedder"] = runtime.encoder(spec).spec.model
+        models["encoder_runtime"] = settings.encoder_runtime
         for name in store.collection_names():
             try:
                 models[f"embedder:{name}"] = runtime.encoder_for(store.collection(name)).spec.model
@@ -119,3 +123,18 @@ class ApiState:
 
 def api_state(request: Request) -> ApiState:
     return request.app.state.api
+
+
+def serving_settings(settings: Settings, device: str) -> Settings:
+    """`settings` with the query encoder a batching server runs best with on this CPU
+    (`indexes.encoder.serving_runtime`): unchanged unless RAG_ENCODER_RUNTIME is `auto` and no
+    thread count was set."""
+    from indexes.encoder import serving_runtime
+    from indexes.encoder.spec import available_cores
+
+    threads = settings.encoder_threads or settings.threads
+    choice, per_call = serving_runtime(settings.encoder_runtime, device, settings.quantize, threads, SEARCH_BATCH_WORKERS, available_cores())
+    if per_call is None:
+        return settings
+    log.info("query encoder: %s", choice.reason)
+    return settings.model_copy(update={"encoder_runtime": choice.runtime, "encoder_threads": per_call})

@@ -297,18 +297,28 @@ def doctor(
     """Check that SQL and FAISS agree; exit 0 only when they do."""
     if runtime:
         rt = _runtime()
-        from indexes.encoder import cpu_flags, explain_runtime
+        from api.batching import SEARCH_BATCH_WORKERS
+        from indexes.encoder import cpu_flags, explain_runtime, serving_runtime
+        from indexes.encoder.spec import available_cores
 
-        choice = explain_runtime(rt.settings.encoder_runtime, rt.device, rt.settings.quantize)
+        s = rt.settings
+        choice = explain_runtime(s.encoder_runtime, rt.device, s.quantize)
+        served, per_call = serving_runtime(s.encoder_runtime, rt.device, s.quantize, s.encoder_threads or s.threads, SEARCH_BATCH_WORKERS, available_cores())
         flags = cpu_flags()
-        requested = rt.settings.encoder_runtime
-        info = {"requested": requested, "runtime": choice.runtime, "int8": choice.quantize, "device": rt.device, "cpu_flags": flags, "reason": choice.reason}
+        requested = s.encoder_runtime
+        serve = {"runtime": served.runtime, "int8": served.quantize, "threads_per_call": per_call, "reason": served.reason}
+        info = {
+            "requested": requested, "runtime": choice.runtime, "int8": choice.quantize, "device": rt.device, "cpu_flags": flags,
+            "reason": choice.reason, "serve": serve,
+        }
         if as_json:
             _print_json(info)
         else:
             typer.echo(f"encoder runtime: {choice.runtime}{' int8' if choice.quantize else ''} on {rt.device} (RAG_ENCODER_RUNTIME={requested})")
             typer.echo("cpu flags: " + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items()))
             typer.echo(f"reason: {choice.reason}")
+            if per_call is not None:
+                typer.echo(f"rag serve (batched searches): {served.runtime}, {per_call} thread(s) a call: {served.reason}")
         return
     rt = _reading_runtime()  # nothing to check or repair in a home that does not exist
     target = rt.collection(collection)

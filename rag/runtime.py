@@ -134,7 +134,8 @@ class Runtime:
         s = self.settings
         runtime, quantize = choose_runtime(s.encoder_runtime, self.device, s.quantize)
         dtype = encoder_dtype(runtime, s.precision, self.device)
-        key = spec.identity() + (spec.max_tokens, runtime, self.device, dtype, quantize, s.threads)
+        threads = s.encoder_threads or s.threads
+        key = spec.identity() + (spec.max_tokens, runtime, self.device, dtype, quantize, threads)
 
 
         def load() -> Encoder:
@@ -146,7 +147,7 @@ class Runtime:
                 device=self.device,
                 dtype=dtype,
                 quantize=quantize,
-                threads=s.threads,
+                threads=threads,
                 cache_dir=s.graph_dir,
             )
 

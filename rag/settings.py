@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         ),
     )
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    encoder_threads: int | None = Field(
+        None, ge=1, description="threads of each encoder call; default: RAG_THREADS (rag serve on a CPU without bf16: cores / batch workers)"
+    )
     device: str = Field("auto", description="auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:N")
     precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",

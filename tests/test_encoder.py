@@ -279,6 +279,27 @@ def test_auto_runtime_is_openvino_bf16_or_fp32_on_the_cpu_int8_on_request_and_to
         choose_runtime("tensorrt", "cpu", None)
 
 
+def test_a_batching_server_without_native_bf16_runs_onnx_runtime_at_cores_over_workers_threads() -> None:
+    """docs/speed.md: on a 2-core AVX2 CPU, /v1/search with ONNX Runtime at 1 thread a batch call
+    served x1.13 the requests of OpenVINO fp32 at 2 threads; elsewhere, or when the user chose a
+    runtime or a thread count, the server runs what `auto` runs."""
+    from indexes.encoder import serving_runtime
+
+    choice, threads = serving_runtime("auto", "cpu", None, None, workers=2, cores=2, cpu_bf16=False)
+    assert (choice.runtime, choice.quantize, threads) == ("onnx", False, 1) and "same vectors" in choice.reason
+    assert serving_runtime("auto", "cpu", None, None, workers=2, cores=8, cpu_bf16=False)[1] == 4
+    assert serving_runtime("auto", "cpu", None, None, workers=4, cores=2, cpu_bf16=False)[1] == 1
+    for kept in (
+        serving_runtime("auto", "cpu", None, None, workers=2, cores=2, cpu_bf16=True),  # OpenVINO bf16
+        serving_runtime("auto", "cpu", None, 2, workers=2, cores=2, cpu_bf16=False),  # RAG_THREADS chosen
+        serving_runtime("openvino", "cpu", None, None, workers=2, cores=2, cpu_bf16=False),  # runtime chosen
+        serving_runtime("auto", "cpu", True, None, workers=2, cores=2, cpu_bf16=False),  # int8 asked for
+        serving_runtime("auto", "cuda:0", None, None, workers=2, cores=2, cpu_bf16=False),
+    ):
+        assert kept[1] is None
+    assert serving_runtime("auto", "cpu", True, None, workers=2, cores=2, cpu_bf16=False)[0].runtime == "onnx"  # int8, as auto
+
+
 def test_openvino_bf16_stays_within_cosine_0999_of_torch(encoder: Encoder, onnx_cache: Path) -> None:
     from indexes.encoder import cpu_computes_bf16
 
@@ -366,7 +387,8 @@ def test_rag_doctor_runtime_prints_the_choice_the_cpu_flags_and_the_reason(tmp_p
     import subprocess
     import sys
 
-    from indexes.encoder import cpu_flags, explain_runtime
+    from indexes.encoder import cpu_flags, explain_runtime, serving_runtime
+    from indexes.encoder.spec import available_cores
 
     env = {**os.environ, "RAG_HOME": str(tmp_path), "RAG_DEVICE": "cpu"}
     done = subprocess.run([sys.executable, "-m", "cli.main", "doctor", "--runtime", "--json"], capture_output=True, text=True, env=env, timeout=120)
@@ -375,6 +397,8 @@ def test_rag_doctor_runtime_prints_the_choice_the_cpu_flags_and_the_reason(tmp_p
     expected = explain_runtime("auto", "cpu", None)
     assert (shown["runtime"], shown["int8"], shown["reason"]) == (expected.runtime, expected.quantize, expected.reason)
     assert shown["cpu_flags"] == cpu_flags() and set(shown["cpu_flags"]) >= {"avx2", "avx512_bf16", "amx_bf16"}
+    served = serving_runtime("auto", "cpu", None, None, 2, available_cores())
+    assert shown["serve"] == {"runtime": served[0].runtime, "int8": served[0].quantize, "threads_per_call": served[1], "reason": served[0].reason}
     forced = subprocess.run([sys.executable, "-m", "cli.main", "doctor", "--runtime"], capture_output=True, text=True,
                             env={**env, "RAG_ENCODER_RUNTIME": "onnx", "RAG_QUANTIZE": "true"}, timeout=120)
     assert forced.returncode == 0 and "encoder runtime: onnx int8 on cpu" in forced.stdout
