@@ -185,3 +185,19 @@ def test_the_packaged_weights_run_from_a_q8_0_copy_written_once(tmp_path) -> Non
     assert list(tmp_path.glob("*")) == [copy] and copy.stat().st_mtime_ns == mtime  # not written again
     chosen = LlamaCppGenerator(default_gguf(), context_tokens=1024, threads=2, q8_0_dir=tmp_path)
     assert chosen.name == "llamacpp:SmolLM2-135M-Instruct.Q4_1.gguf" and chosen.q8_0_dir is None
+
+
+def test_saved_chat_heads_are_bounded_the_oldest_go(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every distinct head is a file of ~23 KB a token: a caller whose heads vary (not `rag ask`,
+    which has two) must not fill the disk."""
+    from rag.generation.llamacpp import MAX_SAVED_HEADS
+
+    generator = LlamaCppGenerator(context_tokens=512, threads=2, max_tokens=1, prefix_dir=tmp_path)
+    try:
+        for i in range(MAX_SAVED_HEADS + 3):
+            generator.generate([{"role": "system", "content": f"Answer briefly, case {i}."}, {"role": "user", "content": "Hi"}])
+        assert len(list(tmp_path.glob("head-*.bin"))) == MAX_SAVED_HEADS
+        generator.generate([{"role": "system", "content": "Answer briefly, case 0."}, {"role": "user", "content": "Hi"}])  # evicted: saved again
+    finally:
+        generator.close()
+    assert len(list(tmp_path.glob("head-*.bin"))) == MAX_SAVED_HEADS

