@@ -104,6 +104,8 @@ class LlamaCppGenerator:
         self.reuse_head = reuse_head
         self._server: Any = None
         self._temp_prefix: tempfile.TemporaryDirectory[str] | None = None
+        self._heads: Path | None = None  # the folder of saved heads, and what names the model
+        self._model_key: list[object] = []  # in their file names: both fixed when the server starts
         self._lock = threading.Lock()
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(parallel):
@@ -130,8 +132,9 @@ class LlamaCppGenerator:
                 log.warning("running the packaged Q4_1 weights: no Q8_0 copy could be written (%s)", exc)
                 self.name = f"llamacpp:{Path(self.model_path).name}"
             self.q8_0_dir = None
+        loaded = Path(self.model_path).expanduser()
         params = xlc.CommonParams()
-        params.model.path = str(Path(self.model_path).expanduser())
+        params.model.path = str(loaded)
         params.n_ctx = self.context_tokens * self.parallel
         params.n_parallel = self.parallel
         params.cpuparams.n_threads = self.threads
@@ -143,7 +146,10 @@ class LlamaCppGenerator:
         params.warmup = False
         # heads are restored from files (class docstring); the RAM prompt cache would swap in
         # whole earlier prompts instead
-        params.slot_save_path = str(self._prefix_folder()) + os.sep
+        self._heads = self._prefix_folder()
+        stat = loaded.stat()
+        self._model_key = [str(loaded.resolve()), stat.st_size, stat.st_mtime_ns, getattr(xlc, "__version__", "")]
+        params.slot_save_path = str(self._heads) + os.sep
         params.cache_ram_mib = 0
         params.endpoint_metrics = True  # llama.cpp's Prometheus counters at listening_address/metrics
         try:
@@ -198,19 +204,13 @@ class LlamaCppGenerator:
             self._slots.put(slot)
 
     def _head_file(self, head: Sequence[Message]) -> str:
-        path = Path(self.model_path).expanduser()
-        stat = path.stat()
-        import xllamacpp
-
-        key = json.dumps(
-            [str(path.resolve()), stat.st_size, stat.st_mtime_ns, getattr(xllamacpp, "__version__", ""), [dict(m) for m in head]],
-            sort_keys=True,
-        )
+        key = json.dumps([*self._model_key, [dict(m) for m in head]], sort_keys=True)
         return f"head-{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
 
     def _restore_head(self, slot: int, head: Sequence[Message]) -> bool:
         server = self.server
-        folder = self._prefix_folder()
+        folder = self._heads
+        assert folder is not None  # set when the server started
         name = self._head_file(head)
         try:
             if not (folder / name).is_file():
