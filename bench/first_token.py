@@ -57,7 +57,8 @@ def _previous_messages(question: str, passages: list, hints: list) -> list[dict[
     from rag import prompt
 
     system = prompt.SYSTEM.rsplit("\n", 1)[0] + "\n" + prompt.GUIDED_RULE
-    example = _previous_turn(prompt._format_pairs(prompt.EXAMPLE_SOURCES), prompt.EXAMPLE_QUESTION, list(prompt.EXAMPLE_HINTS))
+    example_sources = [(n, title, text) for n, (title, text) in enumerate(prompt.EXAMPLE_SOURCES, start=1)]
+    example = _previous_turn(prompt._block(example_sources), prompt.EXAMPLE_QUESTION, list(prompt.EXAMPLE_HINTS))
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": example},

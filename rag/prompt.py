@@ -69,13 +69,19 @@ def source_label(passage: Passage) -> str:
     return escape(" ".join(label.split()))
 
 
+def _block(sources: Sequence[tuple[int, str, str]]) -> str:
+    """`[n] title` then the text of each (n, title, text), inside the delimited block."""
+    return "<sources>\n" + "\n\n".join(f"[{n}] {title}\n{text}" for n, title, text in sources) + "\n</sources>"
+
+
+def _numbered(passages: Sequence[Passage], max_chars: int) -> list[tuple[int, str, str]]:
+    # The delimiters are ours alone: neither a title nor a passage can close the block early.
+    return [(n, source_label(p), escape(p.text[:max_chars]).strip()) for n, p in enumerate(passages, start=1)]
+
+
 def format_sources(passages: Sequence[Passage], max_chars: int = 2000) -> str:
     """`[n] title` then the passage text, for n = 1..k, inside the delimited block."""
-    blocks = []
-    for n, passage in enumerate(passages, start=1):
-        # The delimiters are ours alone: neither a title nor a passage can close the block early.
-        blocks.append(f"[{n}] {source_label(passage)}\n{escape(passage.text[:max_chars]).strip()}")
-    return "<sources>\n" + "\n\n".join(blocks) + "\n</sources>"
+    return _block(_numbered(passages, max_chars))
 
 
 def evidence(text: str, spans: Sequence[str], max_chars: int = 600) -> str:
@@ -102,14 +108,10 @@ def evidence(text: str, spans: Sequence[str], max_chars: int = 600) -> str:
     return " ".join(parts)[:max_chars].strip()
 
 
-def _hinted(pairs: Sequence[tuple[int, str, str]], hints: Sequence[tuple[int, str]]) -> str:
+def _hinted(sources: Sequence[tuple[int, str, str]], hints: Sequence[tuple[int, str]]) -> str:
     """The sources block of a guided turn: each hinted source's evidence sentences, under its number."""
-    blocks = []
-    for n, title, text in pairs:
-        spans = [span for m, span in hints if m == n]
-        if spans:
-            blocks.append(f"[{n}] {title}\n{evidence(text, spans)}")
-    return "<sources>\n" + "\n\n".join(blocks) + "\n</sources>"
+    spans = {n: [span for m, span in hints if m == n] for n, _, _ in sources}
+    return _block([(n, title, evidence(text, spans[n])) for n, title, text in sources if spans[n]])
 
 
 def _user_turn(sources: str, question: str, hints: Sequence[tuple[int, str]] = ()) -> str:
@@ -122,21 +124,16 @@ def _user_turn(sources: str, question: str, hints: Sequence[tuple[int, str]] = (
     return f"{sources}\n\nCandidate answers found in the sources: {marked}.\nQuestion: {question}"
 
 
-def _format_pairs(pairs: Sequence[tuple[str, str]]) -> str:
-    blocks = [f"[{n}] {title}\n{text}" for n, (title, text) in enumerate(pairs, start=1)]
-    return "<sources>\n" + "\n\n".join(blocks) + "\n</sources>"
-
-
 def build_messages(question: str, passages: Sequence[Passage], max_chars: int = 2000, hints: Sequence[tuple[int, str]] = ()) -> list[Message]:
     """The chat for `question` over `passages`; `hints` = (source number, span) from the reader
     switch on the reader-guided rule, show the candidates and cut the sources to the sentences
     holding them (in the worked example too)."""
+    example_sources = [(n, title, text) for n, (title, text) in enumerate(EXAMPLE_SOURCES, start=1)]
     if not hints:
-        example, sources = _format_pairs(EXAMPLE_SOURCES), format_sources(passages, max_chars)
+        example, sources = _block(example_sources), format_sources(passages, max_chars)
     else:
-        example = _hinted([(n, title, text) for n, (title, text) in enumerate(EXAMPLE_SOURCES, start=1)], EXAMPLE_HINTS)
-        numbered = [(n, source_label(p), escape(p.text[:max_chars])) for n, p in enumerate(passages, start=1)]
-        sources = _hinted(numbered, [(n, escape(span)) for n, span in hints])
+        example = _hinted(example_sources, EXAMPLE_HINTS)
+        sources = _hinted(_numbered(passages, max_chars), [(n, escape(span)) for n, span in hints])
     system = SYSTEM if not hints else SYSTEM.rsplit("\n", 1)[0] + "\n" + GUIDED_RULE
     return [
         {"role": "system", "content": system},
