@@ -67,7 +67,6 @@ class ApiState:
         models: dict[str, Any] = {}
         spec = runtime.requested_spec()
         models["embedder"] = runtime.encoder(spec).spec.model
-        models["encoder_runtime"] = settings.encoder_runtime
         for name in store.collection_names():
             try:
                 models[f"embedder:{name}"] = runtime.encoder_for(store.collection(name)).spec.model
@@ -130,10 +129,8 @@ def serving_settings(settings: Settings, device: str) -> Settings:
     (`indexes.encoder.serving_runtime`): unchanged unless RAG_ENCODER_RUNTIME is `auto` and no
     thread count was set."""
     from indexes.encoder import serving_runtime
-    from indexes.encoder.spec import available_cores
 
-    threads = settings.encoder_threads or settings.threads
-    choice, per_call = serving_runtime(settings.encoder_runtime, device, settings.quantize, threads, SEARCH_BATCH_WORKERS, available_cores())
+    choice, per_call = serving_runtime(settings.encoder_runtime, device, settings.quantize, settings.encoder_call_threads, SEARCH_BATCH_WORKERS)
     if per_call is None:
         return settings
     log.info("query encoder: %s", choice.reason)

@@ -299,11 +299,10 @@ def doctor(
         rt = _runtime()
         from api.batching import SEARCH_BATCH_WORKERS
         from indexes.encoder import cpu_flags, explain_runtime, serving_runtime
-        from indexes.encoder.spec import available_cores
 
         s = rt.settings
         choice = explain_runtime(s.encoder_runtime, rt.device, s.quantize)
-        served, per_call = serving_runtime(s.encoder_runtime, rt.device, s.quantize, s.encoder_threads or s.threads, SEARCH_BATCH_WORKERS, available_cores())
+        served, per_call = serving_runtime(s.encoder_runtime, rt.device, s.quantize, s.encoder_call_threads, SEARCH_BATCH_WORKERS)
         flags = cpu_flags()
         requested = s.encoder_runtime
         serve = {"runtime": served.runtime, "int8": served.quantize, "threads_per_call": per_call, "reason": served.reason}

@@ -134,7 +134,7 @@ class Runtime:
         s = self.settings
         runtime, quantize = choose_runtime(s.encoder_runtime, self.device, s.quantize)
         dtype = encoder_dtype(runtime, s.precision, self.device)
-        threads = s.encoder_threads or s.threads
+        threads = s.encoder_call_threads
         key = spec.identity() + (spec.max_tokens, runtime, self.device, dtype, quantize, threads)
 
 

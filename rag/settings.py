@@ -215,6 +215,11 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'rag.db'}"
 
     @property
+    def encoder_call_threads(self) -> int | None:
+        """Threads of each encoder call: RAG_ENCODER_THREADS, else RAG_THREADS (None: all cores)."""
+        return self.encoder_threads or self.threads
+
+    @property
     def graph_dir(self) -> Path:
         return self.graph_cache or self.home / "models"
 

@@ -152,9 +152,10 @@ def explain_runtime(requested: str, device: str, quantize: bool | None, cpu_bf16
 
 
 def serving_runtime(
-    requested: str, device: str, quantize: bool | None, threads: int | None, workers: int, cores: int, cpu_bf16: bool | None = None
+    requested: str, device: str, quantize: bool | None, threads: int | None, workers: int, cores: int | None = None, cpu_bf16: bool | None = None
 ) -> tuple[RuntimeChoice, int | None]:
-    """What a server's batched query path runs, with the threads each call gets (None: the usual).
+    """What a server's batched query path runs, with the threads each call gets (None: the usual);
+    `cores` None: the cores this process may use.
 
     `workers` batches are encoded at once, so each call can use `cores // workers` threads. Where
     `auto` would run OpenVINO fp32 (no native bf16) and no thread count was set, ONNX Runtime at that
@@ -167,6 +168,7 @@ def serving_runtime(
     bf16 = cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16
     if bf16 or importlib.util.find_spec("onnxruntime") is None:
         return choice, None
+    cores = available_cores() if cores is None else cores
     per_call = max(1, cores // workers)
     reason = (
         f"serving {workers} search batches at once on {cores} cores, no native bf16: ONNX Runtime fp32 at {per_call} "
