@@ -24,6 +24,8 @@ from indexes.errors import CollectionNotFound, DocumentNotFound, EncoderMismatch
 from indexes.filters import Where
 from indexes.handles import StoreHandle
 from indexes.keyword import KeywordSpec
+from indexes.matching import matching_chunk_ids
+from indexes.owners import ChunkOwners
 from indexes.schema import ChunkRow, CollectionRow, DocumentRow, RunRow, utcnow, visible_at
 from indexes.segments import Manifest, Segment, SegmentMissing
 from indexes.snapshot import Snapshot, batched
@@ -51,6 +53,7 @@ class Collection:
         self.keyword_spec = KeywordSpec()
         self._snapshot: Snapshot | None = None
         self._segments: dict[str, Segment] = {}
+        self._owners = ChunkOwners(store.engine, id)
         self._loading = threading.Lock()
         self._local = threading.local()  # the writer this thread holds, if any
         # Id and name together: a handle whose collection was dropped (and whose id an old SQLite
@@ -137,6 +140,7 @@ class Collection:
                 keyword_spec=self.keyword_spec,
                 sessions=self.store.sessions,
                 engine=self.store.engine,
+                owners=self._owners,
                 unreadable=tuple(unreadable),
             )
         raise RagError(f"collection {self.name!r} is changing too fast to open; try again")
@@ -152,7 +156,7 @@ class Collection:
         if where:
             from indexes import filtered
 
-            return snap.passages(filtered.dense(snap, queries, k, filtered.matching_chunk_ids(snap, where), params), k)
+            return snap.passages(filtered.dense(snap, queries, k, matching_chunk_ids(snap, where), params), k)
         return snap.passages(snap.dense(queries, k, params), k)
 
     def keyword_search(self, queries: Sequence[str], k: int, where: Where | None = None) -> list[list[Passage]]:
@@ -163,7 +167,7 @@ class Collection:
         if where:
             from indexes import filtered
 
-            return snap.passages(filtered.keyword(snap, queries, k, filtered.matching_chunk_ids(snap, where)), k)
+            return snap.passages(filtered.keyword(snap, queries, k, matching_chunk_ids(snap, where)), k)
         return snap.passages(snap.keyword(queries, k), k)
 
     def hybrid_candidates(
@@ -179,7 +183,7 @@ class Collection:
         if where:
             from indexes import filtered
 
-            allowed = filtered.matching_chunk_ids(snap, where)
+            allowed = matching_chunk_ids(snap, where)
             return snap, filtered.dense(snap, vectors, k, allowed, params), filtered.keyword(snap, queries, k, allowed)
         dense = [snap.live(found, k) for found in snap.dense(vectors, k, params)]
         sparse = [snap.live(found, k) for found in snap.keyword(queries, k)]

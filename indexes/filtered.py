@@ -1,5 +1,5 @@
-"""Filtered search pushed down into the indexes: SQL resolves a filter to the snapshot's matching
-chunk ids, and FAISS and BM25 search only those, so a filtered search returns min(k, matches)
+"""Filtered search pushed down into the indexes: a filter resolved to the snapshot's matching
+chunk ids (indexes/matching.py), FAISS and BM25 search only those, so a filtered search returns min(k, matches)
 passages, all matching, never the survivors of a post-filter.
 
 The planner chooses per segment by the size of the matching set, as Qdrant's does: an exact
@@ -20,7 +20,6 @@ import numpy as np
 
 from indexes.config import SearchParams
 from indexes.faisslib import load_faiss
-from indexes.filters import Where, to_sql
 from indexes.types import Ranking
 
 if TYPE_CHECKING:
@@ -30,55 +29,6 @@ if TYPE_CHECKING:
 EXACT_LIMIT = 4096  # matching vectors in a segment at or below which it is searched exactly
 EXACT_FRACTION = 0.05  # ... or this share of the segment: a sparse selector starves HNSW and IVF
 MAX_EF_SEARCH = 1024
-
-
-def dialect_of(snap: Snapshot) -> str:
-    return str(snap.engine.dialect.name)
-
-
-CACHED_FILTERS = 64  # resolved filters kept per snapshot
-
-
-def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
-    """Sorted chunk ids of the snapshot's visible documents that match `where`.
-
-    Resolved by one SQL query, and kept on the snapshot (a repeated filter, such as a tenant's,
-    costs one primary-key lookup): a snapshot's documents and chunks never change, and their
-    metadata changes only through new `document_fields` rows (ids never reused: every change
-    inserts some, see `replace_filter_rows`), so the largest row id versions the metadata.
-    Both reads share one connection, without an ORM session (a search's SQL is on its hot path)."""
-    import json
-
-    from sqlalchemy import func, select
-
-    from indexes.schema import DocumentFieldRow
-
-    key = json.dumps(where.to_dict(), sort_keys=True, default=str)
-    with snap.engine.connect() as connection:
-        version = int(connection.scalar(select(func.max(DocumentFieldRow.id))) or 0)
-        cached = snap.filter_cache.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        found = np.unique(np.asarray(connection.execute(matching_statement(snap, where)).scalars().all(), dtype=np.int64))
-    if len(snap.filter_cache) >= CACHED_FILTERS:
-        snap.filter_cache.pop(next(iter(snap.filter_cache)), None)
-    snap.filter_cache[key] = (version, found)
-    return found
-
-
-def matching_statement(snap: Snapshot, where: Where) -> Any:
-    """SELECT of the chunk ids of the snapshot's visible documents that match `where`."""
-    from sqlalchemy import select
-
-    from indexes.schema import ChunkRow, DocumentRow, visible_at
-
-    statement = (
-        select(ChunkRow.id)
-        .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
-        .where(DocumentRow.collection_id == snap.collection_id, visible_at(snap.generation))
-    )
-    condition = to_sql(where, dialect_of(snap))
-    return statement if condition is None else statement.where(condition)
 
 
 def _empty() -> Ranking:

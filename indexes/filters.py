@@ -355,6 +355,34 @@ def to_sql(where: Where | Node | None, dialect: str) -> Any:
     return _Compiler(dialect).node(node)
 
 
+def positive(c: Cond) -> tuple[Cond, bool]:
+    """(a condition, negated): `$ne`, `$nin` and a metadata `$exists: false` as the negation of
+    the condition that selects rows (`$eq`, `$in`, `$exists: true`), as Mongo defines them: a
+    document without the field matches the negation."""
+    if c.op == "$ne":
+        return Cond(c.field, c.builtin, "$eq", c.value), True
+    if c.op == "$nin":
+        return Cond(c.field, c.builtin, "$in", c.value), True
+    if c.op == "$exists" and not c.value and not c.builtin:
+        return Cond(c.field, c.builtin, "$exists", True), True
+    return c, False
+
+
+def document_ids(c: Cond, collection_id: int, dialect: str) -> Any:
+    """SELECT of the ids of the documents a condition without negation holds for (`positive`):
+    for a metadata field the `document_id`s of its key/value rows (an index-only range scan of
+    every collection's rows of that key; the caller keeps its own), for a built-in the
+    collection's documents rows."""
+    from sqlalchemy import select
+
+    from indexes.schema import DocumentRow
+
+    compiler = _Compiler(dialect)
+    if c.builtin:
+        return select(DocumentRow.id).where(DocumentRow.collection_id == collection_id, compiler.builtin(c))
+    return compiler.field_rows(c)
+
+
 class _Compiler:
     def __init__(self, dialect: str) -> None:
         if dialect not in ("sqlite", "postgresql"):
@@ -376,13 +404,9 @@ class _Compiler:
     def cond(self, c: Cond) -> Any:
         from sqlalchemy import false, func, not_
 
-        if c.op == "$ne":
-            return not_(func.coalesce(self.cond(Cond(c.field, c.builtin, "$eq", c.value)), false()))
-        if c.op == "$nin":
-            return not_(func.coalesce(self.cond(Cond(c.field, c.builtin, "$in", c.value)), false()))
-        if c.builtin:
-            return self.builtin(c)
-        return self.fields(c)
+        base, negated = positive(c)
+        found = self.builtin(base) if base.builtin else self.fields(base)
+        return not_(func.coalesce(found, false())) if negated else found
 
     def builtin(self, c: Cond) -> Any:
         from sqlalchemy import or_
@@ -422,10 +446,16 @@ class _Compiler:
         """A metadata condition: the documents with a matching row in the key/value table (an
         index range scan on (key, number) or (key, string)); a list field matches when any of
         its elements does, as in Mongo."""
+        from indexes.schema import DocumentRow
+
+        return DocumentRow.id.in_(self.field_rows(c))
+
+    def field_rows(self, c: Cond) -> Any:
+        """SELECT document_id of the key/value rows that satisfy `c` (`$exists` either way: the
+        rows of the key)."""
         from sqlalchemy import select
 
         from indexes.schema import DocumentFieldRow as F
-        from indexes.schema import DocumentRow
 
         def value_is(v: Any) -> Any:
             if isinstance(v, bool):
@@ -448,12 +478,7 @@ class _Compiler:
         else:
             found = (F.kind == "n") & _compare(F.number, c.op, float(c.value))
         rows = select(F.document_id).where(F.key == c.field)
-        if found is not None:
-            rows = rows.where(found)
-        matched = DocumentRow.id.in_(rows)
-        if c.op == "$exists" and not c.value:
-            return ~matched
-        return matched
+        return rows if found is None else rows.where(found)
 
     @staticmethod
     def any_of(values: tuple[Any, ...]) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Select, bindparam, select
@@ -23,6 +23,9 @@ from indexes.keyword import KeywordIndex, KeywordSpec
 from indexes.schema import ChunkRow, DocumentRow, visible_at
 from indexes.segments import Manifest, Segment
 from indexes.types import Passage, Ranking
+
+if TYPE_CHECKING:
+    from indexes.owners import ChunkOwners
 
 IN_BATCH = 5000  # stays under every backend's bound-parameter limit
 OVERFETCH = 16
@@ -44,6 +47,7 @@ class Snapshot:
     keyword_spec: KeywordSpec
     sessions: sessionmaker[Any]
     engine: Engine  # for the per-search reads that need no ORM session
+    owners: ChunkOwners  # the collection's chunk id -> document id map
     unreadable: tuple[str, ...] = ()  # segments the manifest names that could not be read
     # Resolved filters of this snapshot: filter -> (metadata version, chunk ids) (indexes/filtered.py).
     filter_cache: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
@@ -63,6 +67,19 @@ class Snapshot:
     def keyword_index(self) -> KeywordIndex:
         """Built once per snapshot (collection-wide statistics, analyzer and its stem cache)."""
         return KeywordIndex(self.keyword_spec, [s.terms for s in self.segments])
+
+    @cached_property
+    def live_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted chunk ids this generation shows, the document of each): what its segments hold
+        less its tombstones (as an unfiltered search sees it) and any chunk SQL no longer has.
+        Filters are resolved over these (indexes/matching.py)."""
+        parts = [s.ids for s in self.segments]
+        ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        if len(self.dead_ids):
+            ids = ids[~np.isin(ids, self.dead_ids, assume_unique=True)]
+        documents = self.owners.documents_of(ids)
+        known = documents >= 0
+        return ids[known], documents[known]
 
     @cached_property
     def dead_ids(self) -> np.ndarray:
