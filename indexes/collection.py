@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
 
 from indexes.config import CollectionConfig, SearchParams
 from indexes.consistency import ConsistencyReport, check
@@ -176,7 +176,7 @@ class Collection:
         """The first k live (scores, chunk ids) per query from FAISS and from BM25 of one snapshot,
         without touching SQL: the caller fuses them and reads only its winners with
         `snapshot.passages`, from the same snapshot. With `where`, both search only the
-        matching chunks (one SQL query resolves them)."""
+        matching chunks (indexes/matching.py resolves them)."""
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
@@ -315,6 +315,11 @@ class Collection:
                         current[key] = value
                 doc.doc_metadata = current
                 replace_filter_rows(session, doc_id, current)
+                session.execute(
+                    update(CollectionRow)
+                    .where(CollectionRow.id == self.id)
+                    .values(metadata_version=func.coalesce(CollectionRow.metadata_version, 0) + 1)
+                )
                 if where:
                     session.flush()
                     still = session.scalar(statement.with_only_columns(DocumentRow.id))

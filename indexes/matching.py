@@ -35,21 +35,18 @@ def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
     """Sorted chunk ids of the snapshot's visible documents that match `where`.
 
     Kept on the snapshot (a repeated filter, such as a tenant's, costs one primary-key lookup):
-    a snapshot's documents and chunks never change, and their metadata changes only through new
-    `document_fields` rows (ids never reused: every change inserts some, see
-    `replace_filter_rows`), so the largest row id versions the metadata."""
-    from sqlalchemy import func, select
-
-    from indexes.schema import DocumentFieldRow
-
+    a snapshot's documents and chunks never change, and their metadata only through
+    `Collection.set_metadata`, which bumps the collection's metadata version in its transaction.
+    (The largest `document_fields` id was the version before: on PostgreSQL ids are drawn at insert,
+    not at commit, so a change that committed after another collection's write went unseen.)"""
     key = json.dumps(where.to_dict(), sort_keys=True, default=str)
     with snap.engine.connect() as connection:
         cached = snap.filter_cache.get(key)
-        if cached is not None and cached[0] == int(connection.scalar(select(func.max(DocumentFieldRow.id))) or 0):
+        if cached is not None and cached[0] == int(connection.scalar(_version(snap.collection_id)) or 0):
             return cached[1]
         ids, documents = snap.live_chunks
         if where.root is None:
-            version, found = int(connection.scalar(select(func.max(DocumentFieldRow.id))) or 0), ids
+            version, found = int(connection.scalar(_version(snap.collection_id)) or 0), ids
         else:
             version, mask = _Resolution(snap, documents).run(connection, where.root)
             found = ids[mask]
@@ -57,6 +54,15 @@ def matching_chunk_ids(snap: Snapshot, where: Where) -> np.ndarray:
         snap.filter_cache.pop(next(iter(snap.filter_cache)), None)
     snap.filter_cache[key] = (version, found)
     return found
+
+
+def _version(collection_id: int) -> Any:
+    """SELECT of the collection's metadata version (0 before any change)."""
+    from sqlalchemy import func, select
+
+    from indexes.schema import CollectionRow
+
+    return select(func.coalesce(CollectionRow.metadata_version, 0)).where(CollectionRow.id == collection_id)
 
 
 class _Resolution:
@@ -75,9 +81,7 @@ class _Resolution:
         """(the metadata's version, a mask over the snapshot's chunks) in one statement: a row per
         condition holding its document ids joined by commas (100,000 ids as one string cost 18
         ms on SQLite, as 100,000 rows 50-80 ms) and a row holding the version."""
-        from sqlalchemy import Text, cast, func, literal, literal_column, select, union_all
-
-        from indexes.schema import DocumentFieldRow
+        from sqlalchemy import Text, cast, func, literal, literal_column, union_all
 
         self._collect(root)
         dialect = str(self.snap.engine.dialect.name)
@@ -87,8 +91,8 @@ class _Resolution:
                 return func.string_agg(cast(column, Text), literal(","))
             return func.group_concat(column)
 
-        version = cast(func.coalesce(func.max(DocumentFieldRow.id), 0), Text)
-        parts: list[Any] = [select(literal_column("-1"), version)]
+        version = _version(self.snap.collection_id)
+        parts: list[Any] = [version.with_only_columns(literal_column("-1"), cast(version.selected_columns[0], Text), maintain_column_froms=True)]
         for n, c in enumerate(self.conditions):
             statement = document_ids(c, self.snap.collection_id, dialect)
             parts.append(statement.with_only_columns(literal_column(str(n)), joined(statement.selected_columns[0]), maintain_column_froms=True))

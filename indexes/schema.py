@@ -52,6 +52,9 @@ class CollectionRow(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # The data home (`Store.home_id`) whose folder holds this collection's index files.
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Bumped in the transaction of every metadata change made without a new generation
+    # (`Collection.set_metadata`): what a snapshot's resolved filters are valid for.
+    metadata_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
