@@ -132,8 +132,8 @@ def replace_filter_rows(session: Any, document_id: int, metadata: Mapping[str, A
     from indexes.schema import DocumentFieldRow
 
     session.execute(delete(DocumentFieldRow).where(DocumentFieldRow.document_id == document_id))
-    # Always at least one new row: the largest row id is the metadata's version (filter caches,
-    # indexes/filtered.py). A document left with nothing filterable gets a marker no filter names.
+    # A document left with nothing filterable gets a marker row no filter names, so every document
+    # has rows (what the filter caches are valid for is the collection's metadata_version).
     rows = field_rows(document_id, metadata) or [{"document_id": document_id, "key": "", "kind": "-", "number": None, "string": None}]
     session.execute(insert(DocumentFieldRow), rows)
 
