@@ -8,7 +8,8 @@ clustered structure of real embeddings at a size a shared 2-core machine can bui
 real SciFact queries, embedded. The filter for selectivity s is {"bucket": {"$lt": 1000 s}}.
 
 For each index (Flat, HNSW, IVF at their default search parameters), selectivity and query
-(one query per call, as the API serves them; the three methods alternate query by query):
+(one query per call, as the API serves them; the three methods and the unfiltered search of the
+same query alternate query by query, so all four see the machine at the same moments):
   returned   mean passages returned (must be min(k, matches))
   recall@k   against an exact search restricted to the matching passages (numpy, brute force)
   p50 / p95  latency of Collection.search, SQL filter resolution and hydration included
