@@ -153,10 +153,11 @@ class Collection:
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
-        if where:
+        allowed = _allowed(snap, where)
+        if allowed is not None:
             from indexes import filtered
 
-            return snap.passages(filtered.dense(snap, queries, k, matching_chunk_ids(snap, where), params), k)
+            return snap.passages(filtered.dense(snap, queries, k, allowed, params), k)
         return snap.passages(snap.dense(queries, k, params), k)
 
     def keyword_search(self, queries: Sequence[str], k: int, where: Where | None = None) -> list[list[Passage]]:
@@ -164,10 +165,11 @@ class Collection:
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
-        if where:
+        allowed = _allowed(snap, where)
+        if allowed is not None:
             from indexes import filtered
 
-            return snap.passages(filtered.keyword(snap, queries, k, matching_chunk_ids(snap, where)), k)
+            return snap.passages(filtered.keyword(snap, queries, k, allowed), k)
         return snap.passages(snap.keyword(queries, k), k)
 
     def hybrid_candidates(
@@ -180,10 +182,10 @@ class Collection:
         if k < 1:
             raise InvalidInput("k must be at least 1")
         snap = self.snapshot()
-        if where:
+        allowed = _allowed(snap, where)
+        if allowed is not None:
             from indexes import filtered
 
-            allowed = matching_chunk_ids(snap, where)
             return snap, filtered.dense(snap, vectors, k, allowed, params), filtered.keyword(snap, queries, k, allowed)
         dense = [snap.live(found, k) for found in snap.dense(vectors, k, params)]
         sparse = [snap.live(found, k) for found in snap.keyword(queries, k)]
@@ -432,3 +434,12 @@ class Collection:
 
 
 __all__ = ["Collection", "CollectionElsewhere", "NewDocument", "utcnow"]
+
+
+def _allowed(snap: Snapshot, where: Where | None) -> np.ndarray | None:
+    """The chunk ids a filtered search may return, or None to search unfiltered: no filter, or
+    one every visible chunk matches (the ids split over segments cost 5 ms at 100,000 for nothing)."""
+    if not where:
+        return None
+    allowed = matching_chunk_ids(snap, where)
+    return None if len(allowed) == len(snap.live_chunks[0]) else allowed
