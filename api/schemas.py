@@ -24,6 +24,10 @@ def _json_integer(value: Any) -> Any:
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 # A FAISS search parameter: bounds before the validator, so the OpenAPI document states them.
 SearchParam = Annotated[int, Field(ge=1, le=65536), BeforeValidator(_json_integer)]
+# A document id: likewise, and within JSON's exact integers (2**53 - 1; ids are row ids, far below),
+# since a bound of 2**63 - 1 is read as the float 2**63 by JSON Schema validators, which then
+# take 2**63 + 191 as within it.
+DocId = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1), BeforeValidator(_json_integer)]
 
 
 class _Open(BaseModel):
@@ -67,7 +71,7 @@ class Filters(BaseModel):
         examples=[{"year": {"$gte": 2020}, "tenant": "acme"}],
     )
     source_prefix: str | None = Field(None, max_length=500, examples=["upload/"])  # indexes.filters.MAX_STRING
-    doc_ids: list[Annotated[JsonInt, Field(ge=-(2**63), le=2**63 - 1)]] | None = Field(None, max_length=1000)
+    doc_ids: list[DocId] | None = Field(None, max_length=1000)
     metadata: dict[str, str | int | float | bool] | None = Field(None, description="exact matches on document metadata")
 
 

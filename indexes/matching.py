@@ -101,7 +101,7 @@ class _Resolution:
         self.matched = iter(
             [np.fromstring(text, dtype=np.int64, sep=",") if text else empty for text in (found[n] for n in range(len(self.conditions)))]
         )
-        return int(found[-1] or 0), self._mask(root)
+        return int(found.get(-1) or 0), self._mask(root)  # no row: the collection was dropped meanwhile
 
     def _collect(self, node: Node) -> None:
         if isinstance(node, (And, Or)):

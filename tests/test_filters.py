@@ -293,7 +293,8 @@ def test_a_metadata_filter_is_resolved_from_covering_index_entries_alone(tmp_pat
                 for sql, parameters in sent:
                     plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, parameters)]
                     # the collection's metadata version: its one row, by primary key
-                    reads = [step for step in plan if step.startswith(("SCAN", "SEARCH")) and not step.startswith("SEARCH collections USING INTEGER PRIMARY KEY")]
+                    by_key = "SEARCH collections USING INTEGER PRIMARY KEY"
+                    reads = [step for step in plan if step.startswith(("SCAN", "SEARCH")) and not step.startswith(by_key)]
                     assert all("COVERING INDEX" in step for step in reads), (where, sql, plan)
         assert len(matching.matching_chunk_ids(snap, parse_where({"score": {"$lt": 5}}))) == 50
     finally:

@@ -127,3 +127,29 @@ def test_the_document_has_no_dangling_references(api_schema: Any, st_server: tup
     upload_op = document["paths"]["/v1/collections/{name}/documents"]["post"]
     assert {"400", "401", "403", "413", "422", "429"} <= set(upload_op["responses"])
     assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+def test_every_bound_in_the_document_is_a_json_schema_keyword(st_server: tuple[str, str]) -> None:
+    """Found by the fuzzer (a run of test_every_response_matches_the_openapi_document): `doc_ids`'
+    items carried pydantic's `ge`/`le` instead of `minimum`/`maximum` (a bound after a
+    BeforeValidator is not translated), so a client or fuzzer reading the document could send
+    2**64 in `filters.doc_ids` and get a 422 for a request the document allowed. The bound is
+    JSON's largest exact integer: 2**63 - 1 reads as the float 2**63 in a JSON Schema validator."""
+    url, _ = st_server
+    document = httpx.get(f"{url}/openapi.json").json()
+    misnamed: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("integer", "number") and set(node) & {"ge", "le", "gt", "lt"}:
+                misnamed.append(path)
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(document, "")
+    assert not misnamed, misnamed
+    items = document["components"]["schemas"]["Filters"]["properties"]["doc_ids"]["anyOf"][0]["items"]
+    assert (items["minimum"], items["maximum"]) == (-(2**53 - 1), 2**53 - 1)
