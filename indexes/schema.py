@@ -188,11 +188,17 @@ def create_schema(metadata: Any, engine: Engine) -> None:
                 connection.execute(text(f"ALTER TABLE runs ALTER COLUMN status TYPE varchar({RUN_STATUS_CHARS})"))
 
 
-def add_missing_columns(metadata: Any, engine: Engine) -> None:
-    """Add the nullable columns a newer version declares to tables an older one created.
+# Indexes an older version made that a declared one now replaces (dropped when a database opens).
+SUPERSEDED_INDEXES: dict[str, tuple[str, ...]] = {"document_fields": ("ix_document_fields_number", "ix_document_fields_string")}
 
-    `create_all` never alters a table, and these columns (all nullable, so old rows stay valid)
-    are the only schema change between versions; anything else is refused where it is read."""
+
+def add_missing_columns(metadata: Any, engine: Engine) -> None:
+    """Bring tables an older version created up to `metadata`: add the nullable columns a newer
+    version declares, create the indexes it declares, drop those they replace.
+
+    `create_all` never alters a table nor indexes one it did not create, and these (columns all
+    nullable, so old rows stay valid) are the only schema changes between versions; anything
+    else is refused where it is read."""
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
@@ -205,28 +211,12 @@ def add_missing_columns(metadata: Any, engine: Engine) -> None:
                 if column.name not in have and column.nullable and not column.primary_key:
                     kind = column.type.compile(dialect=engine.dialect)
                     connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-
-
-# Indexes an older version made that a declared one now replaces (dropped when a database opens).
-SUPERSEDED_INDEXES: dict[str, tuple[str, ...]] = {"document_fields": ("ix_document_fields_number", "ix_document_fields_string")}
-
-
-def update_indexes(metadata: Any, engine: Engine) -> None:
-    """Create the indexes a newer version declares on tables an older one created (`create_all`
-    makes indexes only with their table), and drop those they replace."""
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-        present = inspect(connection)
-        for table in metadata.sorted_tables:
-            if not present.has_table(table.name):
-                continue
-            have = {index["name"] for index in present.get_indexes(table.name)}
+            indexes = {index["name"] for index in present.get_indexes(table.name)}
             for index in table.indexes:
-                if index.name not in have:
+                if index.name not in indexes:
                     index.create(connection, checkfirst=True)
             for name in SUPERSEDED_INDEXES.get(table.name, ()):
-                if name in have:
+                if name in indexes:
                     connection.execute(text(f"DROP INDEX {name}"))
 
 

@@ -29,7 +29,7 @@ from indexes.collection import Collection, CollectionElsewhere
 from indexes.config import CollectionConfig, SearchParams
 from indexes.errors import CollectionNotFound, InvalidConfig, InvalidInput, RagError
 from indexes.locking import WriterLock
-from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, add_missing_columns, configure_sqlite, create_schema, update_indexes
+from indexes.schema import Base, ChunkRow, CollectionRow, DocumentRow, RunRow, add_missing_columns, configure_sqlite, create_schema
 from indexes.vector import exercise_factory
 from indexes.writer import NewDocument
 
@@ -71,7 +71,6 @@ class Store:
             new_fields = not inspect(self.engine).has_table("document_fields")
             create_schema(Base.metadata, self.engine)
             add_missing_columns(Base.metadata, self.engine)
-            update_indexes(Base.metadata, self.engine)
             self.home_id = self._home_id()
         columns = {c["name"] for c in inspect(self.engine).get_columns("documents")}
         if had_documents and new_fields and "added_gen" in columns:
