@@ -625,3 +625,34 @@ def test_a_metadata_update_committed_after_another_collections_write_is_not_hidd
         assert "ext-1" not in after and len(after) == 5
     finally:
         store.close()
+
+
+def test_a_chunk_the_segments_hold_and_sql_no_longer_has_matches_nothing_and_is_not_read_again(tmp_path: Path) -> None:
+    """A segment may still hold a chunk whose row is gone (a removed document purged while a
+    retained segment keeps its vector): the resolution leaves it out, even under $not, and the
+    chunk map does not go back to SQL for it on every new snapshot."""
+    from sqlalchemy import text
+
+    from indexes import matching
+
+    store, collection, vectors = _build(tmp_path, f"sqlite:///{tmp_path / 'a.db'}", 40, batches=1)
+    try:
+        gone = int(collection.snapshot().live_chunks[0][3])
+        with store.engine.begin() as connection:
+            connection.execute(text("PRAGMA foreign_keys=OFF"))
+            connection.execute(text("DELETE FROM chunks WHERE id = :id"), {"id": gone})
+        store.close()
+        store = Store(tmp_path / "home", f"sqlite:///{tmp_path / 'a.db'}")  # as a new process: a new chunk map
+        fresh = store.collection("filters")
+        everything = parse_where({"$not": {"tenant": "nobody"}})
+        found = matching.matching_chunk_ids(fresh.snapshot(), everything)
+        assert gone not in found.tolist() and len(found) == 39
+        docs, _ = _docs(2, np.random.default_rng(8), start=100)
+        with fresh.writer():
+            fresh.write(docs)
+        sent = _statements_of(store.engine, lambda: matching.matching_chunk_ids(fresh.snapshot(), everything))
+        reads = [parameters for sql, parameters in sent if "FROM chunks" in sql]
+        assert len(reads) == 1 and reads[0][-1] > gone, reads  # only the new chunks
+        assert len(matching.matching_chunk_ids(fresh.snapshot(), everything)) == 41
+    finally:
+        store.close()
