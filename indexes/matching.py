@@ -74,8 +74,8 @@ class _Resolution:
         self.snap = snap
         self.documents = documents  # the document of each visible chunk
         self.top = int(documents.max()) + 1 if len(documents) else 0
-        self.conditions: list[Cond] = []
-        self.matched: Iterator[np.ndarray] = iter(())
+        self.conditions: list[tuple[Cond, bool]] = []  # (condition selecting rows, negated), in tree order
+        self.matched: Iterator[tuple[np.ndarray, bool]] = iter(())
 
     def run(self, connection: Connection, root: Node) -> tuple[int, np.ndarray]:
         """(the metadata's version, a mask over the snapshot's chunks) in one statement: a row per
@@ -93,13 +93,14 @@ class _Resolution:
 
         version = _version(self.snap.collection_id)
         parts: list[Any] = [version.with_only_columns(literal_column("-1"), cast(version.selected_columns[0], Text), maintain_column_froms=True)]
-        for n, c in enumerate(self.conditions):
+        for n, (c, _) in enumerate(self.conditions):
             statement = document_ids(c, self.snap.collection_id, dialect)
             parts.append(statement.with_only_columns(literal_column(str(n)), joined(statement.selected_columns[0]), maintain_column_froms=True))
         found: dict[int, str | None] = dict(connection.execute(union_all(*parts)).all())
         empty = np.zeros(0, np.int64)
+        texts = [found[n] for n in range(len(self.conditions))]
         self.matched = iter(
-            [np.fromstring(text, dtype=np.int64, sep=",") if text else empty for text in (found[n] for n in range(len(self.conditions)))]
+            [(np.fromstring(text, dtype=np.int64, sep=",") if text else empty, negated) for text, (_, negated) in zip(texts, self.conditions)]
         )
         return int(found.get(-1) or 0), self._mask(root)  # no row: the collection was dropped meanwhile
 
@@ -110,7 +111,7 @@ class _Resolution:
         elif isinstance(node, Not):
             self._collect(node.part)
         else:
-            self.conditions.append(positive(node)[0])
+            self.conditions.append(positive(node))
 
     def _mask(self, node: Node) -> np.ndarray:
         if isinstance(node, And):
@@ -119,11 +120,11 @@ class _Resolution:
             return reduce(np.logical_or, [self._mask(p) for p in node.parts])
         if isinstance(node, Not):
             return ~self._mask(node.part)
-        matched = next(self.matched)  # conditions in the order _collect met them
+        matched, negated = next(self.matched)  # conditions in the order _collect met them
         bitmap = np.zeros(self.top, dtype=bool)
         bitmap[matched[matched < self.top]] = True
         mask = bitmap[self.documents]
-        return ~mask if positive(node)[1] else mask
+        return ~mask if negated else mask
 
 
 def matching_statement(snap: Snapshot, where: Where) -> Any:
